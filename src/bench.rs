@@ -1,0 +1,239 @@
+//! Measurements on this machine for `p2pstore bench` (and `cargo bench`): each codec stage
+//! alone, then the whole pipelines, in MB/s of plaintext, and the peak memory of encoding.
+//! Figures are reported, never asserted: speed targets live in benchmarks, not tests.
+
+use std::io::{self, Read};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::codec::{Decoder, EncodeParams, Encoder, shard_ids};
+use crate::crypto::{FileKeys, Salt};
+use crate::erasure;
+use crate::manifest::{FileMeta, Manifest};
+
+/// An endless-looking input of `len` bytes that costs nothing to produce (the encryption
+/// makes its repetition irrelevant to every later stage).
+pub struct PatternReader {
+    remaining: u64,
+    pattern: Vec<u8>,
+    pos: usize,
+}
+
+impl PatternReader {
+    pub fn new(len: u64) -> PatternReader {
+        let pattern = (0..1u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        PatternReader {
+            remaining: len,
+            pattern,
+            pos: 0,
+        }
+    }
+}
+
+impl Read for PatternReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf
+            .len()
+            .min(self.remaining as usize)
+            .min(self.pattern.len() - self.pos);
+        buf[..n].copy_from_slice(&self.pattern[self.pos..self.pos + n]);
+        self.pos = (self.pos + n) % self.pattern.len();
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The process's peak resident memory so far (VmHWM), in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// One measured figure.
+pub struct Figure {
+    pub name: String,
+    pub bytes: u64,
+    pub time: Duration,
+}
+
+impl Figure {
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.time.as_secs_f64()
+    }
+}
+
+/// Runs [`codec`] and formats its figures as a table.
+pub fn codec_report(size: u64, memory_size: u64, params: EncodeParams) -> String {
+    let mut out = format!(
+        "codec benchmark: {} MiB, {}-of-{}, {} KiB segments, {} threads\n",
+        size >> 20,
+        params.shape.k,
+        params.shape.n,
+        params.segment_size >> 10,
+        rayon::current_num_threads()
+    );
+    let (figures, peak) = codec(size, memory_size, params);
+    for f in &figures {
+        if f.bytes == 0 {
+            out += &format!("{:<66} {:>9.1} ms\n", f.name, f.time.as_secs_f64() * 1e3);
+        } else {
+            out += &format!("{:<66} {:>9.0} MB/s\n", f.name, f.mb_per_s());
+        }
+    }
+    out += &match peak {
+        Some(p) => format!(
+            "peak memory (VmHWM) encoding {} MiB: {} MiB\n",
+            memory_size >> 20,
+            p >> 20
+        ),
+        None => "peak memory: unavailable (no /proc/self/status)\n".into(),
+    };
+    out
+}
+
+fn timed(name: impl Into<String>, bytes: u64, f: impl FnOnce()) -> Figure {
+    let t = Instant::now();
+    f();
+    Figure {
+        name: name.into(),
+        bytes,
+        time: t.elapsed(),
+    }
+}
+
+/// Encodes `size` bytes, keeping the shards of the first `keep` segments.
+fn encode_pipeline(size: u64, params: EncodeParams, keep: usize) -> (Vec<Vec<Bytes>>, Manifest) {
+    let mut enc = Encoder::new(PatternReader::new(size), b"bench", params, Salt([1; 16]))
+        .expect("valid params");
+    let mut kept = Vec::new();
+    while let Some(seg) = enc.next_segment().expect("in-memory input") {
+        if kept.len() < keep {
+            kept.push((0..seg.shard_count()).map(|i| seg.shard(i)).collect());
+        }
+    }
+    let manifest = enc
+        .finish(&FileMeta {
+            name: "bench".into(),
+            content_type: String::new(),
+        })
+        .expect("fits");
+    (kept, manifest)
+}
+
+/// Segments kept from the encode run to decode repeatedly (memory stays bounded).
+const DECODE_SEGMENTS: usize = 16;
+
+/// Runs every codec measurement over `size` bytes; the encode of `memory_size` bytes runs
+/// first so its peak memory is the process's.
+pub fn codec(size: u64, memory_size: u64, params: EncodeParams) -> (Vec<Figure>, Option<u64>) {
+    let seg = params.segment_size as usize;
+    let shape = params.shape;
+    let segments = size.div_ceil(seg as u64);
+    let mut figs = Vec::new();
+
+    figs.push(timed(
+        format!("encode pipeline, {} MiB (memory run)", memory_size >> 20),
+        memory_size,
+        || {
+            encode_pipeline(memory_size, params, 0);
+        },
+    ));
+    let peak = peak_rss();
+
+    let mut kdf_keys = None;
+    let kdf = timed(
+        format!(
+            "PBKDF2 {} iterations + HKDF (ms, not MB/s)",
+            params.iterations
+        ),
+        0,
+        || {
+            kdf_keys =
+                Some(FileKeys::derive(b"bench", Salt([2; 16]), params.iterations).expect("valid"));
+        },
+    );
+    let keys = kdf_keys.expect("derived");
+    figs.push(kdf);
+
+    let mut buf = vec![7u8; seg - 16];
+    buf.reserve(16);
+    figs.push(timed("AES-256-GCM seal", size, || {
+        for i in 0..segments {
+            keys.seal_segment(i as u32, false, &mut buf);
+            buf.truncate(seg - 16);
+        }
+    }));
+
+    let shard_len = shape.shard_len(seg);
+    let data = vec![3u8; shape.k() * shard_len];
+    let mut rs = erasure::Encoder::new(shape);
+    let mut recovery = Vec::new();
+    figs.push(timed(
+        format!("Reed-Solomon encode {}-of-{}", shape.k, shape.n),
+        size,
+        || {
+            for _ in 0..segments {
+                recovery = rs.recovery(&data, shard_len);
+            }
+        },
+    ));
+
+    let all: Vec<&[u8]> = data
+        .chunks_exact(shard_len)
+        .chain(recovery.iter().map(|r| &r[..]))
+        .collect();
+    figs.push(timed(
+        format!("Merkle ids of all {} shards (all cores)", shape.n),
+        size,
+        || {
+            for _ in 0..segments {
+                shard_ids(&all);
+            }
+        },
+    ));
+
+    let mut encoded = None;
+    figs.push(timed("encode pipeline (read, seal, RS, ids)", size, || {
+        encoded = Some(encode_pipeline(size, params, DECODE_SEGMENTS))
+    }));
+    let (kept, manifest) = encoded.expect("encoded");
+
+    // Decode the kept segments again and again: from the k data shards, then from recovery
+    // shards only (every data shard lost, full Reed-Solomon decoding).
+    let decoder = Decoder::new(manifest, b"bench").expect("right password");
+    let kept_bytes: u64 = kept.len() as u64 * (seg as u64 - 16);
+    let rounds = size.div_ceil(kept_bytes.max(1));
+    for (label, first) in [
+        ("decode pipeline, k data shards (verify, join, open)", 0),
+        (
+            "decode pipeline, recovery shards only (verify, RS decode, open)",
+            shape.k(),
+        ),
+    ] {
+        let rounds = if first == 0 {
+            rounds
+        } else {
+            rounds.div_ceil(4)
+        };
+        figs.push(timed(label, rounds * kept_bytes, || {
+            for _ in 0..rounds {
+                for (i, shards) in kept.iter().enumerate() {
+                    let m = decoder.manifest();
+                    let v: Vec<_> = (first..first + shape.k())
+                        .map(|j| {
+                            m.verify_shard(i as u32, j, shards[j].clone())
+                                .expect("intact")
+                        })
+                        .collect();
+                    decoder.decode_segment(i as u32, &v).expect("decodes");
+                }
+            }
+        }));
+    }
+    (figs, peak)
+}

@@ -1,0 +1,550 @@
+//! The streaming file codec: plaintext → sealed segments → shards with ids (and back), one
+//! segment at a time so memory stays bounded by a few segments whatever the file size.
+//! The network client drives it; it does no networking itself.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use bytes::Bytes;
+use rayon::prelude::*;
+
+use crate::crypto::{DEFAULT_ITERATIONS, FileKeys, Salt, TAG_LEN};
+use crate::erasure::{self, Shape};
+use crate::error::CodecError;
+use crate::manifest::{
+    FileMeta, MAX_META_LEN, Manifest, SegmentEntry, check_segment_size, plain_per_segment,
+};
+use crate::merkle::{self, ShardId};
+
+/// Default sealed segment size: 8 MiB. Measured here (docs/ARCHITECTURE.md, README), it is
+/// the fastest end to end: 1 MiB segments multiply per-shard costs on nodes, 32 MiB ones
+/// fall out of cache in Reed-Solomon coding and cost memory.
+pub const DEFAULT_SEGMENT_SIZE: u32 = 8 << 20;
+
+/// How a file is encoded.
+#[derive(Clone, Copy, Debug)]
+pub struct EncodeParams {
+    pub shape: Shape,
+    pub segment_size: u32,
+    pub iterations: u32,
+}
+
+impl Default for EncodeParams {
+    fn default() -> Self {
+        EncodeParams {
+            shape: Shape { k: 8, n: 20 },
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            iterations: DEFAULT_ITERATIONS,
+        }
+    }
+}
+
+/// One encoded segment: its n shards (the first k are slices of the sealed segment) and ids.
+pub struct EncodedSegment {
+    pub index: u32,
+    pub sealed_len: u32,
+    pub shard_len: usize,
+    data: Bytes,
+    recovery: Vec<Bytes>,
+    pub ids: Vec<ShardId>,
+}
+
+impl EncodedSegment {
+    pub fn shard(&self, i: usize) -> Bytes {
+        let k = self.data.len() / self.shard_len;
+        if i < k {
+            self.data
+                .slice(i * self.shard_len..(i + 1) * self.shard_len)
+        } else {
+            self.recovery[i - k].clone()
+        }
+    }
+
+    /// The sealed segment (ciphertext and tag), before padding and coding.
+    pub fn sealed(&self) -> Bytes {
+        self.data.slice(..self.sealed_len as usize)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// Shards' ids, hashed on all cores.
+pub fn shard_ids(shards: &[&[u8]]) -> Vec<ShardId> {
+    shards.par_iter().map(|s| merkle::root(s)).collect()
+}
+
+/// Reads plaintext and yields encoded segments; `finish` then gives the manifest.
+pub struct Encoder<R> {
+    reader: R,
+    keys: FileKeys,
+    params: EncodeParams,
+    rs: erasure::Encoder,
+    lookahead: Option<Vec<u8>>,
+    done: bool,
+    plaintext_size: u64,
+    segments: Vec<SegmentEntry>,
+}
+
+impl<R: Read> Encoder<R> {
+    pub fn new(
+        reader: R,
+        password: &[u8],
+        params: EncodeParams,
+        salt: Salt,
+    ) -> Result<Self, CodecError> {
+        Shape::new(params.shape.k, params.shape.n)?;
+        check_segment_size(params.segment_size)?;
+        let keys = FileKeys::derive(password, salt, params.iterations)?;
+        Ok(Encoder {
+            reader,
+            keys,
+            params,
+            rs: erasure::Encoder::new(params.shape),
+            lookahead: None,
+            done: false,
+            plaintext_size: 0,
+            segments: Vec::new(),
+        })
+    }
+
+    pub fn keys(&self) -> &FileKeys {
+        &self.keys
+    }
+
+    /// Reads up to one segment of plaintext, into a buffer with room for tag and padding.
+    fn read_block(&mut self) -> Result<Vec<u8>, CodecError> {
+        let plain = plain_per_segment(self.params.segment_size);
+        let cap = self.params.shape.k()
+            * self
+                .params
+                .shape
+                .shard_len(self.params.segment_size as usize);
+        let mut buf = Vec::with_capacity(cap);
+        (&mut self.reader)
+            .take(plain)
+            .read_to_end(&mut buf)
+            .map_err(CodecError::Read)?;
+        Ok(buf)
+    }
+
+    pub fn next_segment(&mut self) -> Result<Option<EncodedSegment>, CodecError> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut buf = match self.lookahead.take() {
+            Some(b) => b,
+            None => self.read_block()?,
+        };
+        // A segment is last when it is short, or when nothing follows it.
+        let last = if (buf.len() as u64) < plain_per_segment(self.params.segment_size) {
+            true
+        } else {
+            let next = self.read_block()?;
+            let end = next.is_empty();
+            self.lookahead = (!end).then_some(next);
+            end
+        };
+        let index = u32::try_from(self.segments.len())
+            .map_err(|_| CodecError::InvalidParams("file too large: over 2^32 segments".into()))?;
+        self.plaintext_size += buf.len() as u64;
+        self.keys.seal_segment(index, last, &mut buf);
+        let sealed_len = buf.len();
+        let shard_len = self.params.shape.shard_len(sealed_len);
+        buf.resize(self.params.shape.k() * shard_len, 0);
+        // Hash the data shards while Reed-Solomon computes the recovery shards: the two
+        // stages cost about the same, so this keeps both cores busy.
+        let rs = &mut self.rs;
+        let (recovery, mut ids) = rayon::join(
+            || {
+                rs.recovery(&buf, shard_len)
+                    .into_iter()
+                    .map(Bytes::from)
+                    .collect::<Vec<_>>()
+            },
+            || shard_ids(&buf.chunks_exact(shard_len).collect::<Vec<_>>()),
+        );
+        ids.extend(shard_ids(
+            &recovery.iter().map(|r| &r[..]).collect::<Vec<_>>(),
+        ));
+        let data = Bytes::from(buf);
+        self.segments.push(SegmentEntry {
+            sealed_len: sealed_len as u32,
+            shard_ids: ids.clone(),
+        });
+        self.done = last;
+        Ok(Some(EncodedSegment {
+            index,
+            sealed_len: sealed_len as u32,
+            shard_len,
+            data,
+            recovery,
+            ids,
+        }))
+    }
+
+    /// The manifest of everything encoded; call after `next_segment` returned None.
+    pub fn finish(self, meta: &FileMeta) -> Result<Manifest, CodecError> {
+        assert!(
+            self.done,
+            "finish() called before the last segment was encoded"
+        );
+        let plain = serde_json::to_vec(meta).expect("FileMeta serializes");
+        if plain.len() + TAG_LEN > MAX_META_LEN {
+            return Err(CodecError::InvalidParams(
+                "file name or content type too long".into(),
+            ));
+        }
+        Ok(Manifest {
+            plaintext_size: self.plaintext_size,
+            segment_size: self.params.segment_size,
+            shape: self.params.shape,
+            iterations: self.params.iterations,
+            salt: self.keys.salt(),
+            sealed_meta: self.keys.seal_metadata(&plain),
+            segments: self.segments,
+        })
+    }
+}
+
+/// A shard whose bytes hash to the id the manifest lists for it: the only kind decoding takes.
+#[derive(Clone, Debug)]
+pub struct VerifiedShard {
+    index: usize,
+    bytes: Bytes,
+}
+
+impl VerifiedShard {
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+impl Manifest {
+    /// Checks shard `index` of `segment` against its id and length.
+    pub fn verify_shard(
+        &self,
+        segment: u32,
+        index: usize,
+        bytes: Bytes,
+    ) -> Result<VerifiedShard, CodecError> {
+        let seg = self.segments.get(segment as usize);
+        let id = seg.and_then(|s| s.shard_ids.get(index));
+        match id {
+            Some(id)
+                if bytes.len() == self.shard_len(segment as usize)
+                    && merkle::root(&bytes) == *id =>
+            {
+                Ok(VerifiedShard { index, bytes })
+            }
+            _ => Err(CodecError::ShardMismatch { segment, index }),
+        }
+    }
+}
+
+/// Opens a file's segments with the password. Creating one checks the password (the sealed
+/// metadata must open) before any shard is fetched.
+pub struct Decoder {
+    manifest: Manifest,
+    keys: FileKeys,
+    meta: FileMeta,
+}
+
+impl Decoder {
+    pub fn new(manifest: Manifest, password: &[u8]) -> Result<Decoder, CodecError> {
+        let keys = FileKeys::derive(password, manifest.salt, manifest.iterations)?;
+        let plain = keys.open_metadata(&manifest.sealed_meta)?;
+        let meta = serde_json::from_slice(&plain)
+            .map_err(|e| CodecError::Malformed(format!("sealed metadata is not valid: {e}")))?;
+        Ok(Decoder {
+            manifest,
+            keys,
+            meta,
+        })
+    }
+
+    pub fn meta(&self) -> &FileMeta {
+        &self.meta
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The plaintext of segment `index` from at least k verified shards of it.
+    pub fn decode_segment(
+        &self,
+        index: u32,
+        shards: &[VerifiedShard],
+    ) -> Result<Vec<u8>, CodecError> {
+        let m = &self.manifest;
+        let k = m.shape.k();
+        let mut seen = vec![false; m.shape.n()];
+        let distinct: Vec<(usize, &[u8])> = shards
+            .iter()
+            .filter(|s| !std::mem::replace(&mut seen[s.index], true))
+            .map(|s| (s.index, &s.bytes[..]))
+            .take(k)
+            .collect();
+        if distinct.len() < k {
+            return Err(CodecError::NotEnoughShards {
+                segment: index,
+                have: distinct.len(),
+                need: k,
+            });
+        }
+        let seg = &m.segments[index as usize];
+        let mut buf = erasure::reconstruct(m.shape, m.shard_len(index as usize), &distinct)
+            .map_err(|e| CodecError::Malformed(format!("segment {index}: {e}")))?;
+        buf.truncate(seg.sealed_len as usize);
+        let last = index as usize + 1 == m.segments.len();
+        self.keys.open_segment(index, last, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Decodes every segment in order into `out`; `fetch(i)` supplies segment i's shards.
+    pub fn decode_to_writer<W: Write>(
+        &self,
+        out: &mut W,
+        mut fetch: impl FnMut(u32) -> Result<Vec<VerifiedShard>, CodecError>,
+    ) -> Result<(), CodecError> {
+        for i in 0..self.manifest.segments.len() as u32 {
+            let plain = self.decode_segment(i, &fetch(i)?)?;
+            out.write_all(&plain).map_err(CodecError::Write)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `path` through a temporary file in the same directory that is renamed into place
+/// only if `write` succeeds and the data reached the disk: a failed or interrupted decode
+/// leaves nothing behind. Refuses to replace an existing file unless `overwrite`.
+pub fn write_atomically<T, E: From<CodecError>>(
+    path: &Path,
+    overwrite: bool,
+    write: impl FnOnce(&mut File) -> Result<T, E>,
+) -> Result<T, E> {
+    let io = |source: io::Error| CodecError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if !overwrite && path.exists() {
+        return Err(CodecError::Exists {
+            path: path.to_owned(),
+        }
+        .into());
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".p2pstore-")
+        .suffix(".part")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    let value = write(tmp.as_file_mut())?;
+    tmp.as_file().sync_all().map_err(io)?;
+    if overwrite {
+        tmp.persist(path).map_err(|e| io(e.error))?;
+    } else {
+        tmp.persist_noclobber(path).map_err(|e| io(e.error))?;
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+#[allow(clippy::needless_range_loop)] // indices name shards and segments here
+mod tests {
+    use super::*;
+    use crate::crypto::MIN_ITERATIONS;
+    use proptest::prelude::*;
+
+    fn params(k: u8, n: u8) -> EncodeParams {
+        EncodeParams {
+            shape: Shape::new(k, n).unwrap(),
+            segment_size: 4096,
+            iterations: MIN_ITERATIONS,
+        }
+    }
+
+    fn meta() -> FileMeta {
+        FileMeta {
+            name: "a.bin".into(),
+            content_type: "application/octet-stream".into(),
+        }
+    }
+
+    fn encode_all(data: &[u8], p: EncodeParams, salt: Salt) -> (Manifest, Vec<Vec<Bytes>>) {
+        let mut enc = Encoder::new(data, b"pw", p, salt).unwrap();
+        let mut shards = Vec::new();
+        while let Some(s) = enc.next_segment().unwrap() {
+            assert_eq!(s.index as usize, shards.len());
+            shards.push((0..s.shard_count()).map(|i| s.shard(i)).collect());
+        }
+        (enc.finish(&meta()).unwrap(), shards)
+    }
+
+    fn verified(m: &Manifest, seg: u32, shards: &[Bytes], pick: &[usize]) -> Vec<VerifiedShard> {
+        pick.iter()
+            .map(|&i| m.verify_shard(seg, i, shards[i].clone()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn tail_zeros_and_exact_sizes_survive() {
+        let per = 4096 - 16;
+        for size in [0, 1, per - 1, per, per + 1, 3 * per] {
+            let mut data = vec![0xabu8; size];
+            if size > 2 {
+                data[size - 2..].fill(0);
+            }
+            let (m, shards) = encode_all(&data, params(3, 5), Salt([1; 16]));
+            assert_eq!(m.segments.len(), size.div_ceil(per).max(1));
+            let d = Decoder::new(Manifest::from_bytes(&m.to_bytes()).unwrap(), b"pw").unwrap();
+            assert_eq!(d.meta(), &meta());
+            let mut out = Vec::new();
+            d.decode_to_writer(&mut out, |i| {
+                Ok(verified(&m, i, &shards[i as usize], &[4, 1, 3]))
+            })
+            .unwrap();
+            assert_eq!(out, data, "size {size}");
+        }
+    }
+
+    #[test]
+    fn tampering_is_detected() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let (m, shards) = encode_all(&data, params(2, 4), Salt([2; 16]));
+        let d = Decoder::new(m.clone(), b"pw").unwrap();
+
+        // One flipped bit in any shard: that shard fails its id.
+        for seg in 0..m.segments.len() as u32 {
+            for i in 0..4 {
+                let mut b = shards[seg as usize][i].to_vec();
+                let bit = (seg as usize * 13 + i * 7) % (b.len() * 8);
+                b[bit / 8] ^= 1 << (bit % 8);
+                assert!(matches!(
+                    m.verify_shard(seg, i, Bytes::from(b)),
+                    Err(CodecError::ShardMismatch { segment, index }) if segment == seg && index == i
+                ));
+            }
+        }
+        // Shards of another segment (swapped segments) do not verify as this one's.
+        assert!(m.verify_shard(0, 0, shards[1][0].clone()).is_err());
+        // Fewer than k: a clear error naming the segment and the counts.
+        let one = verified(&m, 1, &shards[1], &[3]);
+        assert!(matches!(
+            d.decode_segment(1, &one),
+            Err(CodecError::NotEnoughShards {
+                segment: 1,
+                have: 1,
+                need: 2
+            })
+        ));
+        // The same shard twice counts once.
+        let dup = verified(&m, 1, &shards[1], &[3, 3]);
+        assert!(matches!(
+            d.decode_segment(1, &dup),
+            Err(CodecError::NotEnoughShards { have: 1, .. })
+        ));
+        // Wrong password: refused before any segment is touched.
+        assert!(matches!(
+            Decoder::new(m.clone(), b"nope"),
+            Err(CodecError::WrongPasswordOrTampered)
+        ));
+
+        // Segments of another upload of the same bytes and password, grafted into this manifest.
+        let (m2, shards2) = encode_all(&data, params(2, 4), Salt([3; 16]));
+        let mut mixed = m.clone();
+        mixed.segments[1] = m2.segments[1].clone();
+        let d_mixed = Decoder::new(mixed.clone(), b"pw").unwrap();
+        let v = verified(&mixed, 1, &shards2[1], &[0, 1]);
+        assert!(matches!(
+            d_mixed.decode_segment(1, &v),
+            Err(CodecError::SegmentAuth { segment: 1 })
+        ));
+
+        // Swapped segments (manifest rows exchanged, lengths equal): authentication fails.
+        let mut swapped = m.clone();
+        swapped.segments.swap(0, 1);
+        let d_sw = Decoder::new(swapped.clone(), b"pw").unwrap();
+        let v = verified(&swapped, 0, &shards[1], &[0, 1]);
+        assert!(matches!(
+            d_sw.decode_segment(0, &v),
+            Err(CodecError::SegmentAuth { segment: 0 })
+        ));
+    }
+
+    #[test]
+    fn dropped_last_segment_is_detected() {
+        // A file cut at a segment boundary: the manifest claims fewer bytes and one segment
+        // less, so the old second-to-last segment must open as "last" and cannot.
+        let per = 4096 - 16;
+        let data = vec![5u8; 2 * per];
+        let (m, shards) = encode_all(&data, params(2, 3), Salt([4; 16]));
+        let mut cut = m.clone();
+        cut.plaintext_size = per as u64;
+        cut.segments.truncate(1);
+        let d = Decoder::new(Manifest::from_bytes(&cut.to_bytes()).unwrap(), b"pw").unwrap();
+        let v = verified(&cut, 0, &shards[0], &[0, 1]);
+        assert!(matches!(
+            d.decode_segment(0, &v),
+            Err(CodecError::SegmentAuth { segment: 0 })
+        ));
+    }
+
+    #[test]
+    fn atomic_write_leaves_nothing_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.bin");
+        let r: Result<(), CodecError> = write_atomically(&path, false, |f| {
+            f.write_all(b"partial").unwrap();
+            Err(CodecError::SegmentAuth { segment: 3 })
+        });
+        assert!(r.is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        write_atomically::<_, CodecError>(&path, false, |f| {
+            f.write_all(b"x").map_err(CodecError::Read)
+        })
+        .unwrap();
+        let again = write_atomically::<_, CodecError>(&path, false, |_| Ok(()));
+        assert!(matches!(again, Err(CodecError::Exists { .. })));
+        write_atomically::<_, CodecError>(&path, true, |f| {
+            f.write_all(b"y").map_err(CodecError::Read)
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"y");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn any_k_of_n_round_trip(size in 0usize..20_000, k in 1u8..6, extra in 1u8..6, seed in any::<u64>()) {
+            let n = k + extra;
+            let data: Vec<u8> = (0..size).map(|i| (i as u64).wrapping_mul(seed | 1).to_le_bytes()[3]).collect();
+            let (m, shards) = encode_all(&data, params(k, n), Salt([9; 16]));
+            let d = Decoder::new(m.clone(), b"pw").unwrap();
+            let mut out = Vec::new();
+            for seg in 0..m.segments.len() {
+                // A pseudo-random choice of k distinct shards for each segment.
+                let mut idx: Vec<usize> = (0..n as usize).collect();
+                let rot = (seed as usize).wrapping_add(seg * 7) % n as usize;
+                idx.rotate_left(rot);
+                if seed % 2 == 0 { idx.reverse() }
+                let v = verified(&m, seg as u32, &shards[seg], &idx[..k as usize]);
+                out.extend(d.decode_segment(seg as u32, &v).unwrap());
+                let short = verified(&m, seg as u32, &shards[seg], &idx[..k as usize - 1]);
+                let is_not_enough = matches!(d.decode_segment(seg as u32, &short), Err(CodecError::NotEnoughShards { .. }));
+                prop_assert!(is_not_enough);
+            }
+            prop_assert_eq!(out, data);
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Configuration: `config.toml` with serde defaults and validation. Precedence, highest
+//! first: command-line flag, environment variable (both resolved by clap in `cli`), config
+//! file, built-in default. Anything unknown, mistyped or impossible is refused at start with
+//! the key and the file named.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::DEFAULT_SEGMENT_SIZE;
+use crate::crypto::{DEFAULT_ITERATIONS, MAX_ITERATIONS, MIN_ITERATIONS};
+use crate::error::ConfigError;
+use crate::manifest::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
+
+/// Where the configuration came from, for error messages.
+pub const BUILT_IN: &str = "built-in defaults";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub coordinator: CoordinatorConfig,
+    pub node: NodeConfig,
+    pub security: SecurityConfig,
+    pub client: ClientConfig,
+    /// Where this configuration was read from (not a key).
+    #[serde(skip)]
+    pub origin: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorConfig {
+    /// Address to listen on. Loopback by default: exposing a coordinator is a choice.
+    pub host: String,
+    pub port: u16,
+    pub max_peers: u32,
+    /// Seconds without a heartbeat before a peer counts as offline.
+    pub heartbeat_timeout: u64,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Unset: `./data/node-<port>`, so several nodes on one machine never clash.
+    pub data_dir: Option<PathBuf>,
+    pub port: u16,
+    pub max_storage_gb: f64,
+    /// n: shards per segment.
+    pub shards_total: u32,
+    /// k: shards that rebuild a segment.
+    pub shards_required: u32,
+    /// Seconds between audits of a peer.
+    pub audit_interval: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    pub min_reputation: f64,
+    /// 0 means no limit.
+    pub max_upload_size_mb: u64,
+    /// p2pstore always encrypts; kept for the seed's config files, and `false` is refused.
+    pub require_encryption: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    pub coordinator: String,
+    /// Bytes of a sealed segment.
+    pub segment_size: u32,
+    pub kdf_iterations: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            coordinator: CoordinatorConfig::default(),
+            node: NodeConfig::default(),
+            security: SecurityConfig::default(),
+            client: ClientConfig::default(),
+            origin: BUILT_IN.into(),
+        }
+    }
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            max_peers: 1000,
+            heartbeat_timeout: 60,
+            data_dir: "./data/coordinator".into(),
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: None,
+            port: 9000,
+            max_storage_gb: 10.0,
+            shards_total: 20,
+            shards_required: 8,
+            audit_interval: 300,
+        }
+    }
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            min_reputation: 0.5,
+            max_upload_size_mb: 0,
+            require_encryption: true,
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            coordinator: "http://127.0.0.1:8000".into(),
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            kdf_iterations: DEFAULT_ITERATIONS,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `explicit` (which must exist), else `./config.toml` when present, else the
+    /// built-in defaults; then validates.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let default_path = Path::new("config.toml");
+        let path = match explicit {
+            Some(p) => p,
+            None if default_path.is_file() => default_path,
+            None => return Ok(Config::default()),
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut c = Config::parse(&text, path)?;
+        c.origin = path.display().to_string();
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Refuses impossible values; call again after applying command-line overrides.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: String| {
+            Err(ConfigError::Invalid {
+                origin: format!("({})", self.origin),
+                key,
+                message,
+            })
+        };
+        let (n, k) = (self.node.shards_total, self.node.shards_required);
+        if n > 255 {
+            return bad(
+                "node.shards_total",
+                format!("is {n}; at most 255 shards per segment"),
+            );
+        }
+        if k == 0 {
+            return bad("node.shards_required", "must be at least 1".into());
+        }
+        if k >= n {
+            return bad(
+                "node.shards_required",
+                format!("({k}) must be less than node.shards_total ({n})"),
+            );
+        }
+        if self.coordinator.port == 0 {
+            return bad(
+                "coordinator.port",
+                "must not be 0: clients need a fixed port to reach it".into(),
+            );
+        }
+        if self.node.port == 0 {
+            return bad("node.port", "must not be 0".into());
+        }
+        if !(self.node.max_storage_gb > 0.0 && self.node.max_storage_gb.is_finite()) {
+            return bad(
+                "node.max_storage_gb",
+                format!(
+                    "must be a positive number, got {}",
+                    self.node.max_storage_gb
+                ),
+            );
+        }
+        if self.coordinator.heartbeat_timeout == 0 {
+            return bad(
+                "coordinator.heartbeat_timeout",
+                "must be at least 1 second".into(),
+            );
+        }
+        if self.node.audit_interval == 0 {
+            return bad("node.audit_interval", "must be at least 1 second".into());
+        }
+        if !(0.0..=1.0).contains(&self.security.min_reputation) {
+            return bad(
+                "security.min_reputation",
+                format!(
+                    "must be between 0 and 1, got {}",
+                    self.security.min_reputation
+                ),
+            );
+        }
+        if !self.security.require_encryption {
+            return bad(
+                "security.require_encryption",
+                "cannot be false: p2pstore always encrypts on the client".into(),
+            );
+        }
+        if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&self.client.segment_size) {
+            return bad(
+                "client.segment_size",
+                format!(
+                    "must be between {MIN_SEGMENT_SIZE} and {MAX_SEGMENT_SIZE} bytes, got {}",
+                    self.client.segment_size
+                ),
+            );
+        }
+        if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&self.client.kdf_iterations) {
+            return bad(
+                "client.kdf_iterations",
+                format!(
+                    "must be between {MIN_ITERATIONS} and {MAX_ITERATIONS}, got {}",
+                    self.client.kdf_iterations
+                ),
+            );
+        }
+        if !(self.client.coordinator.starts_with("http://")
+            || self.client.coordinator.starts_with("https://"))
+        {
+            return bad(
+                "client.coordinator",
+                format!("must be an http:// URL, got `{}`", self.client.coordinator),
+            );
+        }
+        Ok(())
+    }
+
+    /// The node data directory for a port when none is configured.
+    pub fn node_data_dir(&self, port: u16) -> PathBuf {
+        self.node
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("./data/node-{port}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("my.toml");
+        std::fs::write(&p, text).unwrap();
+        Config::load(Some(&p))
+    }
+
+    fn err(text: &str) -> String {
+        load_str(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        assert_eq!(load_str("").unwrap().node.shards_total, 20);
+    }
+
+    #[test]
+    fn the_shipped_config_loads() {
+        let c = Config::load(Some(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config.toml"
+        ))))
+        .unwrap();
+        assert_eq!(c.coordinator.port, 8000);
+    }
+
+    #[test]
+    fn refusals_name_the_key_and_file() {
+        let cases = [
+            ("[node]\nshards_totl = 3\n", "shards_totl"),
+            ("[nod]\n", "nod"),
+            ("[node]\nport = \"x\"\n", "port"),
+            ("[node]\nshards_required = 20\n", "node.shards_required"),
+            ("[node]\nshards_required = 0\n", "node.shards_required"),
+            (
+                "[node]\nshards_total = 300\nshards_required = 8\n",
+                "node.shards_total",
+            ),
+            ("[coordinator]\nport = 0\n", "coordinator.port"),
+            ("[node]\nport = 0\n", "node.port"),
+            ("[node]\nport = 70000\n", "port"),
+            (
+                "[security]\nmin_reputation = 2.0\n",
+                "security.min_reputation",
+            ),
+            (
+                "[security]\nrequire_encryption = false\n",
+                "security.require_encryption",
+            ),
+            ("[client]\nkdf_iterations = 1000\n", "client.kdf_iterations"),
+            ("[node]\nmax_storage_gb = -1\n", "node.max_storage_gb"),
+        ];
+        for (text, key) in cases {
+            let e = err(text);
+            assert!(e.contains(key), "{text:?} gave {e}");
+            assert!(e.contains("my.toml"), "{text:?} gave {e}");
+        }
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let e = Config::load(Some(Path::new("/nonexistent/p2pstore.toml"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/p2pstore.toml"));
+    }
+}

@@ -1,0 +1,223 @@
+//! Password-based keys and segment sealing: PBKDF2 → HKDF subkeys → AES-256-GCM in the
+//! STREAM construction (Hoang, Reyhanitabar, Rogaway, Vizár 2015). Pure: no I/O.
+//!
+//! The byte-exact rules are in docs/FORMAT.md; a browser implementation must follow them.
+
+use std::num::NonZeroU32;
+
+use ring::aead::{self, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::{hkdf, pbkdf2};
+
+use crate::error::CodecError;
+
+/// Bytes of the random per-upload salt.
+pub const SALT_LEN: usize = 16;
+/// Bytes the AEAD tag adds to every sealed segment (and to the sealed metadata).
+pub const TAG_LEN: usize = 16;
+/// The smallest PBKDF2 iteration count p2pstore accepts, on upload or in a manifest.
+pub const MIN_ITERATIONS: u32 = 100_000;
+/// The default: OWASP's current advice for PBKDF2-HMAC-SHA256.
+pub const DEFAULT_ITERATIONS: u32 = 600_000;
+/// Above this a manifest is refused: deriving the key would take minutes (a cheap DoS).
+pub const MAX_ITERATIONS: u32 = 50_000_000;
+
+const INFO_SEGMENT: &[u8] = b"p2pstore/v1/segment-key";
+const INFO_METADATA: &[u8] = b"p2pstore/v1/metadata-key";
+const INFO_OWNER: &[u8] = b"p2pstore/v1/owner-token";
+
+/// The per-upload random salt. It feeds PBKDF2, HKDF and every AEAD's associated data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Salt(pub [u8; SALT_LEN]);
+
+impl Salt {
+    pub fn random() -> Salt {
+        let mut s = [0u8; SALT_LEN];
+        SystemRandom::new()
+            .fill(&mut s)
+            .expect("the operating system's random generator failed");
+        Salt(s)
+    }
+}
+
+/// The keys of one upload, derived from the password and the upload's salt.
+pub struct FileKeys {
+    salt: Salt,
+    segment: LessSafeKey,
+    metadata: LessSafeKey,
+    owner_token: [u8; 32],
+}
+
+struct Len(usize);
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+impl FileKeys {
+    /// PBKDF2-HMAC-SHA256(password, salt, iterations) → 32-byte master key, then
+    /// HKDF-SHA256(salt = upload salt, ikm = master) expanded under three labels.
+    pub fn derive(password: &[u8], salt: Salt, iterations: u32) -> Result<FileKeys, CodecError> {
+        if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
+            return Err(CodecError::InvalidParams(format!(
+                "PBKDF2 iterations must be between {MIN_ITERATIONS} and {MAX_ITERATIONS}, got {iterations}"
+            )));
+        }
+        let mut master = [0u8; 32];
+        pbkdf2::derive(
+            pbkdf2::PBKDF2_HMAC_SHA256,
+            NonZeroU32::new(iterations).expect("checked above"),
+            &salt.0,
+            password,
+            &mut master,
+        );
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &salt.0).extract(&master);
+        let expand = |info: &[u8]| -> [u8; 32] {
+            let mut out = [0u8; 32];
+            prk.expand(&[info], Len(32))
+                .and_then(|okm| okm.fill(&mut out))
+                .expect("32 bytes is within HKDF-SHA256's output limit");
+            out
+        };
+        let aes = |bytes: [u8; 32]| {
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &bytes).expect("32-byte AES-256 key"))
+        };
+        Ok(FileKeys {
+            salt,
+            segment: aes(expand(INFO_SEGMENT)),
+            metadata: aes(expand(INFO_METADATA)),
+            owner_token: expand(INFO_OWNER),
+        })
+    }
+
+    pub fn salt(&self) -> Salt {
+        self.salt
+    }
+
+    /// Proves ownership of the file to the coordinator (which keeps only its hash).
+    pub fn owner_token(&self) -> [u8; 32] {
+        self.owner_token
+    }
+
+    /// Seals `buf` in place (appends the tag) as segment `index`; `last` marks the final one.
+    pub fn seal_segment(&self, index: u32, last: bool, buf: &mut Vec<u8>) {
+        self.segment
+            .seal_in_place_append_tag(segment_nonce(index, last), Aad::from(&self.salt.0), buf)
+            .expect("a segment is far below AES-GCM's length limit");
+    }
+
+    /// Opens a sealed segment in place; on success `buf` holds the plaintext.
+    pub fn open_segment(
+        &self,
+        index: u32,
+        last: bool,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        let len = self
+            .segment
+            .open_in_place(segment_nonce(index, last), Aad::from(&self.salt.0), buf)
+            .map_err(|_| CodecError::SegmentAuth { segment: index })?
+            .len();
+        buf.truncate(len);
+        Ok(())
+    }
+
+    /// Seals the file's metadata. The metadata key seals exactly one message, so a fixed
+    /// all-zero nonce is safe.
+    pub fn seal_metadata(&self, plain: &[u8]) -> Vec<u8> {
+        let mut buf = plain.to_vec();
+        self.metadata
+            .seal_in_place_append_tag(zero_nonce(), Aad::from(&self.salt.0), &mut buf)
+            .expect("metadata is far below AES-GCM's length limit");
+        buf
+    }
+
+    pub fn open_metadata(&self, sealed: &[u8]) -> Result<Vec<u8>, CodecError> {
+        let mut buf = sealed.to_vec();
+        let len = self
+            .metadata
+            .open_in_place(zero_nonce(), Aad::from(&self.salt.0), &mut buf)
+            .map_err(|_| CodecError::WrongPasswordOrTampered)?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+}
+
+/// STREAM nonce: 7 zero bytes ‖ segment index (u32 big-endian) ‖ last-segment flag.
+/// The key is unique to the upload (fresh salt), so the prefix need not be random.
+pub fn segment_nonce(index: u32, last: bool) -> Nonce {
+    let mut n = [0u8; aead::NONCE_LEN];
+    n[7..11].copy_from_slice(&index.to_be_bytes());
+    n[11] = last as u8;
+    Nonce::assume_unique_for_key(n)
+}
+
+fn zero_nonce() -> Nonce {
+    Nonce::assume_unique_for_key([0u8; aead::NONCE_LEN])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(password: &str, salt: u8) -> FileKeys {
+        FileKeys::derive(password.as_bytes(), Salt([salt; SALT_LEN]), MIN_ITERATIONS).unwrap()
+    }
+
+    #[test]
+    fn segment_round_trip_and_position_binding() {
+        let k = keys("pw", 1);
+        let mut buf = b"hello world".to_vec();
+        k.seal_segment(3, false, &mut buf);
+        assert_eq!(buf.len(), 11 + TAG_LEN);
+        let sealed = buf.clone();
+
+        let mut ok = sealed.clone();
+        k.open_segment(3, false, &mut ok).unwrap();
+        assert_eq!(ok, b"hello world");
+
+        // Reordered (other index) or truncated-stream (claimed last) opens fail.
+        for (i, last) in [(2, false), (3, true), (4, false)] {
+            let mut b = sealed.clone();
+            assert!(matches!(
+                k.open_segment(i, last, &mut b),
+                Err(CodecError::SegmentAuth { segment }) if segment == i
+            ));
+        }
+        // Another upload (other salt) or another password cannot open it.
+        for other in [keys("pw", 2), keys("pw2", 1)] {
+            let mut b = sealed.clone();
+            assert!(other.open_segment(3, false, &mut b).is_err());
+        }
+    }
+
+    #[test]
+    fn metadata_wrong_password() {
+        let sealed = keys("right", 9).seal_metadata(b"{\"name\":\"a\"}");
+        assert_eq!(
+            keys("right", 9).open_metadata(&sealed).unwrap(),
+            b"{\"name\":\"a\"}"
+        );
+        assert!(matches!(
+            keys("wrong", 9).open_metadata(&sealed),
+            Err(CodecError::WrongPasswordOrTampered)
+        ));
+    }
+
+    #[test]
+    fn subkeys_are_distinct_and_iterations_bounded() {
+        let a = keys("pw", 1);
+        let b = keys("pw", 2);
+        assert_ne!(a.owner_token(), b.owner_token());
+        assert!(FileKeys::derive(b"pw", Salt([0; 16]), MIN_ITERATIONS - 1).is_err());
+        assert!(FileKeys::derive(b"pw", Salt([0; 16]), MAX_ITERATIONS + 1).is_err());
+    }
+
+    #[test]
+    fn nonce_layout() {
+        let n = segment_nonce(0x01020304, true);
+        assert_eq!(n.as_ref(), &[0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 1]);
+    }
+}

@@ -1,0 +1,164 @@
+//! Reed-Solomon k-of-n coding of one sealed segment (reed-solomon-simd), with exact
+//! lengths: shards 0..k are the segment itself cut in k equal parts (the last zero-padded),
+//! shards k..n are recovery shards. Pure: no I/O.
+
+use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
+
+use crate::error::CodecError;
+
+/// The k and n of a file: any `k` of its `n` shards rebuild a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub k: u8,
+    pub n: u8,
+}
+
+impl Shape {
+    pub fn new(k: u8, n: u8) -> Result<Shape, CodecError> {
+        if k == 0 || k >= n {
+            return Err(CodecError::InvalidParams(format!(
+                "need 1 ≤ k < n ≤ 255 (any k of n shards rebuild a segment), got k={k}, n={n}"
+            )));
+        }
+        Ok(Shape { k, n })
+    }
+
+    pub fn k(self) -> usize {
+        self.k as usize
+    }
+
+    pub fn n(self) -> usize {
+        self.n as usize
+    }
+
+    /// Bytes of every shard of a segment of `sealed_len` bytes: ⌈sealed_len / k⌉ rounded up
+    /// to even (reed-solomon-simd works on 16-bit symbols).
+    pub fn shard_len(self, sealed_len: usize) -> usize {
+        let l = sealed_len.div_ceil(self.k()).max(2);
+        l + (l & 1)
+    }
+}
+
+/// Encodes segments of one shape, reusing the encoder's working memory between segments.
+pub struct Encoder {
+    shape: Shape,
+    rs: Option<ReedSolomonEncoder>,
+}
+
+impl Encoder {
+    pub fn new(shape: Shape) -> Encoder {
+        Encoder { shape, rs: None }
+    }
+
+    /// `data` holds the sealed segment zero-padded to k × shard_len bytes. Returns the n − k
+    /// recovery shards.
+    pub fn recovery(&mut self, data: &[u8], shard_len: usize) -> Vec<Vec<u8>> {
+        let (k, m) = (self.shape.k(), self.shape.n() - self.shape.k());
+        debug_assert_eq!(data.len(), k * shard_len);
+        let rs = match &mut self.rs {
+            Some(rs) => {
+                rs.reset(k, m, shard_len)
+                    .expect("shape and shard length were validated");
+                rs
+            }
+            slot => slot.insert(
+                ReedSolomonEncoder::new(k, m, shard_len)
+                    .expect("shape and shard length were validated"),
+            ),
+        };
+        for chunk in data.chunks_exact(shard_len) {
+            rs.add_original_shard(chunk)
+                .expect("exactly k shards of equal length");
+        }
+        let out = rs.encode().expect("all original shards were added");
+        out.recovery_iter().map(<[u8]>::to_vec).collect()
+    }
+}
+
+/// Rebuilds the sealed segment (k × shard_len bytes, padding included) from any k shards,
+/// given as (index, bytes). The caller has checked every shard against its id.
+pub fn reconstruct(
+    shape: Shape,
+    shard_len: usize,
+    shards: &[(usize, &[u8])],
+) -> Result<Vec<u8>, String> {
+    let k = shape.k();
+    let mut data = vec![0u8; k * shard_len];
+    let mut missing = vec![true; k];
+    for &(i, s) in shards.iter().filter(|(i, _)| *i < k) {
+        data[i * shard_len..(i + 1) * shard_len].copy_from_slice(s);
+        missing[i] = false;
+    }
+    if !missing.contains(&true) {
+        return Ok(data); // all data shards arrived: no decoding needed
+    }
+    let mut rs = ReedSolomonDecoder::new(k, shape.n() - k, shard_len).map_err(|e| e.to_string())?;
+    for &(i, s) in shards {
+        let r = if i < k {
+            rs.add_original_shard(i, s)
+        } else {
+            rs.add_recovery_shard(i - k, s)
+        };
+        r.map_err(|e| e.to_string())?;
+    }
+    let restored = rs.decode().map_err(|e| e.to_string())?;
+    for (i, s) in restored.restored_original_iter() {
+        data[i * shard_len..(i + 1) * shard_len].copy_from_slice(s);
+    }
+    Ok(data)
+}
+
+/// All n shards from any k: the repair path, which must recreate recovery shards too.
+pub fn all_shards(
+    shape: Shape,
+    shard_len: usize,
+    shards: &[(usize, &[u8])],
+) -> Result<Vec<Vec<u8>>, String> {
+    let data = reconstruct(shape, shard_len, shards)?;
+    let recovery = Encoder::new(shape).recovery(&data, shard_len);
+    Ok(data
+        .chunks_exact(shard_len)
+        .map(<[u8]>::to_vec)
+        .chain(recovery)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_bounds() {
+        assert!(Shape::new(0, 5).is_err());
+        assert!(Shape::new(5, 5).is_err());
+        assert!(Shape::new(1, 2).is_ok());
+        assert!(Shape::new(254, 255).is_ok());
+    }
+
+    #[test]
+    fn shard_len_is_even_and_covers() {
+        let s = Shape::new(8, 20).unwrap();
+        assert_eq!(s.shard_len(16), 2);
+        assert_eq!(s.shard_len(17), 4);
+        assert_eq!(s.shard_len(8 << 20), 1 << 20);
+        for len in 1..200 {
+            assert!(s.shard_len(len) * 8 >= len && s.shard_len(len).is_multiple_of(2));
+        }
+    }
+
+    #[test]
+    fn any_k_rebuild_all() {
+        let shape = Shape::new(3, 6).unwrap();
+        let shard_len = 10;
+        let data: Vec<u8> = (0..30).collect();
+        let rec = Encoder::new(shape).recovery(&data, shard_len);
+        let all: Vec<Vec<u8>> = data.chunks(10).map(|c| c.to_vec()).chain(rec).collect();
+        for pick in [[0, 1, 2], [3, 4, 5], [0, 4, 5], [2, 3, 1]] {
+            let given: Vec<(usize, &[u8])> = pick.iter().map(|&i| (i, &all[i][..])).collect();
+            assert_eq!(reconstruct(shape, shard_len, &given).unwrap(), data);
+            assert_eq!(all_shards(shape, shard_len, &given).unwrap(), all);
+        }
+        let two: Vec<(usize, &[u8])> = [4usize, 5].iter().map(|&i| (i, &all[i][..])).collect();
+        assert!(reconstruct(shape, shard_len, &two).is_err());
+    }
+}

@@ -1,0 +1,61 @@
+//! Typed errors of the library. Each message says what happened and, where it can, what to do.
+
+use std::path::PathBuf;
+
+/// Errors of the codec: keys, sealing, erasure coding, manifests.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error(
+        "wrong password, or the file's manifest was tampered with (AES-GCM cannot tell the two apart)"
+    )]
+    WrongPasswordOrTampered,
+    #[error(
+        "segment {segment} failed authentication: the data was tampered with, or the password is wrong (AES-GCM cannot tell the two apart)"
+    )]
+    SegmentAuth { segment: u32 },
+    #[error("not enough intact shards for segment {segment}: have {have}, need {need}")]
+    NotEnoughShards {
+        segment: u32,
+        have: usize,
+        need: usize,
+    },
+    #[error("shard {index} of segment {segment} does not match its id (corrupted or wrong shard)")]
+    ShardMismatch { segment: u32, index: usize },
+    #[error(
+        "unsupported manifest version {found} (this p2pstore reads version {supported}); upgrade p2pstore"
+    )]
+    UnsupportedVersion { found: u16, supported: u16 },
+    #[error("malformed manifest: {0}")]
+    Malformed(String),
+    #[error("invalid parameters: {0}")]
+    InvalidParams(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} already exists; pass --force to overwrite it")]
+    Exists { path: PathBuf },
+    #[error("reading the input failed: {0}")]
+    Read(std::io::Error),
+    #[error("writing the output failed: {0}")]
+    Write(std::io::Error),
+}
+
+/// Errors in the configuration, always naming the file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {origin}: `{key}` {message}")]
+    Invalid {
+        origin: String,
+        key: &'static str,
+        message: String,
+    },
+}

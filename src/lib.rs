@@ -1,0 +1,23 @@
+//! # p2pstore
+//!
+//! A decentralized, encrypted peer-to-peer store. A client encrypts a file with a key
+//! derived from a password (PBKDF2 → HKDF → AES-256-GCM in the STREAM construction), cuts
+//! it into segments, Reed-Solomon codes each segment into n shards of which any k rebuild
+//! it, and names every shard by the root of a SHA-256 Merkle tree over its chunks, so any
+//! holder of a shard id can check the shard, or a proof of one chunk of it, without the
+//! data. The manifest that lists all of this is sealed where it names the file, and its
+//! SHA-256 is the file id.
+//!
+//! Module map: the pure core (no sockets, files or clocks) is `crypto`, `erasure`,
+//! `merkle`, `manifest` and `codec`; `config` and `cli` are the edges; `bench` measures.
+//! docs/ARCHITECTURE.md has the bird's eye view, docs/FORMAT.md the byte layouts.
+
+pub mod bench;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod crypto;
+pub mod erasure;
+pub mod error;
+pub mod manifest;
+pub mod merkle;
