@@ -22,23 +22,14 @@ pub struct PatternReader {
 
 impl PatternReader {
     pub fn new(len: u64) -> PatternReader {
-        let pattern = (0..1u32 << 20)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
-        PatternReader {
-            remaining: len,
-            pattern,
-            pos: 0,
-        }
+        let pattern = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        PatternReader { remaining: len, pattern, pos: 0 }
     }
 }
 
 impl Read for PatternReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf
-            .len()
-            .min(self.remaining as usize)
-            .min(self.pattern.len() - self.pos);
+        let n = buf.len().min(self.remaining as usize).min(self.pattern.len() - self.pos);
         buf[..n].copy_from_slice(&self.pattern[self.pos..self.pos + n]);
         self.pos = (self.pos + n) % self.pattern.len();
         self.remaining -= n as u64;
@@ -86,11 +77,7 @@ pub fn codec_report(size: u64, memory_size: u64, params: EncodeParams) -> String
         }
     }
     out += &match peak {
-        Some(p) => format!(
-            "peak memory (VmHWM) encoding {} MiB: {} MiB\n",
-            memory_size >> 20,
-            p >> 20
-        ),
+        Some(p) => format!("peak memory (VmHWM) encoding {} MiB: {} MiB\n", memory_size >> 20, p >> 20),
         None => "peak memory: unavailable (no /proc/self/status)\n".into(),
     };
     out
@@ -99,29 +86,19 @@ pub fn codec_report(size: u64, memory_size: u64, params: EncodeParams) -> String
 fn timed(name: impl Into<String>, bytes: u64, f: impl FnOnce()) -> Figure {
     let t = Instant::now();
     f();
-    Figure {
-        name: name.into(),
-        bytes,
-        time: t.elapsed(),
-    }
+    Figure { name: name.into(), bytes, time: t.elapsed() }
 }
 
 /// Encodes `size` bytes, keeping the shards of the first `keep` segments.
 fn encode_pipeline(size: u64, params: EncodeParams, keep: usize) -> (Vec<Vec<Bytes>>, Manifest) {
-    let mut enc = Encoder::new(PatternReader::new(size), b"bench", params, Salt([1; 16]))
-        .expect("valid params");
+    let mut enc = Encoder::new(PatternReader::new(size), b"bench", params, Salt([1; 16])).expect("valid params");
     let mut kept = Vec::new();
     while let Some(seg) = enc.next_segment().expect("in-memory input") {
         if kept.len() < keep {
             kept.push((0..seg.shard_count()).map(|i| seg.shard(i)).collect());
         }
     }
-    let manifest = enc
-        .finish(&FileMeta {
-            name: "bench".into(),
-            content_type: String::new(),
-        })
-        .expect("fits");
+    let manifest = enc.finish(&FileMeta { name: "bench".into(), content_type: String::new() }).expect("fits");
     (kept, manifest)
 }
 
@@ -136,27 +113,15 @@ pub fn codec(size: u64, memory_size: u64, params: EncodeParams) -> (Vec<Figure>,
     let segments = size.div_ceil(seg as u64);
     let mut figs = Vec::new();
 
-    figs.push(timed(
-        format!("encode pipeline, {} MiB (memory run)", memory_size >> 20),
-        memory_size,
-        || {
-            encode_pipeline(memory_size, params, 0);
-        },
-    ));
+    figs.push(timed(format!("encode pipeline, {} MiB (memory run)", memory_size >> 20), memory_size, || {
+        encode_pipeline(memory_size, params, 0);
+    }));
     let peak = peak_rss();
 
     let mut kdf_keys = None;
-    let kdf = timed(
-        format!(
-            "PBKDF2 {} iterations + HKDF (ms, not MB/s)",
-            params.iterations
-        ),
-        0,
-        || {
-            kdf_keys =
-                Some(FileKeys::derive(b"bench", Salt([2; 16]), params.iterations).expect("valid"));
-        },
-    );
+    let kdf = timed(format!("PBKDF2 {} iterations + HKDF (ms, not MB/s)", params.iterations), 0, || {
+        kdf_keys = Some(FileKeys::derive(b"bench", Salt([2; 16]), params.iterations).expect("valid"));
+    });
     let keys = kdf_keys.expect("derived");
     figs.push(kdf);
 
@@ -173,29 +138,18 @@ pub fn codec(size: u64, memory_size: u64, params: EncodeParams) -> (Vec<Figure>,
     let data = vec![3u8; shape.k() * shard_len];
     let mut rs = erasure::Encoder::new(shape);
     let mut recovery = Vec::new();
-    figs.push(timed(
-        format!("Reed-Solomon encode {}-of-{}", shape.k, shape.n),
-        size,
-        || {
-            for _ in 0..segments {
-                recovery = rs.recovery(&data, shard_len);
-            }
-        },
-    ));
+    figs.push(timed(format!("Reed-Solomon encode {}-of-{}", shape.k, shape.n), size, || {
+        for _ in 0..segments {
+            recovery = rs.recovery(&data, shard_len);
+        }
+    }));
 
-    let all: Vec<&[u8]> = data
-        .chunks_exact(shard_len)
-        .chain(recovery.iter().map(|r| &r[..]))
-        .collect();
-    figs.push(timed(
-        format!("Merkle ids of all {} shards (all cores)", shape.n),
-        size,
-        || {
-            for _ in 0..segments {
-                shard_ids(&all);
-            }
-        },
-    ));
+    let all: Vec<&[u8]> = data.chunks_exact(shard_len).chain(recovery.iter().map(|r| &r[..])).collect();
+    figs.push(timed(format!("Merkle ids of all {} shards (all cores)", shape.n), size, || {
+        for _ in 0..segments {
+            shard_ids(&all);
+        }
+    }));
 
     let mut encoded = None;
     figs.push(timed("encode pipeline (read, seal, RS, ids)", size, || {
@@ -210,25 +164,15 @@ pub fn codec(size: u64, memory_size: u64, params: EncodeParams) -> (Vec<Figure>,
     let rounds = size.div_ceil(kept_bytes.max(1));
     for (label, first) in [
         ("decode pipeline, k data shards (verify, join, open)", 0),
-        (
-            "decode pipeline, recovery shards only (verify, RS decode, open)",
-            shape.k(),
-        ),
+        ("decode pipeline, recovery shards only (verify, RS decode, open)", shape.k()),
     ] {
-        let rounds = if first == 0 {
-            rounds
-        } else {
-            rounds.div_ceil(4)
-        };
+        let rounds = if first == 0 { rounds } else { rounds.div_ceil(4) };
         figs.push(timed(label, rounds * kept_bytes, || {
             for _ in 0..rounds {
                 for (i, shards) in kept.iter().enumerate() {
                     let m = decoder.manifest();
                     let v: Vec<_> = (first..first + shape.k())
-                        .map(|j| {
-                            m.verify_shard(i as u32, j, shards[j].clone())
-                                .expect("intact")
-                        })
+                        .map(|j| m.verify_shard(i as u32, j, shards[j].clone()).expect("intact"))
                         .collect();
                     decoder.decode_segment(i as u32, &v).expect("decodes");
                 }

@@ -12,9 +12,7 @@ use rayon::prelude::*;
 use crate::crypto::{DEFAULT_ITERATIONS, FileKeys, Salt, TAG_LEN};
 use crate::erasure::{self, Shape};
 use crate::error::CodecError;
-use crate::manifest::{
-    FileMeta, MAX_META_LEN, Manifest, SegmentEntry, check_segment_size, plain_per_segment,
-};
+use crate::manifest::{FileMeta, MAX_META_LEN, Manifest, SegmentEntry, check_segment_size, plain_per_segment};
 use crate::merkle::{self, ShardId};
 
 /// Default sealed segment size: 8 MiB. Measured here (docs/ARCHITECTURE.md, README), it is
@@ -53,12 +51,7 @@ pub struct EncodedSegment {
 impl EncodedSegment {
     pub fn shard(&self, i: usize) -> Bytes {
         let k = self.data.len() / self.shard_len;
-        if i < k {
-            self.data
-                .slice(i * self.shard_len..(i + 1) * self.shard_len)
-        } else {
-            self.recovery[i - k].clone()
-        }
+        if i < k { self.data.slice(i * self.shard_len..(i + 1) * self.shard_len) } else { self.recovery[i - k].clone() }
     }
 
     /// The sealed segment (ciphertext and tag), before padding and coding.
@@ -89,12 +82,7 @@ pub struct Encoder<R> {
 }
 
 impl<R: Read> Encoder<R> {
-    pub fn new(
-        reader: R,
-        password: &[u8],
-        params: EncodeParams,
-        salt: Salt,
-    ) -> Result<Self, CodecError> {
+    pub fn new(reader: R, password: &[u8], params: EncodeParams, salt: Salt) -> Result<Self, CodecError> {
         Shape::new(params.shape.k, params.shape.n)?;
         check_segment_size(params.segment_size)?;
         let keys = FileKeys::derive(password, salt, params.iterations)?;
@@ -117,16 +105,9 @@ impl<R: Read> Encoder<R> {
     /// Reads up to one segment of plaintext, into a buffer with room for tag and padding.
     fn read_block(&mut self) -> Result<Vec<u8>, CodecError> {
         let plain = plain_per_segment(self.params.segment_size);
-        let cap = self.params.shape.k()
-            * self
-                .params
-                .shape
-                .shard_len(self.params.segment_size as usize);
+        let cap = self.params.shape.k() * self.params.shape.shard_len(self.params.segment_size as usize);
         let mut buf = Vec::with_capacity(cap);
-        (&mut self.reader)
-            .take(plain)
-            .read_to_end(&mut buf)
-            .map_err(CodecError::Read)?;
+        (&mut self.reader).take(plain).read_to_end(&mut buf).map_err(CodecError::Read)?;
         Ok(buf)
     }
 
@@ -158,44 +139,22 @@ impl<R: Read> Encoder<R> {
         // stages cost about the same, so this keeps both cores busy.
         let rs = &mut self.rs;
         let (recovery, mut ids) = rayon::join(
-            || {
-                rs.recovery(&buf, shard_len)
-                    .into_iter()
-                    .map(Bytes::from)
-                    .collect::<Vec<_>>()
-            },
+            || rs.recovery(&buf, shard_len).into_iter().map(Bytes::from).collect::<Vec<_>>(),
             || shard_ids(&buf.chunks_exact(shard_len).collect::<Vec<_>>()),
         );
-        ids.extend(shard_ids(
-            &recovery.iter().map(|r| &r[..]).collect::<Vec<_>>(),
-        ));
+        ids.extend(shard_ids(&recovery.iter().map(|r| &r[..]).collect::<Vec<_>>()));
         let data = Bytes::from(buf);
-        self.segments.push(SegmentEntry {
-            sealed_len: sealed_len as u32,
-            shard_ids: ids.clone(),
-        });
+        self.segments.push(SegmentEntry { sealed_len: sealed_len as u32, shard_ids: ids.clone() });
         self.done = last;
-        Ok(Some(EncodedSegment {
-            index,
-            sealed_len: sealed_len as u32,
-            shard_len,
-            data,
-            recovery,
-            ids,
-        }))
+        Ok(Some(EncodedSegment { index, sealed_len: sealed_len as u32, shard_len, data, recovery, ids }))
     }
 
     /// The manifest of everything encoded; call after `next_segment` returned None.
     pub fn finish(self, meta: &FileMeta) -> Result<Manifest, CodecError> {
-        assert!(
-            self.done,
-            "finish() called before the last segment was encoded"
-        );
+        assert!(self.done, "finish() called before the last segment was encoded");
         let plain = serde_json::to_vec(meta).expect("FileMeta serializes");
         if plain.len() + TAG_LEN > MAX_META_LEN {
-            return Err(CodecError::InvalidParams(
-                "file name or content type too long".into(),
-            ));
+            return Err(CodecError::InvalidParams("file name or content type too long".into()));
         }
         Ok(Manifest {
             plaintext_size: self.plaintext_size,
@@ -228,19 +187,11 @@ impl VerifiedShard {
 
 impl Manifest {
     /// Checks shard `index` of `segment` against its id and length.
-    pub fn verify_shard(
-        &self,
-        segment: u32,
-        index: usize,
-        bytes: Bytes,
-    ) -> Result<VerifiedShard, CodecError> {
+    pub fn verify_shard(&self, segment: u32, index: usize, bytes: Bytes) -> Result<VerifiedShard, CodecError> {
         let seg = self.segments.get(segment as usize);
         let id = seg.and_then(|s| s.shard_ids.get(index));
         match id {
-            Some(id)
-                if bytes.len() == self.shard_len(segment as usize)
-                    && merkle::root(&bytes) == *id =>
-            {
+            Some(id) if bytes.len() == self.shard_len(segment as usize) && merkle::root(&bytes) == *id => {
                 Ok(VerifiedShard { index, bytes })
             }
             _ => Err(CodecError::ShardMismatch { segment, index }),
@@ -262,11 +213,7 @@ impl Decoder {
         let plain = keys.open_metadata(&manifest.sealed_meta)?;
         let meta = serde_json::from_slice(&plain)
             .map_err(|e| CodecError::Malformed(format!("sealed metadata is not valid: {e}")))?;
-        Ok(Decoder {
-            manifest,
-            keys,
-            meta,
-        })
+        Ok(Decoder { manifest, keys, meta })
     }
 
     pub fn meta(&self) -> &FileMeta {
@@ -278,11 +225,7 @@ impl Decoder {
     }
 
     /// The plaintext of segment `index` from at least k verified shards of it.
-    pub fn decode_segment(
-        &self,
-        index: u32,
-        shards: &[VerifiedShard],
-    ) -> Result<Vec<u8>, CodecError> {
+    pub fn decode_segment(&self, index: u32, shards: &[VerifiedShard]) -> Result<Vec<u8>, CodecError> {
         let m = &self.manifest;
         let k = m.shape.k();
         let mut seen = vec![false; m.shape.n()];
@@ -293,11 +236,7 @@ impl Decoder {
             .take(k)
             .collect();
         if distinct.len() < k {
-            return Err(CodecError::NotEnoughShards {
-                segment: index,
-                have: distinct.len(),
-                need: k,
-            });
+            return Err(CodecError::NotEnoughShards { segment: index, have: distinct.len(), need: k });
         }
         let seg = &m.segments[index as usize];
         let mut buf = erasure::reconstruct(m.shape, m.shard_len(index as usize), &distinct)
@@ -330,25 +269,15 @@ pub fn write_atomically<T, E: From<CodecError>>(
     overwrite: bool,
     write: impl FnOnce(&mut File) -> Result<T, E>,
 ) -> Result<T, E> {
-    let io = |source: io::Error| CodecError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source: io::Error| CodecError::Io { path: path.to_owned(), source };
     if !overwrite && path.exists() {
-        return Err(CodecError::Exists {
-            path: path.to_owned(),
-        }
-        .into());
+        return Err(CodecError::Exists { path: path.to_owned() }.into());
     }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".p2pstore-")
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(io)?;
+    let mut tmp = tempfile::Builder::new().prefix(".p2pstore-").suffix(".part").tempfile_in(dir).map_err(io)?;
     let value = write(tmp.as_file_mut())?;
     tmp.as_file().sync_all().map_err(io)?;
     if overwrite {
@@ -367,18 +296,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn params(k: u8, n: u8) -> EncodeParams {
-        EncodeParams {
-            shape: Shape::new(k, n).unwrap(),
-            segment_size: 4096,
-            iterations: MIN_ITERATIONS,
-        }
+        EncodeParams { shape: Shape::new(k, n).unwrap(), segment_size: 4096, iterations: MIN_ITERATIONS }
     }
 
     fn meta() -> FileMeta {
-        FileMeta {
-            name: "a.bin".into(),
-            content_type: "application/octet-stream".into(),
-        }
+        FileMeta { name: "a.bin".into(), content_type: "application/octet-stream".into() }
     }
 
     fn encode_all(data: &[u8], p: EncodeParams, salt: Salt) -> (Manifest, Vec<Vec<Bytes>>) {
@@ -392,9 +314,7 @@ mod tests {
     }
 
     fn verified(m: &Manifest, seg: u32, shards: &[Bytes], pick: &[usize]) -> Vec<VerifiedShard> {
-        pick.iter()
-            .map(|&i| m.verify_shard(seg, i, shards[i].clone()).unwrap())
-            .collect()
+        pick.iter().map(|&i| m.verify_shard(seg, i, shards[i].clone()).unwrap()).collect()
     }
 
     #[test]
@@ -410,10 +330,7 @@ mod tests {
             let d = Decoder::new(Manifest::from_bytes(&m.to_bytes()).unwrap(), b"pw").unwrap();
             assert_eq!(d.meta(), &meta());
             let mut out = Vec::new();
-            d.decode_to_writer(&mut out, |i| {
-                Ok(verified(&m, i, &shards[i as usize], &[4, 1, 3]))
-            })
-            .unwrap();
+            d.decode_to_writer(&mut out, |i| Ok(verified(&m, i, &shards[i as usize], &[4, 1, 3]))).unwrap();
             assert_eq!(out, data, "size {size}");
         }
     }
@@ -440,25 +357,12 @@ mod tests {
         assert!(m.verify_shard(0, 0, shards[1][0].clone()).is_err());
         // Fewer than k: a clear error naming the segment and the counts.
         let one = verified(&m, 1, &shards[1], &[3]);
-        assert!(matches!(
-            d.decode_segment(1, &one),
-            Err(CodecError::NotEnoughShards {
-                segment: 1,
-                have: 1,
-                need: 2
-            })
-        ));
+        assert!(matches!(d.decode_segment(1, &one), Err(CodecError::NotEnoughShards { segment: 1, have: 1, need: 2 })));
         // The same shard twice counts once.
         let dup = verified(&m, 1, &shards[1], &[3, 3]);
-        assert!(matches!(
-            d.decode_segment(1, &dup),
-            Err(CodecError::NotEnoughShards { have: 1, .. })
-        ));
+        assert!(matches!(d.decode_segment(1, &dup), Err(CodecError::NotEnoughShards { have: 1, .. })));
         // Wrong password: refused before any segment is touched.
-        assert!(matches!(
-            Decoder::new(m.clone(), b"nope"),
-            Err(CodecError::WrongPasswordOrTampered)
-        ));
+        assert!(matches!(Decoder::new(m.clone(), b"nope"), Err(CodecError::WrongPasswordOrTampered)));
 
         // Segments of another upload of the same bytes and password, grafted into this manifest.
         let (m2, shards2) = encode_all(&data, params(2, 4), Salt([3; 16]));
@@ -466,20 +370,14 @@ mod tests {
         mixed.segments[1] = m2.segments[1].clone();
         let d_mixed = Decoder::new(mixed.clone(), b"pw").unwrap();
         let v = verified(&mixed, 1, &shards2[1], &[0, 1]);
-        assert!(matches!(
-            d_mixed.decode_segment(1, &v),
-            Err(CodecError::SegmentAuth { segment: 1 })
-        ));
+        assert!(matches!(d_mixed.decode_segment(1, &v), Err(CodecError::SegmentAuth { segment: 1 })));
 
         // Swapped segments (manifest rows exchanged, lengths equal): authentication fails.
         let mut swapped = m.clone();
         swapped.segments.swap(0, 1);
         let d_sw = Decoder::new(swapped.clone(), b"pw").unwrap();
         let v = verified(&swapped, 0, &shards[1], &[0, 1]);
-        assert!(matches!(
-            d_sw.decode_segment(0, &v),
-            Err(CodecError::SegmentAuth { segment: 0 })
-        ));
+        assert!(matches!(d_sw.decode_segment(0, &v), Err(CodecError::SegmentAuth { segment: 0 })));
     }
 
     #[test]
@@ -494,10 +392,7 @@ mod tests {
         cut.segments.truncate(1);
         let d = Decoder::new(Manifest::from_bytes(&cut.to_bytes()).unwrap(), b"pw").unwrap();
         let v = verified(&cut, 0, &shards[0], &[0, 1]);
-        assert!(matches!(
-            d.decode_segment(0, &v),
-            Err(CodecError::SegmentAuth { segment: 0 })
-        ));
+        assert!(matches!(d.decode_segment(0, &v), Err(CodecError::SegmentAuth { segment: 0 })));
     }
 
     #[test]
@@ -510,16 +405,10 @@ mod tests {
         });
         assert!(r.is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        write_atomically::<_, CodecError>(&path, false, |f| {
-            f.write_all(b"x").map_err(CodecError::Read)
-        })
-        .unwrap();
+        write_atomically::<_, CodecError>(&path, false, |f| f.write_all(b"x").map_err(CodecError::Read)).unwrap();
         let again = write_atomically::<_, CodecError>(&path, false, |_| Ok(()));
         assert!(matches!(again, Err(CodecError::Exists { .. })));
-        write_atomically::<_, CodecError>(&path, true, |f| {
-            f.write_all(b"y").map_err(CodecError::Read)
-        })
-        .unwrap();
+        write_atomically::<_, CodecError>(&path, true, |f| f.write_all(b"y").map_err(CodecError::Read)).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"y");
     }
 

@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub shards_required: u32,
     /// Seconds between audits of a peer.
     pub audit_interval: u64,
+    /// Seconds between a node's heartbeats.
+    pub heartbeat_interval: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -106,17 +108,14 @@ impl Default for NodeConfig {
             shards_total: 20,
             shards_required: 8,
             audit_interval: 300,
+            heartbeat_interval: 10,
         }
     }
 }
 
 impl Default for SecurityConfig {
     fn default() -> Self {
-        SecurityConfig {
-            min_reputation: 0.5,
-            max_upload_size_mb: 0,
-            require_encryption: true,
-        }
+        SecurityConfig { min_reputation: 0.5, max_upload_size_mb: 0, require_encryption: true }
     }
 }
 
@@ -140,10 +139,8 @@ impl Config {
             None if default_path.is_file() => default_path,
             None => return Ok(Config::default()),
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let mut c = Config::parse(&text, path)?;
         c.origin = path.display().to_string();
         c.validate()?;
@@ -151,60 +148,39 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_string(),
-        })
+        toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_string() })
     }
 
     /// Refuses impossible values; call again after applying command-line overrides.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &'static str, message: String| {
-            Err(ConfigError::Invalid {
-                origin: format!("({})", self.origin),
-                key,
-                message,
-            })
+            Err(ConfigError::Invalid { origin: format!("({})", self.origin), key, message })
         };
         let (n, k) = (self.node.shards_total, self.node.shards_required);
         if n > 255 {
-            return bad(
-                "node.shards_total",
-                format!("is {n}; at most 255 shards per segment"),
-            );
+            return bad("node.shards_total", format!("is {n}; at most 255 shards per segment"));
         }
         if k == 0 {
             return bad("node.shards_required", "must be at least 1".into());
         }
         if k >= n {
-            return bad(
-                "node.shards_required",
-                format!("({k}) must be less than node.shards_total ({n})"),
-            );
+            return bad("node.shards_required", format!("({k}) must be less than node.shards_total ({n})"));
         }
         if self.coordinator.port == 0 {
-            return bad(
-                "coordinator.port",
-                "must not be 0: clients need a fixed port to reach it".into(),
-            );
+            return bad("coordinator.port", "must not be 0: clients need a fixed port to reach it".into());
         }
         if self.node.port == 0 {
             return bad("node.port", "must not be 0".into());
         }
         if !(self.node.max_storage_gb > 0.0 && self.node.max_storage_gb.is_finite()) {
-            return bad(
-                "node.max_storage_gb",
-                format!(
-                    "must be a positive number, got {}",
-                    self.node.max_storage_gb
-                ),
-            );
+            return bad("node.max_storage_gb", format!("must be a positive number, got {}", self.node.max_storage_gb));
         }
         if self.coordinator.heartbeat_timeout == 0 {
-            return bad(
-                "coordinator.heartbeat_timeout",
-                "must be at least 1 second".into(),
-            );
+            return bad("coordinator.heartbeat_timeout", "must be at least 1 second".into());
+        }
+        if self.node.heartbeat_interval == 0 {
+            return bad("node.heartbeat_interval", "must be at least 1 second".into());
         }
         if self.node.audit_interval == 0 {
             return bad("node.audit_interval", "must be at least 1 second".into());
@@ -212,10 +188,7 @@ impl Config {
         if !(0.0..=1.0).contains(&self.security.min_reputation) {
             return bad(
                 "security.min_reputation",
-                format!(
-                    "must be between 0 and 1, got {}",
-                    self.security.min_reputation
-                ),
+                format!("must be between 0 and 1, got {}", self.security.min_reputation),
             );
         }
         if !self.security.require_encryption {
@@ -236,29 +209,18 @@ impl Config {
         if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&self.client.kdf_iterations) {
             return bad(
                 "client.kdf_iterations",
-                format!(
-                    "must be between {MIN_ITERATIONS} and {MAX_ITERATIONS}, got {}",
-                    self.client.kdf_iterations
-                ),
+                format!("must be between {MIN_ITERATIONS} and {MAX_ITERATIONS}, got {}", self.client.kdf_iterations),
             );
         }
-        if !(self.client.coordinator.starts_with("http://")
-            || self.client.coordinator.starts_with("https://"))
-        {
-            return bad(
-                "client.coordinator",
-                format!("must be an http:// URL, got `{}`", self.client.coordinator),
-            );
+        if !(self.client.coordinator.starts_with("http://") || self.client.coordinator.starts_with("https://")) {
+            return bad("client.coordinator", format!("must be an http:// URL, got `{}`", self.client.coordinator));
         }
         Ok(())
     }
 
     /// The node data directory for a port when none is configured.
     pub fn node_data_dir(&self, port: u16) -> PathBuf {
-        self.node
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("./data/node-{port}")))
+        self.node.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("./data/node-{port}")))
     }
 }
 
@@ -285,11 +247,7 @@ mod tests {
 
     #[test]
     fn the_shipped_config_loads() {
-        let c = Config::load(Some(Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config.toml"
-        ))))
-        .unwrap();
+        let c = Config::load(Some(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")))).unwrap();
         assert_eq!(c.coordinator.port, 8000);
     }
 
@@ -301,21 +259,12 @@ mod tests {
             ("[node]\nport = \"x\"\n", "port"),
             ("[node]\nshards_required = 20\n", "node.shards_required"),
             ("[node]\nshards_required = 0\n", "node.shards_required"),
-            (
-                "[node]\nshards_total = 300\nshards_required = 8\n",
-                "node.shards_total",
-            ),
+            ("[node]\nshards_total = 300\nshards_required = 8\n", "node.shards_total"),
             ("[coordinator]\nport = 0\n", "coordinator.port"),
             ("[node]\nport = 0\n", "node.port"),
             ("[node]\nport = 70000\n", "port"),
-            (
-                "[security]\nmin_reputation = 2.0\n",
-                "security.min_reputation",
-            ),
-            (
-                "[security]\nrequire_encryption = false\n",
-                "security.require_encryption",
-            ),
+            ("[security]\nmin_reputation = 2.0\n", "security.min_reputation"),
+            ("[security]\nrequire_encryption = false\n", "security.require_encryption"),
             ("[client]\nkdf_iterations = 1000\n", "client.kdf_iterations"),
             ("[node]\nmax_storage_gb = -1\n", "node.max_storage_gb"),
         ];

@@ -33,9 +33,7 @@ pub struct Salt(pub [u8; SALT_LEN]);
 impl Salt {
     pub fn random() -> Salt {
         let mut s = [0u8; SALT_LEN];
-        SystemRandom::new()
-            .fill(&mut s)
-            .expect("the operating system's random generator failed");
+        SystemRandom::new().fill(&mut s).expect("the operating system's random generator failed");
         Salt(s)
     }
 }
@@ -80,9 +78,8 @@ impl FileKeys {
                 .expect("32 bytes is within HKDF-SHA256's output limit");
             out
         };
-        let aes = |bytes: [u8; 32]| {
-            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &bytes).expect("32-byte AES-256 key"))
-        };
+        let aes =
+            |bytes: [u8; 32]| LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &bytes).expect("32-byte AES-256 key"));
         Ok(FileKeys {
             salt,
             segment: aes(expand(INFO_SEGMENT)),
@@ -108,12 +105,7 @@ impl FileKeys {
     }
 
     /// Opens a sealed segment in place; on success `buf` holds the plaintext.
-    pub fn open_segment(
-        &self,
-        index: u32,
-        last: bool,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), CodecError> {
+    pub fn open_segment(&self, index: u32, last: bool, buf: &mut Vec<u8>) -> Result<(), CodecError> {
         let len = self
             .segment
             .open_in_place(segment_nonce(index, last), Aad::from(&self.salt.0), buf)
@@ -196,14 +188,8 @@ mod tests {
     #[test]
     fn metadata_wrong_password() {
         let sealed = keys("right", 9).seal_metadata(b"{\"name\":\"a\"}");
-        assert_eq!(
-            keys("right", 9).open_metadata(&sealed).unwrap(),
-            b"{\"name\":\"a\"}"
-        );
-        assert!(matches!(
-            keys("wrong", 9).open_metadata(&sealed),
-            Err(CodecError::WrongPasswordOrTampered)
-        ));
+        assert_eq!(keys("right", 9).open_metadata(&sealed).unwrap(), b"{\"name\":\"a\"}");
+        assert!(matches!(keys("wrong", 9).open_metadata(&sealed), Err(CodecError::WrongPasswordOrTampered)));
     }
 
     #[test]

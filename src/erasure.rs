@@ -57,18 +57,15 @@ impl Encoder {
         debug_assert_eq!(data.len(), k * shard_len);
         let rs = match &mut self.rs {
             Some(rs) => {
-                rs.reset(k, m, shard_len)
-                    .expect("shape and shard length were validated");
+                rs.reset(k, m, shard_len).expect("shape and shard length were validated");
                 rs
             }
-            slot => slot.insert(
-                ReedSolomonEncoder::new(k, m, shard_len)
-                    .expect("shape and shard length were validated"),
-            ),
+            slot => {
+                slot.insert(ReedSolomonEncoder::new(k, m, shard_len).expect("shape and shard length were validated"))
+            }
         };
         for chunk in data.chunks_exact(shard_len) {
-            rs.add_original_shard(chunk)
-                .expect("exactly k shards of equal length");
+            rs.add_original_shard(chunk).expect("exactly k shards of equal length");
         }
         let out = rs.encode().expect("all original shards were added");
         out.recovery_iter().map(<[u8]>::to_vec).collect()
@@ -77,11 +74,7 @@ impl Encoder {
 
 /// Rebuilds the sealed segment (k × shard_len bytes, padding included) from any k shards,
 /// given as (index, bytes). The caller has checked every shard against its id.
-pub fn reconstruct(
-    shape: Shape,
-    shard_len: usize,
-    shards: &[(usize, &[u8])],
-) -> Result<Vec<u8>, String> {
+pub fn reconstruct(shape: Shape, shard_len: usize, shards: &[(usize, &[u8])]) -> Result<Vec<u8>, String> {
     let k = shape.k();
     let mut data = vec![0u8; k * shard_len];
     let mut missing = vec![true; k];
@@ -94,11 +87,7 @@ pub fn reconstruct(
     }
     let mut rs = ReedSolomonDecoder::new(k, shape.n() - k, shard_len).map_err(|e| e.to_string())?;
     for &(i, s) in shards {
-        let r = if i < k {
-            rs.add_original_shard(i, s)
-        } else {
-            rs.add_recovery_shard(i - k, s)
-        };
+        let r = if i < k { rs.add_original_shard(i, s) } else { rs.add_recovery_shard(i - k, s) };
         r.map_err(|e| e.to_string())?;
     }
     let restored = rs.decode().map_err(|e| e.to_string())?;
@@ -109,18 +98,10 @@ pub fn reconstruct(
 }
 
 /// All n shards from any k: the repair path, which must recreate recovery shards too.
-pub fn all_shards(
-    shape: Shape,
-    shard_len: usize,
-    shards: &[(usize, &[u8])],
-) -> Result<Vec<Vec<u8>>, String> {
+pub fn all_shards(shape: Shape, shard_len: usize, shards: &[(usize, &[u8])]) -> Result<Vec<Vec<u8>>, String> {
     let data = reconstruct(shape, shard_len, shards)?;
     let recovery = Encoder::new(shape).recovery(&data, shard_len);
-    Ok(data
-        .chunks_exact(shard_len)
-        .map(<[u8]>::to_vec)
-        .chain(recovery)
-        .collect())
+    Ok(data.chunks_exact(shard_len).map(<[u8]>::to_vec).chain(recovery).collect())
 }
 
 #[cfg(test)]

@@ -5,35 +5,24 @@ use std::path::PathBuf;
 /// Errors of the codec: keys, sealing, erasure coding, manifests.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
-    #[error(
-        "wrong password, or the file's manifest was tampered with (AES-GCM cannot tell the two apart)"
-    )]
+    #[error("wrong password, or the file's manifest was tampered with (AES-GCM cannot tell the two apart)")]
     WrongPasswordOrTampered,
     #[error(
         "segment {segment} failed authentication: the data was tampered with, or the password is wrong (AES-GCM cannot tell the two apart)"
     )]
     SegmentAuth { segment: u32 },
     #[error("not enough intact shards for segment {segment}: have {have}, need {need}")]
-    NotEnoughShards {
-        segment: u32,
-        have: usize,
-        need: usize,
-    },
+    NotEnoughShards { segment: u32, have: usize, need: usize },
     #[error("shard {index} of segment {segment} does not match its id (corrupted or wrong shard)")]
     ShardMismatch { segment: u32, index: usize },
-    #[error(
-        "unsupported manifest version {found} (this p2pstore reads version {supported}); upgrade p2pstore"
-    )]
+    #[error("unsupported manifest version {found} (this p2pstore reads version {supported}); upgrade p2pstore")]
     UnsupportedVersion { found: u16, supported: u16 },
     #[error("malformed manifest: {0}")]
     Malformed(String),
     #[error("invalid parameters: {0}")]
     InvalidParams(String),
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path} already exists; pass --force to overwrite it")]
     Exists { path: PathBuf },
     #[error("reading the input failed: {0}")]
@@ -46,16 +35,9 @@ pub enum CodecError {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config {origin}: `{key}` {message}")]
-    Invalid {
-        origin: String,
-        key: &'static str,
-        message: String,
-    },
+    Invalid { origin: String, key: &'static str, message: String },
 }

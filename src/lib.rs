@@ -9,15 +9,26 @@
 //! SHA-256 is the file id.
 //!
 //! Module map: the pure core (no sockets, files or clocks) is `crypto`, `erasure`,
-//! `merkle`, `manifest` and `codec`; `config` and `cli` are the edges; `bench` measures.
+//! `merkle`, `manifest`, `codec`, `placement` and the wire types in `proto`; the I/O shell
+//! is `store`, `http`, `identity`, `coordinator`, `node`, `client` and `devnet`; `config`
+//! and `cli` are the edges; `bench` measures.
 //! docs/ARCHITECTURE.md has the bird's eye view, docs/FORMAT.md the byte layouts.
 
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod codec;
 pub mod config;
+pub mod coordinator;
 pub mod crypto;
+pub mod devnet;
 pub mod erasure;
 pub mod error;
+pub mod http;
+pub mod identity;
 pub mod manifest;
 pub mod merkle;
+pub mod node;
+pub mod placement;
+pub mod proto;
+pub mod store;

@@ -55,9 +55,8 @@ pub struct FileId(pub [u8; 32]);
 impl FileId {
     pub fn parse(s: &str) -> Result<FileId, CodecError> {
         let mut b = [0u8; 32];
-        hex::decode_to_slice(s.trim(), &mut b).map_err(|_| {
-            CodecError::InvalidParams(format!("`{s}` is not a file id (64 hex digits)"))
-        })?;
+        hex::decode_to_slice(s.trim(), &mut b)
+            .map_err(|_| CodecError::InvalidParams(format!("`{s}` is not a file id (64 hex digits)")))?;
         Ok(FileId(b))
     }
 }
@@ -81,9 +80,7 @@ pub fn plain_per_segment(segment_size: u32) -> u64 {
 
 /// Segments of a file: at least one (an empty file still has one sealed, authenticated segment).
 pub fn segment_count(plaintext_size: u64, segment_size: u32) -> u64 {
-    plaintext_size
-        .div_ceil(plain_per_segment(segment_size))
-        .max(1)
+    plaintext_size.div_ceil(plain_per_segment(segment_size)).max(1)
 }
 
 pub fn check_segment_size(segment_size: u32) -> Result<(), CodecError> {
@@ -97,35 +94,24 @@ pub fn check_segment_size(segment_size: u32) -> Result<(), CodecError> {
 
 impl Manifest {
     pub fn file_id(&self) -> FileId {
-        FileId(
-            digest(&SHA256, &self.to_bytes())
-                .as_ref()
-                .try_into()
-                .expect("32 bytes"),
-        )
+        FileId(digest(&SHA256, &self.to_bytes()).as_ref().try_into().expect("32 bytes"))
     }
 
     /// Sealed length segment `i` must have, from the plaintext size alone.
     fn expected_sealed_len(&self, i: usize) -> u64 {
         let per = plain_per_segment(self.segment_size);
-        let plain = if i + 1 == self.segments.len() {
-            self.plaintext_size - per * i as u64
-        } else {
-            per
-        };
+        let plain = if i + 1 == self.segments.len() { self.plaintext_size - per * i as u64 } else { per };
         plain + TAG_LEN as u64
     }
 
     pub fn shard_len(&self, segment: usize) -> usize {
-        self.shape
-            .shard_len(self.segments[segment].sealed_len as usize)
+        self.shape.shard_len(self.segments[segment].sealed_len as usize)
     }
 
     /// The canonical encoding: big-endian integers, fields in this fixed order.
     pub fn to_bytes(&self) -> Vec<u8> {
         let n = self.shape.n();
-        let mut b =
-            Vec::with_capacity(64 + self.sealed_meta.len() + self.segments.len() * (4 + 32 * n));
+        let mut b = Vec::with_capacity(64 + self.sealed_meta.len() + self.segments.len() * (4 + 32 * n));
         b.extend_from_slice(MAGIC);
         b.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
         b.extend_from_slice(&self.plaintext_size.to_be_bytes());
@@ -151,16 +137,11 @@ impl Manifest {
     pub fn from_bytes(bytes: &[u8]) -> Result<Manifest, CodecError> {
         let mut r = Reader(bytes);
         if r.take(4)? != MAGIC {
-            return Err(CodecError::Malformed(
-                "not a p2pstore manifest (bad magic)".into(),
-            ));
+            return Err(CodecError::Malformed("not a p2pstore manifest (bad magic)".into()));
         }
         let version = r.u16()?;
         if version != FORMAT_VERSION {
-            return Err(CodecError::UnsupportedVersion {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
+            return Err(CodecError::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
         }
         let plaintext_size = r.u64()?;
         let segment_size = r.u32()?;
@@ -169,22 +150,16 @@ impl Manifest {
         let shape = Shape::new(k, n).map_err(|e| CodecError::Malformed(e.to_string()))?;
         let kdf = r.u8()?;
         if kdf != KDF_PBKDF2_SHA256 {
-            return Err(CodecError::Malformed(format!(
-                "unknown key derivation algorithm {kdf}"
-            )));
+            return Err(CodecError::Malformed(format!("unknown key derivation algorithm {kdf}")));
         }
         let iterations = r.u32()?;
         if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
-            return Err(CodecError::Malformed(format!(
-                "PBKDF2 iteration count {iterations} out of range"
-            )));
+            return Err(CodecError::Malformed(format!("PBKDF2 iteration count {iterations} out of range")));
         }
         let salt = Salt(r.take(SALT_LEN)?.try_into().expect("SALT_LEN bytes"));
         let meta_len = r.u32()? as usize;
         if !(TAG_LEN..=MAX_META_LEN).contains(&meta_len) {
-            return Err(CodecError::Malformed(format!(
-                "sealed metadata of {meta_len} bytes"
-            )));
+            return Err(CodecError::Malformed(format!("sealed metadata of {meta_len} bytes")));
         }
         let sealed_meta = r.take(meta_len)?.to_vec();
         let count = r.u32()? as u64;
@@ -216,10 +191,7 @@ impl Manifest {
             let shard_ids = (0..n)
                 .map(|_| Ok(ShardId(r.take(32)?.try_into().expect("32 bytes"))))
                 .collect::<Result<_, CodecError>>()?;
-            m.segments.push(SegmentEntry {
-                sealed_len,
-                shard_ids,
-            });
+            m.segments.push(SegmentEntry { sealed_len, shard_ids });
         }
         for i in 0..m.segments.len() {
             let want = m.expected_sealed_len(i);
@@ -273,13 +245,7 @@ mod tests {
             iterations: MIN_ITERATIONS,
             salt: Salt([7; 16]),
             sealed_meta: vec![1; 20],
-            segments: vec![
-                SegmentEntry {
-                    sealed_len: 4096,
-                    shard_ids: vec![ShardId([3; 32]); 3]
-                };
-                count
-            ],
+            segments: vec![SegmentEntry { sealed_len: 4096, shard_ids: vec![ShardId([3; 32]); 3] }; count],
         };
         let last = m.expected_sealed_len(count - 1) as u32;
         m.segments[count - 1].sealed_len = last;
@@ -293,10 +259,7 @@ mod tests {
             let b = m.to_bytes();
             assert_eq!(Manifest::from_bytes(&b).unwrap(), m);
             assert_eq!(m.file_id(), Manifest::from_bytes(&b).unwrap().file_id());
-            assert_eq!(
-                FileId::parse(&m.file_id().to_string()).unwrap(),
-                m.file_id()
-            );
+            assert_eq!(FileId::parse(&m.file_id().to_string()).unwrap(), m.file_id());
         }
     }
 
@@ -305,13 +268,7 @@ mod tests {
         let m = sample(10_000);
         let b = m.to_bytes();
         for cut in [0, 3, 10, 40, b.len() - 1] {
-            assert!(
-                matches!(
-                    Manifest::from_bytes(&b[..cut]),
-                    Err(CodecError::Malformed(_))
-                ),
-                "cut {cut}"
-            );
+            assert!(matches!(Manifest::from_bytes(&b[..cut]), Err(CodecError::Malformed(_))), "cut {cut}");
         }
         let mut extra = b.clone();
         extra.push(0);
@@ -319,10 +276,7 @@ mod tests {
 
         let mut v2 = b.clone();
         v2[5] = 2;
-        assert!(matches!(
-            Manifest::from_bytes(&v2),
-            Err(CodecError::UnsupportedVersion { found: 2, .. })
-        ));
+        assert!(matches!(Manifest::from_bytes(&v2), Err(CodecError::UnsupportedVersion { found: 2, .. })));
 
         // A dropped last segment no longer matches the plaintext size.
         let mut dropped = m.clone();

@@ -89,16 +89,7 @@ fn leaves(shard: &[u8]) -> Vec<[u8; 32]> {
 
 /// The next level up: pairs hashed, an odd last node carried unchanged.
 fn parent_level(level: &[[u8; 32]]) -> Vec<[u8; 32]> {
-    level
-        .chunks(2)
-        .map(|p| {
-            if p.len() == 2 {
-                node_hash(&p[0], &p[1])
-            } else {
-                p[0]
-            }
-        })
-        .collect()
+    level.chunks(2).map(|p| if p.len() == 2 { node_hash(&p[0], &p[1]) } else { p[0] }).collect()
 }
 
 /// Number of chunks (leaves) in a shard of `len` bytes; an empty shard has one empty leaf.
@@ -133,15 +124,8 @@ pub fn prove(shard: &[u8], index: u64) -> Option<Proof> {
         i /= 2;
     }
     let start = index as usize * CHUNK;
-    let chunk = shard
-        .get(start..(start + CHUNK).min(shard.len()))
-        .unwrap_or(&[])
-        .to_vec();
-    Some(Proof {
-        leaf_count: count,
-        chunk,
-        path,
-    })
+    let chunk = shard.get(start..(start + CHUNK).min(shard.len())).unwrap_or(&[]).to_vec();
+    Some(Proof { leaf_count: count, chunk, path })
 }
 
 /// Whether `proof` shows that chunk `index` belongs to the shard with id `root`. The tree's
@@ -233,16 +217,7 @@ mod tests {
 
     #[test]
     fn matches_rfc6962_definition() {
-        for len in [
-            0,
-            1,
-            CHUNK - 1,
-            CHUNK,
-            CHUNK + 1,
-            3 * CHUNK,
-            5 * CHUNK + 7,
-            13 * CHUNK,
-        ] {
+        for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 5 * CHUNK + 7, 13 * CHUNK] {
             let shard: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
             let chunks: Vec<&[u8]> = shard.chunks(CHUNK).collect();
             assert_eq!(root(&shard).0, mth(&chunks), "len {len}");

@@ -15,16 +15,9 @@ fn input(len: usize) -> Vec<u8> {
 }
 
 fn compute(v: &Value) -> Value {
-    let salt: [u8; 16] = hex::decode(v["salt"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let salt: [u8; 16] = hex::decode(v["salt"].as_str().unwrap()).unwrap().try_into().unwrap();
     let params = EncodeParams {
-        shape: Shape::new(
-            v["k"].as_u64().unwrap() as u8,
-            v["n"].as_u64().unwrap() as u8,
-        )
-        .unwrap(),
+        shape: Shape::new(v["k"].as_u64().unwrap() as u8, v["n"].as_u64().unwrap() as u8).unwrap(),
         segment_size: v["segment_size"].as_u64().unwrap() as u32,
         iterations: v["iterations"].as_u64().unwrap() as u32,
     };
@@ -37,10 +30,8 @@ fn compute(v: &Value) -> Value {
         sealed.push(hex::encode(digest(&SHA256, &s.sealed())));
         ids.push(s.ids.iter().map(|i| i.to_hex()).collect::<Vec<_>>());
     }
-    let meta = FileMeta {
-        name: v["name"].as_str().unwrap().into(),
-        content_type: v["content_type"].as_str().unwrap().into(),
-    };
+    let meta =
+        FileMeta { name: v["name"].as_str().unwrap().into(), content_type: v["content_type"].as_str().unwrap().into() };
     let m = enc.finish(&meta).unwrap();
     let keys = FileKeys::derive(password, Salt(salt), params.iterations).unwrap();
     json!({
@@ -68,21 +59,10 @@ fn known_answers() {
             v["expected"] = got;
             std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap() + "\n").unwrap();
         } else {
-            assert_eq!(
-                v["expected"],
-                got,
-                "{} no longer matches: the format changed",
-                path.display()
-            );
+            assert_eq!(v["expected"], got, "{} no longer matches: the format changed", path.display());
             // The stored manifest parses back to the same id.
-            let m = Manifest::from_bytes(
-                &hex::decode(v["expected"]["manifest"].as_str().unwrap()).unwrap(),
-            )
-            .unwrap();
-            assert_eq!(
-                m.file_id().to_string(),
-                v["expected"]["file_id"].as_str().unwrap()
-            );
+            let m = Manifest::from_bytes(&hex::decode(v["expected"]["manifest"].as_str().unwrap()).unwrap()).unwrap();
+            assert_eq!(m.file_id().to_string(), v["expected"]["file_id"].as_str().unwrap());
         }
         seen += 1;
     }

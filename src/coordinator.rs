@@ -1,0 +1,375 @@
+//! The coordinator: tracks peers (signed heartbeats), hands out placement plans with signed
+//! put orders, checks receipts before it records a file, serves manifests and placements,
+//! and deletes for the owner. It never sees plaintext, keys or names, and no shard passes
+//! through it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use ring::digest::{SHA256, digest};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::erasure::Shape;
+use crate::http::{self, ApiError, ApiResult, ServerHandle, ok, read_json};
+use crate::identity::{Identity, Signed};
+use crate::manifest::{Manifest, segment_count};
+use crate::placement::{self, Candidate};
+use crate::proto::*;
+use crate::store::Table;
+
+/// Spare peers planned per segment beyond n, for shards whose first peer fails.
+const SPARES: usize = 3;
+/// Heartbeat clocks may differ from ours by this much.
+const CLOCK_SKEW: u64 = 300;
+/// How long an upload may take between plan and commit.
+const UPLOAD_TTL: u64 = 3600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("data directory {dir}: {source}")]
+    DataDir { dir: PathBuf, source: std::io::Error },
+    #[error("database in {dir}: {source} (is another process using this data directory?)")]
+    Db { dir: PathBuf, source: sled::Error },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct PeerRecord {
+    public_key: String,
+    address: String,
+    capacity: u64,
+    used: u64,
+    shards: u64,
+    last_heartbeat: u64,
+    last_time: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct UploadRecord {
+    expires: u64,
+    size: u64,
+    k: u8,
+    n: u8,
+    segment_size: u32,
+    peers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct FileRecord {
+    manifest: String,
+    placements: Vec<Vec<String>>,
+    owner_hash: String,
+    created: u64,
+}
+
+struct State {
+    identity: Identity,
+    config: Config,
+    peers: Table<PeerRecord>,
+    uploads: Table<UploadRecord>,
+    files: Table<FileRecord>,
+    http: http::Client,
+    _db: sled::Db,
+}
+
+/// Starts a coordinator on `bind` with its state in `data_dir`.
+pub async fn spawn(config: Config, data_dir: PathBuf, bind: SocketAddr) -> Result<ServerHandle, ServerError> {
+    std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir { dir: data_dir.clone(), source })?;
+    let identity =
+        Identity::load_or_create(&data_dir).map_err(|source| ServerError::DataDir { dir: data_dir.clone(), source })?;
+    let db_err = |source| ServerError::Db { dir: data_dir.clone(), source };
+    let db = sled::open(data_dir.join("db")).map_err(db_err)?;
+    let state = Arc::new(State {
+        identity,
+        config,
+        peers: Table::open(&db, "peers").map_err(db_err)?,
+        uploads: Table::open(&db, "uploads").map_err(db_err)?,
+        files: Table::open(&db, "files").map_err(db_err)?,
+        http: http::Client::default(),
+        _db: db,
+    });
+    let listener = TcpListener::bind(bind).await.map_err(|source| ServerError::Bind { addr: bind, source })?;
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "coordinator listening");
+    Ok(http::serve(listener, move |req| route(state.clone(), req), Vec::new()))
+}
+
+async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
+    let path: Vec<String> = req.uri().path().trim_matches('/').split('/').map(str::to_owned).collect();
+    let p: Vec<&str> = path.iter().map(String::as_str).collect();
+    match (req.method().clone(), p.as_slice()) {
+        (Method::GET, ["healthz"]) => ok(&"ok"),
+        (Method::POST, ["v1", "heartbeat"]) => heartbeat(&s, read_json(req, 64 * 1024).await?),
+        (Method::GET, ["v1", "peers"]) => ok(&peer_views(&s)),
+        (Method::POST, ["v1", "uploads"]) => plan(&s, read_json(req, 64 * 1024).await?),
+        (Method::POST, ["v1", "uploads", id, "commit"]) => {
+            let id = id.to_string();
+            commit(&s, &id, read_json(req, MAX_JSON_BODY).await?).await
+        }
+        (Method::GET, ["v1", "files"]) => ok(&list_files(&s)),
+        (Method::GET, ["v1", "files", id]) => ok(&file_view(&s, id)?),
+        (Method::GET, ["v1", "files", id, "manifest"]) => {
+            let rec = file_record(&s, id)?;
+            let bytes = hex::decode(rec.manifest).map_err(ApiError::internal)?;
+            Ok(http::bytes("application/octet-stream", Bytes::from(bytes)))
+        }
+        (Method::DELETE, ["v1", "files", id]) => {
+            let token = req.headers().get(OWNER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            delete_file(&s, id, &token).await
+        }
+        _ => Err(ApiError::not_found(format!("no route {} {}", req.method(), req.uri().path()))),
+    }
+}
+
+fn is_online(s: &State, p: &PeerRecord) -> bool {
+    now().saturating_sub(p.last_heartbeat) <= s.config.coordinator.heartbeat_timeout
+}
+
+fn view(s: &State, id: &str, p: &PeerRecord) -> PeerView {
+    PeerView {
+        peer_id: id.to_owned(),
+        address: p.address.clone(),
+        state: if is_online(s, p) { PeerState::Online } else { PeerState::Offline },
+        capacity: p.capacity,
+        used: p.used,
+        shards: p.shards,
+        last_heartbeat: p.last_heartbeat,
+    }
+}
+
+fn peer_views(s: &State) -> Vec<PeerView> {
+    s.peers.all().iter().map(|(id, p)| view(s, id, p)).collect()
+}
+
+fn heartbeat(s: &State, signed: Signed<Heartbeat>) -> ApiResult {
+    let hb = signed.open().ok_or_else(|| ApiError::forbidden("heartbeat signature does not verify"))?;
+    let id = signed.signer_id();
+    let t = now();
+    if hb.time + CLOCK_SKEW < t || hb.time > t + CLOCK_SKEW {
+        return Err(ApiError::forbidden(format!(
+            "heartbeat time {} is too far from ours ({t}); check the clock",
+            hb.time
+        )));
+    }
+    if !(hb.address.starts_with("http://") || hb.address.starts_with("https://")) {
+        return Err(ApiError::bad_request("address must be an http:// URL"));
+    }
+    let old = s.peers.get(&id).map_err(ApiError::internal)?;
+    match &old {
+        Some(o) if hb.time < o.last_time => return Err(ApiError::forbidden("replayed heartbeat")),
+        None if s.peers.all().len() >= s.config.coordinator.max_peers as usize => {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the coordinator has max_peers peers already"));
+        }
+        None => tracing::info!(peer = %id, address = %hb.address, "peer registered"),
+        _ => {}
+    }
+    let rec = PeerRecord {
+        public_key: signed.signer.clone(),
+        address: hb.address,
+        capacity: hb.capacity,
+        used: hb.used,
+        shards: hb.shards,
+        last_heartbeat: t,
+        last_time: hb.time,
+    };
+    s.peers.insert(&id, &rec).map_err(ApiError::internal)?;
+    ok(&HeartbeatReply { peer_id: id, coordinator_key: s.identity.public_key_hex() })
+}
+
+fn plan(s: &State, req: PlanRequest) -> ApiResult {
+    let shape = Shape::new(req.k, req.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    crate::manifest::check_segment_size(req.segment_size).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let limit = s.config.security.max_upload_size_mb;
+    if limit > 0 && req.size > limit << 20 {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("file of {} bytes is over this network's limit of {limit} MB", req.size),
+        ));
+    }
+    let peers = s.peers.all();
+    let online: Vec<Candidate> = peers
+        .iter()
+        .filter(|(_, p)| is_online(s, p))
+        .map(|(id, p)| Candidate { peer_id: id.clone(), free: p.capacity.saturating_sub(p.used) })
+        .collect();
+    let need = req.n as usize;
+    if online.len() < need {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} peers are online, {need} are needed for {}-of-{need} coding", online.len(), req.k),
+        ));
+    }
+    let segments = segment_count(req.size, req.segment_size);
+    let shard_len = shape.shard_len(req.segment_size as usize) as u64;
+    let layout = placement::plan(&online, segments as usize, need, SPARES, shard_len).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("fewer than {need} online peers have room for this file"),
+        )
+    })?;
+    let upload_id = hex::encode(&digest(&SHA256, &crate::crypto::Salt::random().0).as_ref()[..16]);
+    let expires = now() + UPLOAD_TTL;
+    let used: HashSet<&String> = layout.iter().flatten().collect();
+    let mut orders = BTreeMap::new();
+    let mut addresses = BTreeMap::new();
+    for (id, p) in &peers {
+        if used.contains(id) {
+            let order =
+                PutOrder { upload_id: upload_id.clone(), peer_id: id.clone(), max_shard_len: shard_len, expires };
+            orders.insert(id.clone(), s.identity.sign(&order));
+            addresses.insert(id.clone(), p.address.clone());
+        }
+    }
+    let rec = UploadRecord {
+        expires,
+        size: req.size,
+        k: req.k,
+        n: req.n,
+        segment_size: req.segment_size,
+        peers: orders.keys().cloned().collect(),
+    };
+    s.uploads.insert(&upload_id, &rec).map_err(ApiError::internal)?;
+    ok(&Plan { upload_id, expires, orders, addresses, segments: layout })
+}
+
+async fn commit(s: &State, upload_id: &str, c: Commit) -> ApiResult {
+    let up = s
+        .uploads
+        .get(upload_id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no pending upload {upload_id} (expired or committed)")))?;
+    if up.expires < now() {
+        return Err(ApiError::new(StatusCode::GONE, "the upload expired before it was committed; upload again"));
+    }
+    if c.upload_id != upload_id {
+        return Err(ApiError::bad_request("upload id in the body differs from the path"));
+    }
+    let bytes = hex::decode(&c.manifest).map_err(|_| ApiError::bad_request("manifest is not hex"))?;
+    let m = Manifest::from_bytes(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if m.plaintext_size != up.size || m.shape.k != up.k || m.shape.n != up.n || m.segment_size != up.segment_size {
+        return Err(ApiError::bad_request("manifest does not match the planned size, k, n or segment size"));
+    }
+    if c.owner_hash.len() != 64 || hex::decode(&c.owner_hash).is_err() {
+        return Err(ApiError::bad_request("owner_hash must be 64 hex digits"));
+    }
+    // Every valid receipt: (shard id, peer) pairs vouched for by the peer's own key.
+    let allowed: HashSet<&String> = up.peers.iter().collect();
+    let mut stored: HashSet<(crate::merkle::ShardId, String)> = HashSet::new();
+    for r in &c.receipts {
+        let peer = s.peers.get(&r.signer_id()).map_err(ApiError::internal)?;
+        let rec = peer
+            .and_then(|p| r.open_by(&p.public_key))
+            .ok_or_else(|| ApiError::forbidden("a receipt is not signed by a registered peer"))?;
+        if rec.upload_id != upload_id || rec.peer_id != r.signer_id() || !allowed.contains(&rec.peer_id) {
+            return Err(ApiError::forbidden(format!("receipt from {} is not for this upload's orders", rec.peer_id)));
+        }
+        stored.insert((rec.shard_id, rec.peer_id));
+    }
+    if c.placements.len() != m.segments.len() {
+        return Err(ApiError::bad_request("placements must list every segment"));
+    }
+    for (i, (seg, peers)) in m.segments.iter().zip(&c.placements).enumerate() {
+        if peers.len() != seg.shard_ids.len() || peers.iter().collect::<HashSet<_>>().len() != peers.len() {
+            return Err(ApiError::bad_request(format!(
+                "segment {i} must sit on {} distinct peers",
+                seg.shard_ids.len()
+            )));
+        }
+        for (j, (id, peer)) in seg.shard_ids.iter().zip(peers).enumerate() {
+            if !stored.contains(&(*id, peer.clone())) {
+                return Err(ApiError::forbidden(format!(
+                    "no valid receipt for shard {j} of segment {i} on peer {peer}"
+                )));
+            }
+        }
+    }
+    let file_id = m.file_id().to_string();
+    let rec = FileRecord { manifest: c.manifest, placements: c.placements, owner_hash: c.owner_hash, created: now() };
+    s.files.insert(&file_id, &rec).map_err(ApiError::internal)?;
+    s.uploads.remove(upload_id).map_err(ApiError::internal)?;
+    s.files.flush().await.map_err(ApiError::internal)?;
+    tracing::info!(file = %file_id, size = m.plaintext_size, segments = m.segments.len(), "file committed");
+    ok(&CommitReply { file_id })
+}
+
+fn file_record(s: &State, id: &str) -> Result<FileRecord, ApiError> {
+    s.files.get(id).map_err(ApiError::internal)?.ok_or_else(|| ApiError::not_found(format!("no file {id}")))
+}
+
+fn summary(id: &str, rec: &FileRecord) -> Option<FileSummary> {
+    let m = Manifest::from_bytes(&hex::decode(&rec.manifest).ok()?).ok()?;
+    Some(FileSummary {
+        file_id: id.to_owned(),
+        size: m.plaintext_size,
+        segments: m.segments.len() as u64,
+        k: m.shape.k,
+        n: m.shape.n,
+        created: rec.created,
+    })
+}
+
+fn list_files(s: &State) -> Vec<FileSummary> {
+    s.files.all().iter().filter_map(|(id, r)| summary(id, r)).collect()
+}
+
+fn file_view(s: &State, id: &str) -> Result<FileView, ApiError> {
+    let rec = file_record(s, id)?;
+    let summary = summary(id, &rec).ok_or_else(|| ApiError::internal("stored manifest does not parse"))?;
+    let wanted: HashSet<&String> = rec.placements.iter().flatten().collect();
+    let peers = s
+        .peers
+        .all()
+        .into_iter()
+        .filter(|(pid, _)| wanted.contains(pid))
+        .map(|(pid, p)| (pid.clone(), view(s, &pid, &p)))
+        .collect();
+    Ok(FileView { summary, placements: rec.placements, peers })
+}
+
+async fn delete_file(s: &State, id: &str, token_hex: &str) -> ApiResult {
+    let rec = file_record(s, id)?;
+    let token = hex::decode(token_hex).map_err(|_| ApiError::forbidden("the owner token is missing or not hex"))?;
+    if hex::encode(digest(&SHA256, &token)) != rec.owner_hash {
+        return Err(ApiError::forbidden("wrong password for this file: not deleted"));
+    }
+    let m =
+        Manifest::from_bytes(&hex::decode(&rec.manifest).map_err(ApiError::internal)?).map_err(ApiError::internal)?;
+    s.files.remove(id).map_err(ApiError::internal)?;
+    s.files.flush().await.map_err(ApiError::internal)?;
+    // Shards still placed by another file on the same peer (identical padding shards) stay.
+    let mut keep = HashSet::new();
+    for (_, other) in s.files.all() {
+        if let Ok(om) =
+            hex::decode(&other.manifest).map_err(|_| ()).and_then(|b| Manifest::from_bytes(&b).map_err(|_| ()))
+        {
+            for (seg, peers) in om.segments.iter().zip(&other.placements) {
+                keep.extend(seg.shard_ids.iter().zip(peers).map(|(i, p)| (*i, p.clone())));
+            }
+        }
+    }
+    let mut by_peer: BTreeMap<String, Vec<crate::merkle::ShardId>> = BTreeMap::new();
+    for (seg, peers) in m.segments.iter().zip(&rec.placements) {
+        for (sid, p) in seg.shard_ids.iter().zip(peers) {
+            if !keep.contains(&(*sid, p.clone())) {
+                by_peer.entry(p.clone()).or_default().push(*sid);
+            }
+        }
+    }
+    for (peer, ids) in by_peer {
+        let Ok(Some(p)) = s.peers.get(&peer) else { continue };
+        let order = s.identity.sign(&DeleteOrder { peer_id: peer.clone(), shard_ids: ids, expires: now() + 600 });
+        let url = format!("{}/v1/shards/delete", p.address);
+        if let Err(e) = s.http.post_json(&url, &order).await.and_then(|r| r.json::<serde_json::Value>()) {
+            tracing::warn!(peer = %peer, error = %e, "could not tell the peer to delete shards");
+        }
+    }
+    tracing::info!(file = %id, "file deleted");
+    ok(&serde_json::json!({ "deleted": id }))
+}

@@ -1,0 +1,227 @@
+//! HTTP plumbing shared by the roles: a server loop that is a value (spawn → handle with
+//! address and shutdown), bounded body reading, JSON replies and errors, and a small client.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::proto::ErrorBody;
+
+pub type Body = Full<Bytes>;
+
+/// An error answer: status and a sentence for the caller.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+    pub fn bad_request(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, m)
+    }
+    pub fn forbidden(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, m)
+    }
+    pub fn not_found(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, m)
+    }
+    pub fn internal(m: impl std::fmt::Display) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m.to_string())
+    }
+}
+
+pub type ApiResult = Result<Response<Body>, ApiError>;
+
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec(value).expect("wire types serialize");
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response")
+}
+
+pub fn ok<T: Serialize>(value: &T) -> ApiResult {
+    Ok(json(StatusCode::OK, value))
+}
+
+pub fn bytes(content_type: &str, b: Bytes) -> Response<Body> {
+    Response::builder().header("content-type", content_type).body(Full::new(b)).expect("valid response")
+}
+
+fn error_response(e: ApiError) -> Response<Body> {
+    json(e.status, &ErrorBody { error: e.message })
+}
+
+/// Reads a body of at most `limit` bytes; more is 413, without reading it all.
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let too_big = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {limit} bytes"));
+    let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|l| l > limit as u64) {
+        return Err(too_big());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_big()),
+        Err(e) => Err(ApiError::bad_request(format!("reading the body failed: {e}"))),
+    }
+}
+
+pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>, limit: usize) -> Result<T, ApiError> {
+    let b = read_body(req, limit).await?;
+    serde_json::from_slice(&b).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+}
+
+/// A running server: its address, and how to stop it.
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// Stops accepting, drops open connections, and waits until every task has ended.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+}
+
+/// Serves `handler` on `listener` until shutdown. `background` runs beside it (heartbeats,
+/// workers) and is stopped with it.
+pub fn serve<H, F>(listener: TcpListener, handler: H, background: Vec<tokio::task::JoinHandle<()>>) -> ServerHandle
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = ApiResult> + Send + 'static,
+{
+    let addr = listener.local_addr().expect("bound listener has an address");
+    let (tx, mut rx) = watch::channel(false);
+    let handler = Arc::new(handler);
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = rx.changed() => break,
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let h = handler.clone();
+                    conns.spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| {
+                            let fut = h(req);
+                            async move { Ok::<_, std::convert::Infallible>(fut.await.unwrap_or_else(error_response)) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        drop(listener);
+        conns.shutdown().await;
+        for b in background {
+            b.abort();
+            let _ = b.await;
+        }
+    });
+    ServerHandle { addr, shutdown: tx, task }
+}
+
+/// A pooled HTTP/1 client with per-request timeouts.
+#[derive(Clone)]
+pub struct Client {
+    inner: HyperClient<HttpConnector, Body>,
+    pub timeout: Duration,
+}
+
+/// What a request came back with.
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as `T` on success, else the server's error sentence.
+    pub fn json<T: DeserializeOwned>(self) -> Result<T, String> {
+        if !self.status.is_success() {
+            return Err(self.error_message());
+        }
+        serde_json::from_slice(&self.body).map_err(|e| format!("unexpected reply: {e}"))
+    }
+
+    pub fn error_message(&self) -> String {
+        match serde_json::from_slice::<ErrorBody>(&self.body) {
+            Ok(e) => e.error,
+            Err(_) => format!("HTTP {}", self.status),
+        }
+    }
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Client::new(Duration::from_secs(30))
+    }
+}
+
+impl Client {
+    pub fn new(timeout: Duration) -> Client {
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        let inner = HyperClient::builder(TokioExecutor::new()).pool_max_idle_per_host(32).build(conn);
+        Client { inner, timeout }
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> Result<Reply, String> {
+        let uri = req.uri().clone();
+        let fut = async {
+            let resp = self.inner.request(req).await.map_err(|e| format!("{uri}: {e}"))?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await.map_err(|e| format!("{uri}: {e}"))?.to_bytes();
+            Ok(Reply { status, body })
+        };
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| format!("{uri}: no answer within {:?}", self.timeout))?
+    }
+
+    pub async fn get(&self, url: &str) -> Result<Reply, String> {
+        self.send(request("GET", url, &[], Bytes::new())?).await
+    }
+
+    pub async fn post_json<T: Serialize>(&self, url: &str, value: &T) -> Result<Reply, String> {
+        let body = Bytes::from(serde_json::to_vec(value).expect("wire types serialize"));
+        self.send(request("POST", url, &[("content-type", "application/json")], body)?).await
+    }
+}
+
+pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Request<Body>, String> {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(body)).map_err(|e| format!("bad request to {url}: {e}"))
+}

@@ -1,0 +1,210 @@
+//! A storage node: stores shards that come with a valid coordinator-signed put order,
+//! checks them against their ids, answers with signed receipts, serves them back, and sends
+//! signed heartbeats. It pins the coordinator's key on first registration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use tokio::net::TcpListener;
+use tokio::sync::OnceCell;
+
+use crate::coordinator::ServerError;
+use crate::http::{self, ApiError, ApiResult, ServerHandle, ok, read_body, read_json};
+use crate::identity::{Identity, Signed};
+use crate::merkle::{self, ShardId};
+use crate::proto::*;
+use crate::store::{ShardStore, StoreError, write_durably};
+
+/// What a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub data_dir: PathBuf,
+    pub bind: SocketAddr,
+    /// Base URL clients use to reach this node; default `http://<bound address>`.
+    pub advertise: Option<String>,
+    pub coordinator: String,
+    pub capacity: u64,
+    pub heartbeat_interval: Duration,
+}
+
+struct State {
+    identity: Identity,
+    store: ShardStore,
+    coordinator: String,
+    address: String,
+    key_file: PathBuf,
+    /// The coordinator's public key (hex), pinned at first registration.
+    coordinator_key: OnceCell<String>,
+    http: http::Client,
+}
+
+/// Starts a node. Returns once it is listening and, if the coordinator answers, registered.
+pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
+    let dir = opts.data_dir.clone();
+    let dir_err = |source| ServerError::DataDir { dir: dir.clone(), source };
+    std::fs::create_dir_all(&dir).map_err(dir_err)?;
+    let identity = Identity::load_or_create(&dir).map_err(dir_err)?;
+    let store = ShardStore::open(&dir, opts.capacity).map_err(|e| match e {
+        StoreError::Db(source) => ServerError::Db { dir: dir.clone(), source },
+        other => ServerError::DataDir { dir: dir.clone(), source: std::io::Error::other(other.to_string()) },
+    })?;
+    let listener =
+        TcpListener::bind(opts.bind).await.map_err(|source| ServerError::Bind { addr: opts.bind, source })?;
+    let addr = listener.local_addr().map_err(dir_err)?;
+    let key_file = dir.join("coordinator.pub");
+    let pinned = OnceCell::new();
+    if let Ok(k) = std::fs::read_to_string(&key_file) {
+        let _ = pinned.set(k.trim().to_owned());
+    }
+    let state = Arc::new(State {
+        identity,
+        store,
+        coordinator: opts.coordinator.trim_end_matches('/').to_owned(),
+        address: opts.advertise.unwrap_or_else(|| format!("http://{addr}")),
+        key_file,
+        coordinator_key: pinned,
+        http: http::Client::new(Duration::from_secs(10)),
+    });
+    if let Err(e) = heartbeat(&state).await {
+        tracing::warn!(error = %e, "first heartbeat failed; retrying in the background");
+    }
+    let hb_state = state.clone();
+    let beat = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(opts.heartbeat_interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = heartbeat(&hb_state).await {
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+        }
+    });
+    tracing::info!(peer = %state.identity.peer_id(), %addr, "node listening");
+    Ok(http::serve(listener, move |req| route(state.clone(), req), vec![beat]))
+}
+
+/// Sends one signed heartbeat and pins (or checks) the coordinator's key.
+async fn heartbeat(s: &State) -> Result<(), String> {
+    let hb = Heartbeat {
+        address: s.address.clone(),
+        capacity: s.store.capacity(),
+        used: s.store.used(),
+        shards: s.store.count(),
+        time: now(),
+    };
+    let reply: HeartbeatReply =
+        s.http.post_json(&format!("{}/v1/heartbeat", s.coordinator), &s.identity.sign(&hb)).await?.json()?;
+    match s.coordinator_key.get() {
+        Some(k) if *k != reply.coordinator_key => Err(format!(
+            "the coordinator at {} has key {}, not the {} this node registered with; refusing it \
+             (delete {} only if the coordinator was replaced on purpose)",
+            s.coordinator,
+            reply.coordinator_key,
+            k,
+            s.key_file.display()
+        )),
+        Some(_) => Ok(()),
+        None => {
+            write_durably(&s.key_file, reply.coordinator_key.as_bytes()).map_err(|e| e.to_string())?;
+            let _ = s.coordinator_key.set(reply.coordinator_key);
+            Ok(())
+        }
+    }
+}
+
+fn shard_id(hex: &str) -> Result<ShardId, ApiError> {
+    ShardId::from_hex(hex).ok_or_else(|| ApiError::bad_request("a shard id is 64 hex digits"))
+}
+
+async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
+    let path: Vec<String> = req.uri().path().trim_matches('/').split('/').map(str::to_owned).collect();
+    let p: Vec<&str> = path.iter().map(String::as_str).collect();
+    match (req.method().clone(), p.as_slice()) {
+        (Method::GET, ["healthz"]) => ok(&"ok"),
+        (Method::GET, ["v1", "status"]) => ok(&serde_json::json!({
+            "peer_id": s.identity.peer_id(),
+            "address": s.address,
+            "capacity": s.store.capacity(),
+            "used": s.store.used(),
+            "shards": s.store.count(),
+        })),
+        (Method::PUT, ["v1", "shards", id]) => {
+            let id = shard_id(id)?;
+            put_shard(&s, id, req).await
+        }
+        (Method::GET, ["v1", "shards", id]) => {
+            let id = shard_id(id)?;
+            let s2 = s.clone();
+            let data = tokio::task::spawn_blocking(move || s2.store.get(&id))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)?;
+            data.map(|b| http::bytes("application/octet-stream", b))
+                .ok_or_else(|| ApiError::not_found(format!("no shard {id} here")))
+        }
+        (Method::POST, ["v1", "shards", "delete"]) => delete(&s, read_json(req, MAX_JSON_BODY).await?).await,
+        _ => Err(ApiError::not_found(format!("no route {} {}", req.method(), req.uri().path()))),
+    }
+}
+
+fn coordinator_key(s: &State) -> Result<&str, ApiError> {
+    s.coordinator_key.get().map(String::as_str).ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this node has not registered with a coordinator yet")
+    })
+}
+
+async fn put_shard(s: &Arc<State>, id: ShardId, req: Request<Incoming>) -> ApiResult {
+    let header = req
+        .headers()
+        .get(ORDER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::forbidden(format!("a shard PUT needs a signed put order in {ORDER_HEADER}")))?;
+    let signed: Signed<PutOrder> =
+        serde_json::from_str(header).map_err(|e| ApiError::forbidden(format!("malformed put order: {e}")))?;
+    let order = signed
+        .open_by(coordinator_key(s)?)
+        .ok_or_else(|| ApiError::forbidden("the put order is not signed by this node's coordinator"))?;
+    if order.peer_id != s.identity.peer_id() {
+        return Err(ApiError::forbidden("the put order is for another peer"));
+    }
+    if order.expires < now() {
+        return Err(ApiError::forbidden("the put order has expired"));
+    }
+    let limit = usize::try_from(order.max_shard_len).unwrap_or(usize::MAX);
+    let body = read_body(req, limit).await?;
+    let s2 = s.clone();
+    let len = body.len() as u64;
+    tokio::task::spawn_blocking(move || {
+        if merkle::root(&body) != id {
+            return Err(ApiError::bad_request(format!("the bytes do not hash to shard id {id}")));
+        }
+        s2.store.put(&id, &body).map_err(|e| match e {
+            StoreError::Full { .. } => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
+            other => ApiError::internal(other),
+        })
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let receipt = Receipt { upload_id: order.upload_id, shard_id: id, len, peer_id: s.identity.peer_id() };
+    ok(&s.identity.sign(&receipt))
+}
+
+async fn delete(s: &Arc<State>, signed: Signed<DeleteOrder>) -> ApiResult {
+    let order = signed
+        .open_by(coordinator_key(s)?)
+        .ok_or_else(|| ApiError::forbidden("the delete order is not signed by this node's coordinator"))?;
+    if order.peer_id != s.identity.peer_id() || order.expires < now() {
+        return Err(ApiError::forbidden("the delete order is for another peer or has expired"));
+    }
+    let s2 = s.clone();
+    let removed = tokio::task::spawn_blocking(move || {
+        order.shard_ids.iter().map(|id| s2.store.delete(id)).filter(|r| matches!(r, Ok(true))).count()
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    ok(&serde_json::json!({ "removed": removed }))
+}

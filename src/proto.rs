@@ -1,0 +1,151 @@
+//! Every wire type of protocol version 1, in one place (docs/PROTOCOL.md mirrors it).
+//! All routes live under `/v1/`; bodies are JSON unless they are shard or manifest bytes.
+//! Messages that authorise or attest something travel as `Signed<T>`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::Signed;
+use crate::merkle::ShardId;
+
+pub const VERSION: u32 = 1;
+/// Header carrying a `Signed<PutOrder>` (JSON) on a shard PUT.
+pub const ORDER_HEADER: &str = "x-p2pstore-order";
+/// Header carrying the hex owner token on a file DELETE.
+pub const OWNER_HEADER: &str = "x-p2pstore-owner";
+/// Largest JSON body any route accepts (a commit of a ~100 GiB file fits).
+pub const MAX_JSON_BODY: usize = 64 << 20;
+
+/// Node → coordinator, signed by the node, every heartbeat interval. The first one registers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Base URL where clients reach the node.
+    pub address: String,
+    pub capacity: u64,
+    pub used: u64,
+    pub shards: u64,
+    /// Unix seconds; must increase, and be near the coordinator's clock.
+    pub time: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub peer_id: String,
+    /// Hex public key of the coordinator; a node pins it on first registration.
+    pub coordinator_key: String,
+}
+
+/// Client → coordinator: a placement plan for a file of `size` bytes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PlanRequest {
+    pub size: u64,
+    pub k: u8,
+    pub n: u8,
+    pub segment_size: u32,
+}
+
+/// The coordinator's answer: per segment, n distinct peers then a few spares.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Plan {
+    pub upload_id: String,
+    pub expires: u64,
+    /// One put order per peer used anywhere in the plan.
+    pub orders: BTreeMap<String, Signed<PutOrder>>,
+    /// Peer id → base URL.
+    pub addresses: BTreeMap<String, String>,
+    pub segments: Vec<Vec<String>>,
+}
+
+/// Coordinator → node (through the client): store shards of this upload, each at most
+/// `max_shard_len` bytes, until `expires`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PutOrder {
+    pub upload_id: String,
+    pub peer_id: String,
+    pub max_shard_len: u64,
+    pub expires: u64,
+}
+
+/// Node → client (→ coordinator): this shard is durably stored here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub upload_id: String,
+    pub shard_id: ShardId,
+    pub len: u64,
+    pub peer_id: String,
+}
+
+/// Client → coordinator: the manifest (hex of its canonical bytes) and a receipt for every
+/// shard of it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Commit {
+    pub upload_id: String,
+    pub manifest: String,
+    /// Hex SHA-256 of the owner token (docs/FORMAT.md); the token itself never leaves the client.
+    pub owner_hash: String,
+    /// `placements[segment][shard]` = the peer that stored it.
+    pub placements: Vec<Vec<String>>,
+    pub receipts: Vec<Signed<Receipt>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CommitReply {
+    pub file_id: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    Online,
+    Offline,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerView {
+    pub peer_id: String,
+    pub address: String,
+    pub state: PeerState,
+    pub capacity: u64,
+    pub used: u64,
+    pub shards: u64,
+    pub last_heartbeat: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FileSummary {
+    pub file_id: String,
+    pub size: u64,
+    pub segments: u64,
+    pub k: u8,
+    pub n: u8,
+    pub created: u64,
+}
+
+/// A file's placements and the peers holding them: what download and `info` need.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FileView {
+    #[serde(flatten)]
+    pub summary: FileSummary,
+    /// `placements[segment][shard]` = peer id.
+    pub placements: Vec<Vec<String>>,
+    pub peers: BTreeMap<String, PeerView>,
+}
+
+/// Coordinator → node: drop these shards (after `rm`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeleteOrder {
+    pub peer_id: String,
+    pub shard_ids: Vec<ShardId>,
+    pub expires: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
