@@ -4,7 +4,11 @@ use std::process::{Command, Output};
 
 fn p2pstore(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_p2pstore"));
-    c.current_dir(dir).args(args).env_remove("P2PSTORE_CONFIG").env_remove("P2PSTORE_COORDINATOR");
+    c.current_dir(dir)
+        .args(args)
+        .env_remove("P2PSTORE_CONFIG")
+        .env_remove("P2PSTORE_COORDINATOR")
+        .env_remove("P2PSTORE_PASSWORD");
     for (k, v) in env {
         c.env(k, v);
     }
@@ -77,4 +81,56 @@ fn unknown_command_and_help() {
     let o = p2pstore(dir.path(), &["--help"], &[]);
     assert!(o.status.success());
     assert!(stdout(&o).contains("bench"));
+}
+
+#[test]
+fn devnet_upload_download_through_the_binary() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut net = Command::new(env!("CARGO_BIN_EXE_p2pstore"))
+        .current_dir(d)
+        .args(["devnet", "--nodes", "4", "--port", "0", "--data-dir", "net"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    BufReader::new(net.stdout.take().unwrap()).read_line(&mut url).unwrap();
+    let url = url.trim().to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let env = [("P2PSTORE_COORDINATOR", url.as_str()), ("P2PSTORE_PASSWORD", "pw")];
+
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).chain([0u8; 100]).collect();
+    std::fs::write(d.join("in.bin"), &bytes).unwrap();
+    let up = p2pstore(d, &["upload", "in.bin", "-k", "2", "-n", "4"], &env);
+    assert!(up.status.success(), "{}", stderr(&up));
+    let id = stdout(&up).trim().to_owned();
+    assert_eq!(id.len(), 64, "stdout must be only the file id: {id:?}");
+
+    // Without -o the original name is used, and it is not overwritten without --force.
+    std::fs::create_dir(d.join("dl")).unwrap();
+    let down = p2pstore(&d.join("dl"), &["download", &id], &env);
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert!(std::fs::read(d.join("dl/in.bin")).unwrap() == bytes);
+    let again = p2pstore(&d.join("dl"), &["download", &id], &env);
+    assert!(!again.status.success() && stderr(&again).contains("--force"));
+
+    let wrong = p2pstore(d, &["download", &id, "-o", "w.bin"], &[env[0], ("P2PSTORE_PASSWORD", "nope")]);
+    assert!(!wrong.status.success());
+    assert!(stderr(&wrong).contains("wrong password"), "{}", stderr(&wrong));
+    assert!(!d.join("w.bin").exists());
+
+    let info = p2pstore(d, &["info", &id, "--json"], &env);
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(v["size"], bytes.len());
+    let peers = p2pstore(d, &["peers", "--json"], &env);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&peers.stdout).unwrap().as_array().unwrap().len(), 4);
+
+    // No password and no terminal: a clear error.
+    let none = p2pstore(d, &["download", &id, "-o", "x.bin"], &[env[0]]);
+    assert!(!none.status.success() && stderr(&none).contains("no password"), "{}", stderr(&none));
+
+    net.kill().unwrap();
+    net.wait().unwrap();
 }

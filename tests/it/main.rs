@@ -1,4 +1,6 @@
 //! The integration tests: one binary, one module per area.
 
 mod cli;
+mod harness;
+mod network;
 mod vectors;

@@ -1,0 +1,289 @@
+//! Upload and download through a real network of in-process servers.
+
+use bytes::Bytes;
+use p2pstore::client::ClientError;
+use p2pstore::error::CodecError;
+use p2pstore::http::{self, request};
+use p2pstore::identity::Identity;
+use p2pstore::manifest::FileId;
+use p2pstore::proto::*;
+
+use crate::harness::*;
+
+async fn round_trip(c: &Cluster, name: &str, bytes: &[u8], k: u8, n: u8) -> FileId {
+    let src = c.write(name, bytes);
+    let id = c.client.upload(&src, b"pw", params(k, n), None).await.unwrap();
+    let out = c.path(&format!("{name}.out"));
+    let report = c.client.download(&id, b"pw", Some(&out), false, None).await.unwrap();
+    assert_eq!(report.path, out);
+    assert!(std::fs::read(&out).unwrap() == bytes, "{name}: downloaded bytes differ");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interesting_sizes_round_trip() {
+    let c = Cluster::start(6).await;
+    for (i, size) in [0, 1, PER_SEGMENT - 1, PER_SEGMENT, PER_SEGMENT + 1, 5 * PER_SEGMENT + 17].into_iter().enumerate()
+    {
+        round_trip(&c, &format!("f{i}"), &data(size, i as u64), 3, 5).await;
+    }
+    // Listing and info see every file.
+    assert_eq!(c.client.list().await.unwrap().len(), 6);
+    // The original name comes back when no output path is given.
+    let id = round_trip(&c, "named.txt", b"hello", 2, 4).await;
+    let m = c.client.manifest(&id).await.unwrap();
+    assert_eq!(m.plaintext_size, 5);
+    c.net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_twelve_of_twenty_lost_and_fails_cleanly_at_thirteen() {
+    let mut c = Cluster::start(20).await;
+    let mut bytes = data(40 * PER_SEGMENT + 1000, 7);
+    let len = bytes.len();
+    bytes[len - 5000..].fill(0); // trailing zeros must survive
+    let src = c.write("big.bin", &bytes);
+    let id = c.client.upload(&src, b"pw", params(8, 20), None).await.unwrap();
+    for i in 0..12 {
+        c.net.stop_node(i).await;
+    }
+    let out = c.path("big.out");
+    c.client.download(&id, b"pw", Some(&out), false, None).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == bytes);
+
+    c.net.stop_node(12).await;
+    let out2 = c.path("big2.out");
+    let err = c.client.download(&id, b"pw", Some(&out2), false, None).await.unwrap_err();
+    match err {
+        ClientError::Codec(CodecError::NotEnoughShards { have, need: 8, .. }) => assert_eq!(have, 7),
+        other => panic!("expected NotEnoughShards, got {other}"),
+    }
+    assert!(err_mentions_segment(&c, &id).await);
+    assert!(!out2.exists(), "a failed download left output behind");
+    assert!(!files_in(c.dir.path()).iter().any(|f| f.ends_with(".part")), "temporary file left behind");
+    c.net.shutdown().await;
+}
+
+async fn err_mentions_segment(c: &Cluster, id: &FileId) -> bool {
+    let e = c.client.download(id, b"pw", Some(&c.path("again.out")), false, None).await.unwrap_err().to_string();
+    e.contains("segment") && e.contains("have 7, need 8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_shard_is_skipped_and_reported() {
+    let mut c = Cluster::start(5).await;
+    let bytes = data(3 * PER_SEGMENT, 3);
+    let src = c.write("c.bin", &bytes);
+    let id = c.client.upload(&src, b"pw", params(2, 5), None).await.unwrap();
+    let m = c.client.manifest(&id).await.unwrap();
+    let view = c.client.info(&id).await.unwrap();
+    // Corrupt every shard on the peer holding data shard 0 of segment 0, while it is stopped.
+    let victim = view.placements[0][0].clone();
+    let node = (0..5).find(|&i| Identity::load_or_create(&c.net.node_dir(i)).unwrap().peer_id() == victim).unwrap();
+    c.net.stop_node(node).await;
+    let shard = m.segments[0].shard_ids[0].to_hex();
+    let file = c.net.node_dir(node).join("shards").join(&shard[..2]).join(&shard);
+    let mut b = std::fs::read(&file).unwrap();
+    b[10] ^= 1;
+    std::fs::write(&file, b).unwrap();
+    c.net.start_node(node).await.unwrap();
+
+    let out = c.path("c.out");
+    let report = c.client.download(&id, b"pw", Some(&out), false, None).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == bytes);
+    assert!(
+        report.problems.iter().any(|p| p.contains(&victim) && p.contains("does not match")),
+        "{:?}",
+        report.problems
+    );
+    c.net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_and_rm() {
+    let c = Cluster::start(4).await;
+    let src = c.write("s.bin", &data(100_000, 1));
+    let id = c.client.upload(&src, b"right", params(2, 4), None).await.unwrap();
+    let out = c.path("s.out");
+    let e = c.client.download(&id, b"wrong", Some(&out), false, None).await.unwrap_err();
+    assert!(matches!(e, ClientError::Codec(CodecError::WrongPasswordOrTampered)), "{e}");
+    assert!(!out.exists());
+
+    let e = c.client.remove(&id, b"wrong").await.unwrap_err();
+    assert!(e.to_string().contains("wrong password"), "{e}");
+    c.client.download(&id, b"right", Some(&out), false, None).await.unwrap();
+    // Existing output is not overwritten without `overwrite`.
+    assert!(c.client.download(&id, b"right", Some(&out), false, None).await.is_err());
+
+    c.client.remove(&id, b"right").await.unwrap();
+    assert!(c.client.info(&id).await.is_err());
+    // Every node dropped its shards: no shard files remain.
+    for i in 0..4 {
+        let shards = c.net.node_dir(i).join("shards");
+        let count: usize =
+            std::fs::read_dir(&shards).unwrap().map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count()).sum();
+        assert_eq!(count, 0, "node {i} still holds shards");
+    }
+    c.net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_orders_and_receipts_are_refused() {
+    let c = Cluster::start(4).await;
+    let h = http::Client::default();
+    let peers = c.client.peers().await.unwrap();
+    let target = &peers[0];
+    let body = Bytes::from_static(b"0123456789");
+    let id = p2pstore::merkle::root(&body);
+    let url = format!("{}/v1/shards/{id}", target.address);
+
+    // No order.
+    let r = h.send(request("PUT", &url, &[], body.clone()).unwrap()).await.unwrap();
+    assert_eq!(r.status, 403);
+    // An order signed by someone else.
+    std::fs::create_dir(c.path("mallory")).unwrap();
+    let mallory = Identity::load_or_create(&c.path("mallory")).unwrap();
+    let order =
+        PutOrder { upload_id: "u".into(), peer_id: target.peer_id.clone(), max_shard_len: 100, expires: now() + 60 };
+    let forged = serde_json::to_string(&mallory.sign(&order)).unwrap();
+    let r = h.send(request("PUT", &url, &[(ORDER_HEADER, &forged)], body.clone()).unwrap()).await.unwrap();
+    assert_eq!(r.status, 403);
+    // An expired order, really signed by the coordinator.
+    let coord = Identity::load_or_create(&c.net.dir.join("coordinator")).unwrap();
+    let expired = PutOrder { expires: now() - 1, ..order.clone() };
+    let hdr = serde_json::to_string(&coord.sign(&expired)).unwrap();
+    let r = h.send(request("PUT", &url, &[(ORDER_HEADER, &hdr)], body.clone()).unwrap()).await.unwrap();
+    assert_eq!(r.status, 403);
+    // An order for another peer.
+    let other = PutOrder { peer_id: peers[1].peer_id.clone(), ..order.clone() };
+    let hdr = serde_json::to_string(&coord.sign(&other)).unwrap();
+    let r = h.send(request("PUT", &url, &[(ORDER_HEADER, &hdr)], body.clone()).unwrap()).await.unwrap();
+    assert_eq!(r.status, 403);
+    // A valid order, but bytes that do not hash to the id; then too many bytes.
+    let good = serde_json::to_string(&coord.sign(&order)).unwrap();
+    let r = h
+        .send(request("PUT", &url, &[(ORDER_HEADER, &good)], Bytes::from_static(b"other bytes")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    let r =
+        h.send(request("PUT", &url, &[(ORDER_HEADER, &good)], Bytes::from(vec![0u8; 1000])).unwrap()).await.unwrap();
+    assert_eq!(r.status, 413);
+    assert_eq!(h.get(&url).await.unwrap().status, 404, "nothing was stored");
+    // The valid put works and returns a receipt signed by the node.
+    let r = h.send(request("PUT", &url, &[(ORDER_HEADER, &good)], body.clone()).unwrap()).await.unwrap();
+    assert_eq!(r.status, 200);
+
+    // Commits: a receipt from the wrong key, and a missing receipt, are refused.
+    let plan: Plan = h
+        .post_json(&format!("{}/v1/uploads", c.net.url()), &PlanRequest { size: 10, k: 2, n: 4, segment_size: SEGMENT })
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let commit_url = format!("{}/v1/uploads/{}/commit", c.net.url(), plan.upload_id);
+    let fake_receipt =
+        mallory.sign(&Receipt { upload_id: plan.upload_id.clone(), shard_id: id, len: 10, peer_id: mallory.peer_id() });
+    let src = c.write("x", b"0123456789");
+    // Build a real manifest by uploading elsewhere, then try to commit it without receipts.
+    let real = c.client.upload(&src, b"pw", params(2, 4), None).await.unwrap();
+    let manifest = c.client.manifest(&real).await.unwrap();
+    let view = c.client.info(&real).await.unwrap();
+    let mut commit = Commit {
+        upload_id: plan.upload_id.clone(),
+        manifest: hex::encode(manifest.to_bytes()),
+        owner_hash: "00".repeat(32),
+        placements: view.placements.clone(),
+        receipts: vec![fake_receipt],
+    };
+    let r = h.post_json(&commit_url, &commit).await.unwrap();
+    assert_eq!(r.status, 403, "{}", r.error_message());
+    commit.receipts.clear();
+    let r = h.post_json(&commit_url, &commit).await.unwrap();
+    assert_eq!(r.status, 403, "{}", r.error_message());
+    c.net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_lose_nothing() {
+    let mut c = Cluster::start(5).await;
+    let bytes = data(4 * PER_SEGMENT + 3, 11);
+    let src = c.write("r.bin", &bytes);
+    let id = c.client.upload(&src, b"pw", params(3, 5), None).await.unwrap();
+    c.net.stop_coordinator().await;
+    c.net.start_coordinator().await.unwrap();
+    let out = c.path("r1.out");
+    c.client.download(&id, b"pw", Some(&out), false, None).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == bytes);
+    for i in 0..5 {
+        c.net.stop_node(i).await;
+    }
+    for i in 0..5 {
+        c.net.start_node(i).await.unwrap();
+    }
+    let out = c.path("r2.out");
+    c.client.download(&id, b"pw", Some(&out), false, None).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == bytes);
+    c.net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_statuses_and_servers_keep_serving() {
+    let c = Cluster::start(3).await;
+    let h = http::Client::default();
+    let base = c.net.url();
+    let node = c.client.peers().await.unwrap()[0].address.clone();
+    let cases: Vec<(&str, String, Bytes, u16)> = vec![
+        ("GET", format!("{base}/nope"), Bytes::new(), 404),
+        ("POST", format!("{base}/v1/uploads"), Bytes::from_static(b"{not json"), 400),
+        (
+            "POST",
+            format!("{base}/v1/uploads"),
+            Bytes::from_static(b"{\"size\":1,\"k\":5,\"n\":5,\"segment_size\":65536}"),
+            400,
+        ),
+        ("POST", format!("{base}/v1/uploads"), Bytes::from(vec![b' '; 200_000]), 413),
+        (
+            "POST",
+            format!("{base}/v1/heartbeat"),
+            Bytes::from_static(b"{\"body\":\"{}\",\"signer\":\"00\",\"sig\":\"00\"}"),
+            403,
+        ),
+        ("POST", format!("{base}/v1/uploads/abc/commit"), Bytes::from_static(b"{}"), 400),
+        ("GET", format!("{base}/v1/files/xyz"), Bytes::new(), 404),
+        ("DELETE", format!("{base}/v1/files/xyz"), Bytes::new(), 404),
+        ("GET", format!("{node}/v1/shards/zz"), Bytes::new(), 400),
+        ("GET", format!("{node}/v1/shards/{}", "ab".repeat(32)), Bytes::new(), 404),
+        ("POST", format!("{node}/v1/shards/delete"), Bytes::from_static(b"[]"), 400),
+        ("DELETE", format!("{node}/v1/shards"), Bytes::new(), 404),
+    ];
+    for (method, url, body, want) in cases {
+        let r = h.send(request(method, &url, &[], body).unwrap()).await.unwrap();
+        assert_eq!(r.status.as_u16(), want, "{method} {url}: {}", r.error_message());
+    }
+    // Too few peers for the requested n: the message says how many are online and needed.
+    let e = c.client.upload(&c.write("t", b"x"), b"pw", params(3, 5), None).await.unwrap_err().to_string();
+    assert!(e.contains("3 peers are online, 5 are needed"), "{e}");
+    assert_eq!(h.get(&format!("{base}/healthz")).await.unwrap().status, 200);
+    assert_eq!(h.get(&format!("{node}/healthz")).await.unwrap().status, 200);
+    c.net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients() {
+    let c = Cluster::start(6).await;
+    let (a, b) = (data(3 * PER_SEGMENT + 5, 21), data(2 * PER_SEGMENT + 9, 22));
+    let (pa, pb) = (c.write("a", &a), c.write("b", &b));
+    let (ia, ib) =
+        tokio::join!(c.client.upload(&pa, b"pa", params(3, 6), None), c.client.upload(&pb, b"pb", params(3, 6), None));
+    let (ia, ib) = (ia.unwrap(), ib.unwrap());
+    let (oa, ob) = (c.path("a.out"), c.path("b.out"));
+    let (ra, rb) = tokio::join!(
+        c.client.download(&ia, b"pa", Some(&oa), false, None),
+        c.client.download(&ib, b"pb", Some(&ob), false, None)
+    );
+    ra.unwrap();
+    rb.unwrap();
+    assert!(std::fs::read(&oa).unwrap() == a && std::fs::read(&ob).unwrap() == b);
+    c.net.shutdown().await;
+}
