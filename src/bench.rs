@@ -181,3 +181,60 @@ pub fn codec(size: u64, memory_size: u64, params: EncodeParams) -> (Vec<Figure>,
     }
     (figs, peak)
 }
+
+/// CPU seconds this process has used (user + system), from /proc/self/stat.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Uploads and downloads a `size`-byte file through an in-process devnet of `nodes` nodes
+/// under `dir`, next to the codec pipeline measured in the same run.
+pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: EncodeParams) -> anyhow::Result<String> {
+    use crate::client::Client;
+    use crate::devnet::Devnet;
+    let mut config = crate::config::Config::default();
+    config.node.max_storage_gb = 1e6;
+    let net = Devnet::start(config, &dir.join("net"), 0, nodes).await?;
+    let src = dir.join("input.bin");
+    std::io::copy(&mut PatternReader::new(size), &mut std::fs::File::create(&src)?)?;
+    let client = Client::new(&net.url());
+    let mut out = format!(
+        "network benchmark: {} MiB, {nodes} nodes in this process, {}-of-{}, {} MiB segments\n",
+        size >> 20,
+        params.shape.k,
+        params.shape.n,
+        params.segment_size >> 20
+    );
+    let (t, c) = (Instant::now(), cpu_seconds());
+    let id = client.upload(&src, b"bench", params, None).await?;
+    let (up, up_cpu) = (t.elapsed().as_secs_f64(), cpu_seconds().zip(c).map(|(a, b)| a - b));
+    let dst = dir.join("output.bin");
+    let (t, c) = (Instant::now(), cpu_seconds());
+    client.download(&id, b"bench", Some(&dst), true, None).await?;
+    let (down, down_cpu) = (t.elapsed().as_secs_f64(), cpu_seconds().zip(c).map(|(a, b)| a - b));
+    let mb = size as f64 / 1e6;
+    out += &format!(
+        "upload    {:>7.0} MB/s  ({:.2} s, {:.1} CPU-s for client + nodes)\n",
+        mb / up,
+        up,
+        up_cpu.unwrap_or(0.0)
+    );
+    out += &format!("download  {:>7.0} MB/s  ({:.2} s, {:.1} CPU-s)\n", mb / down, down, down_cpu.unwrap_or(0.0));
+    let t = Instant::now();
+    let (_, m) = encode_pipeline(size.min(256 << 20), params, 0);
+    drop(m);
+    out += &format!(
+        "codec encode pipeline alone {:>7.0} MB/s\n",
+        size.min(256 << 20) as f64 / 1e6 / t.elapsed().as_secs_f64()
+    );
+    if let Some(p) = peak_rss() {
+        out += &format!("peak memory of the whole process (client and {nodes} nodes): {} MiB\n", p >> 20);
+    }
+    net.shutdown().await;
+    std::fs::remove_file(&src)?;
+    std::fs::remove_file(&dst)?;
+    Ok(out)
+}

@@ -196,6 +196,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2048)]
         memory_mib: u64,
     },
+    /// Upload and download through a local devnet in this process
+    Network {
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        #[arg(long, default_value_t = 20)]
+        nodes: usize,
+        /// Where the nodes keep shards (a temporary directory inside it)
+        #[arg(long, default_value = "./data")]
+        dir: PathBuf,
+    },
 }
 
 fn init_logging(cli: &Cli) {
@@ -221,7 +231,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     config.validate()?;
     match cli.command {
-        Command::Bench(_) | Command::Config => {}
+        Command::Bench(BenchCommand::Codec { .. }) | Command::Config => {}
         other => {
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             return rt.block_on(run_network(other, config));
@@ -407,6 +417,16 @@ async fn run_network(command: Command, config: Config) -> anyhow::Result<()> {
                 return print_json(&serde_json::json!({ "deleted": id.to_string() }));
             }
             eprintln!("deleted {id}");
+        }
+        Command::Bench(BenchCommand::Network { size_mib, nodes, dir }) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+            let tmp = tempfile::tempdir_in(&dir)?;
+            let params = EncodeParams {
+                shape: Shape::new(config.node.shards_required as u8, config.node.shards_total as u8)?,
+                segment_size: config.client.segment_size,
+                iterations: config.client.kdf_iterations,
+            };
+            out!("{}", bench::network(size_mib << 20, nodes, tmp.path(), params).await?);
         }
         Command::Config | Command::Bench(_) => unreachable!("handled without a runtime"),
     }
