@@ -243,11 +243,7 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Codec { size_mib, memory_mib }) => {
-            let params = EncodeParams {
-                shape: Shape::new(config.node.shards_required as u8, config.node.shards_total as u8)?,
-                segment_size: config.client.segment_size,
-                iterations: config.client.kdf_iterations,
-            };
+            let params = encode_params(&config, None, None)?;
             out!("{}", bench::codec_report(size_mib << 20, memory_mib << 20, params));
             Ok(())
         }
@@ -265,6 +261,15 @@ fn progress(len: u64) -> Option<ProgressBar> {
             .expect("valid template"),
     );
     Some(bar)
+}
+
+/// Coding parameters from the configuration, with `-k`/`-n` overrides.
+fn encode_params(config: &Config, k: Option<u8>, n: Option<u8>) -> anyhow::Result<EncodeParams> {
+    Ok(EncodeParams {
+        shape: Shape::new(k.unwrap_or(config.node.shards_required as u8), n.unwrap_or(config.node.shards_total as u8))?,
+        segment_size: config.client.segment_size,
+        iterations: config.client.kdf_iterations,
+    })
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
@@ -333,14 +338,7 @@ async fn run_network(command: Command, config: Config) -> anyhow::Result<()> {
             net.shutdown().await;
         }
         Command::Upload { file, password, k, n } => {
-            let params = EncodeParams {
-                shape: Shape::new(
-                    k.unwrap_or(config.node.shards_required as u8),
-                    n.unwrap_or(config.node.shards_total as u8),
-                )?,
-                segment_size: config.client.segment_size,
-                iterations: config.client.kdf_iterations,
-            };
+            let params = encode_params(&config, k, n)?;
             let len = std::fs::metadata(&file).with_context(|| format!("{}", file.display()))?.len();
             let pw = password.get(true)?;
             let bar = progress(len);
@@ -421,11 +419,7 @@ async fn run_network(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Network { size_mib, nodes, dir }) => {
             std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
             let tmp = tempfile::tempdir_in(&dir)?;
-            let params = EncodeParams {
-                shape: Shape::new(config.node.shards_required as u8, config.node.shards_total as u8)?,
-                segment_size: config.client.segment_size,
-                iterations: config.client.kdf_iterations,
-            };
+            let params = encode_params(&config, None, None)?;
             out!("{}", bench::network(size_mib << 20, nodes, tmp.path(), params).await?);
         }
         Command::Config | Command::Bench(_) => unreachable!("handled without a runtime"),

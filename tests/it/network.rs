@@ -287,3 +287,20 @@ async fn concurrent_clients() {
     assert!(std::fs::read(&oa).unwrap() == a && std::fs::read(&ob).unwrap() == b);
     c.net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_file_ending_in_zeros() {
+    let c = Cluster::start(6).await;
+    let params = p2pstore::codec::EncodeParams { segment_size: p2pstore::codec::DEFAULT_SEGMENT_SIZE, ..params(4, 6) };
+    let mut bytes = p2pstore::bench::PatternReader::new(256 << 20);
+    let mut v = Vec::new();
+    std::io::Read::read_to_end(&mut bytes, &mut v).unwrap();
+    let len = v.len();
+    v[len - 1_000_000..].fill(0);
+    let src = c.write("large.bin", &v);
+    let id = c.client.upload(&src, b"pw", params, None).await.unwrap();
+    let out = c.path("large.out");
+    c.client.download(&id, b"pw", Some(&out), false, None).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == v, "a 256 MiB file ending in zeros came back different");
+    c.net.shutdown().await;
+}
