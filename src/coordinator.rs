@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::erasure::Shape;
-use crate::http::{self, ApiError, ApiResult, ServerHandle, ok, read_json};
+use crate::http::{self, ApiError, ApiResult, ServerError, ServerHandle, ok, read_json};
 use crate::identity::{Identity, Signed};
 use crate::manifest::{Manifest, segment_count};
 use crate::placement::{self, Candidate};
@@ -30,16 +30,6 @@ const SPARES: usize = 3;
 const CLOCK_SKEW: u64 = 300;
 /// How long an upload may take between plan and commit.
 const UPLOAD_TTL: u64 = 3600;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("data directory {dir}: {source}")]
-    DataDir { dir: PathBuf, source: std::io::Error },
-    #[error("database in {dir}: {source} (is another process using this data directory?)")]
-    Db { dir: PathBuf, source: sled::Error },
-}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct PeerRecord {
@@ -102,7 +92,7 @@ pub async fn spawn(config: Config, data_dir: PathBuf, bind: SocketAddr) -> Resul
 }
 
 async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
-    let path: Vec<String> = req.uri().path().trim_matches('/').split('/').map(str::to_owned).collect();
+    let path = http::path_segments(&req);
     let p: Vec<&str> = path.iter().map(String::as_str).collect();
     match (req.method().clone(), p.as_slice()) {
         (Method::GET, ["healthz"]) => ok(&"ok"),

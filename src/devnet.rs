@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::coordinator::{self, ServerError};
-use crate::http::ServerHandle;
+use crate::coordinator;
+use crate::http::{ServerError, ServerHandle};
 use crate::node::{self, NodeOptions};
 
 pub struct Devnet {

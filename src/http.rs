@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,22 @@ use tokio::task::JoinSet;
 use crate::proto::ErrorBody;
 
 pub type Body = Full<Bytes>;
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("data directory {dir}: {source}")]
+    DataDir { dir: PathBuf, source: std::io::Error },
+    #[error("database in {dir}: {source} (is another process using this data directory?)")]
+    Db { dir: PathBuf, source: sled::Error },
+}
+
+/// The non-empty segments of a request's path, for matching routes.
+pub fn path_segments<B>(req: &Request<B>) -> Vec<String> {
+    req.uri().path().split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
 
 /// An error answer: status and a sentence for the caller.
 #[derive(Debug)]

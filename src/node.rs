@@ -12,8 +12,7 @@ use hyper::{Method, Request, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 
-use crate::coordinator::ServerError;
-use crate::http::{self, ApiError, ApiResult, ServerHandle, ok, read_body, read_json};
+use crate::http::{self, ApiError, ApiResult, ServerError, ServerHandle, ok, read_body, read_json};
 use crate::identity::{Identity, Signed};
 use crate::merkle::{self, ShardId};
 use crate::proto::*;
@@ -121,7 +120,7 @@ fn shard_id(hex: &str) -> Result<ShardId, ApiError> {
 }
 
 async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
-    let path: Vec<String> = req.uri().path().trim_matches('/').split('/').map(str::to_owned).collect();
+    let path = http::path_segments(&req);
     let p: Vec<&str> = path.iter().map(String::as_str).collect();
     match (req.method().clone(), p.as_slice()) {
         (Method::GET, ["healthz"]) => ok(&"ok"),
