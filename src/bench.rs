@@ -224,8 +224,7 @@ pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: Enc
     );
     out += &format!("download  {:>7.0} MB/s  ({:.2} s, {:.1} CPU-s)\n", mb / down, down, down_cpu.unwrap_or(0.0));
     let t = Instant::now();
-    let (_, m) = encode_pipeline(size.min(256 << 20), params, 0);
-    drop(m);
+    encode_pipeline(size.min(256 << 20), params, 0);
     out += &format!(
         "codec encode pipeline alone {:>7.0} MB/s\n",
         size.min(256 << 20) as f64 / 1e6 / t.elapsed().as_secs_f64()

@@ -251,11 +251,12 @@ pub fn run() -> anyhow::Result<()> {
     }
 }
 
-fn progress(len: u64) -> Option<ProgressBar> {
+/// A progress bar on stderr when it is a terminal; the client sets its length.
+fn progress() -> Option<ProgressBar> {
     if !std::io::stderr().is_terminal() {
         return None;
     }
-    let bar = ProgressBar::new(len);
+    let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
             .expect("valid template"),
@@ -339,9 +340,8 @@ async fn run_network(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Upload { file, password, k, n } => {
             let params = encode_params(&config, k, n)?;
-            let len = std::fs::metadata(&file).with_context(|| format!("{}", file.display()))?.len();
             let pw = password.get(true)?;
-            let bar = progress(len);
+            let bar = progress();
             let id = client.upload(&file, pw.as_bytes(), params, bar.clone()).await?;
             if let Some(b) = bar {
                 b.finish_and_clear();
@@ -351,7 +351,7 @@ async fn run_network(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Download { file_id, password, output, force } => {
             let id = FileId::parse(&file_id)?;
             let pw = password.get(false)?;
-            let bar = progress(client.info(&id).await?.summary.size);
+            let bar = progress();
             let report = client.download(&id, pw.as_bytes(), output.as_deref(), force, bar.clone()).await?;
             if let Some(b) = bar {
                 b.finish_and_clear();

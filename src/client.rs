@@ -105,6 +105,9 @@ impl Client {
     ) -> Result<FileId, ClientError> {
         let io = |source| ClientError::Io { path: path.to_owned(), source };
         let size = std::fs::metadata(path).map_err(io)?.len();
+        if let Some(p) = &progress {
+            p.set_length(size);
+        }
         let file = std::fs::File::open(path).map_err(io)?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let req = PlanRequest { size, k: params.shape.k, n: params.shape.n, segment_size: params.segment_size };
@@ -151,7 +154,7 @@ impl Client {
                 }
             }
         }
-        let (manifest, token) = encoder.await.map_err(|e| ClientError::Other(e.to_string()))??;
+        let (manifest, token) = joined(encoder.await)?;
         let commit = Commit {
             upload_id: plan.upload_id.clone(),
             manifest: hex::encode(manifest.to_bytes()),
@@ -179,10 +182,11 @@ impl Client {
         progress: Option<ProgressBar>,
     ) -> Result<DownloadReport, ClientError> {
         let manifest = self.manifest(id).await?;
+        if let Some(p) = &progress {
+            p.set_length(manifest.plaintext_size);
+        }
         let password = password.to_vec();
-        let decoder = tokio::task::spawn_blocking(move || Decoder::new(manifest, &password))
-            .await
-            .map_err(|e| ClientError::Other(e.to_string()))??;
+        let decoder = blocking(move || Ok(Decoder::new(manifest, &password)?)).await?;
         let path = match out {
             Some(p) => p.to_owned(),
             None => safe_name(&decoder.meta().name)?,
@@ -193,7 +197,7 @@ impl Client {
         let (http, probs, dec) = (self.http.clone(), problems.clone(), decoder.clone());
         let rt = tokio::runtime::Handle::current();
         let target = path.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             write_atomically(&target, overwrite, |file| -> Result<(), ClientError> {
                 let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
                 let count = dec.manifest().segments.len() as u32;
@@ -209,9 +213,7 @@ impl Client {
                             j,
                         )));
                     }
-                    let shards = rt
-                        .block_on(ahead.pop_front().expect("queued"))
-                        .map_err(|e| ClientError::Other(e.to_string()))??;
+                    let shards = joined(rt.block_on(ahead.pop_front().expect("queued")))?;
                     let plain = dec.decode_segment(i, &shards)?;
                     std::io::Write::write_all(&mut w, &plain).map_err(CodecError::Write)?;
                     if let Some(p) = &progress {
@@ -222,8 +224,7 @@ impl Client {
                 Ok(())
             })
         })
-        .await
-        .map_err(|e| ClientError::Other(e.to_string()))??;
+        .await?;
         let problems = problems.lock().expect("not poisoned").clone();
         Ok(DownloadReport { path, problems })
     }
@@ -233,15 +234,25 @@ impl Client {
     pub async fn remove(&self, id: &FileId, password: &[u8]) -> Result<(), ClientError> {
         let m = self.manifest(id).await?;
         let password = password.to_vec();
-        let keys = tokio::task::spawn_blocking(move || FileKeys::derive(&password, m.salt, m.iterations))
-            .await
-            .map_err(|e| ClientError::Other(e.to_string()))??;
+        let keys = blocking(move || Ok(FileKeys::derive(&password, m.salt, m.iterations)?)).await?;
         let token = hex::encode(keys.owner_token());
         let req = request("DELETE", &format!("{}/v1/files/{id}", self.base), &[(OWNER_HEADER, &token)], Bytes::new())
             .map_err(|e| self.err(e))?;
         let r = self.http.send(req).await.map_err(|e| self.err(e))?;
         r.json::<serde_json::Value>().map(|_| ()).map_err(|e| self.err(e))
     }
+}
+
+/// The result of a finished task, a task that panicked or was cancelled being an error too.
+fn joined<T, E: Into<ClientError>>(r: Result<Result<T, E>, tokio::task::JoinError>) -> Result<T, ClientError> {
+    r.map_err(|e| ClientError::Other(format!("a worker task failed: {e}")))?.map_err(Into::into)
+}
+
+/// Runs CPU- or disk-bound work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ClientError> + Send + 'static,
+) -> Result<T, ClientError> {
+    joined(tokio::task::spawn_blocking(f).await)
 }
 
 /// The original name, reduced to a plain file name in the current directory.

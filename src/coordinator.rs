@@ -20,6 +20,7 @@ use crate::erasure::Shape;
 use crate::http::{self, ApiError, ApiResult, ServerError, ServerHandle, ok, read_json};
 use crate::identity::{Identity, Signed};
 use crate::manifest::{Manifest, segment_count};
+use crate::merkle::ShardId;
 use crate::placement::{self, Candidate};
 use crate::proto::*;
 use crate::store::Table;
@@ -58,6 +59,22 @@ struct FileRecord {
     placements: Vec<Vec<String>>,
     owner_hash: String,
     created: u64,
+}
+
+impl FileRecord {
+    fn parsed(&self) -> Option<Manifest> {
+        Manifest::from_bytes(&hex::decode(&self.manifest).ok()?).ok()
+    }
+
+    /// Every (shard id, peer) this file has placed.
+    fn placed_shards(&self) -> Vec<(ShardId, String)> {
+        let Some(m) = self.parsed() else { return Vec::new() };
+        m.segments
+            .iter()
+            .zip(&self.placements)
+            .flat_map(|(seg, peers)| seg.shard_ids.iter().copied().zip(peers.iter().cloned()))
+            .collect()
+    }
 }
 
 struct State {
@@ -154,7 +171,7 @@ fn heartbeat(s: &State, signed: Signed<Heartbeat>) -> ApiResult {
     let old = s.peers.get(&id).map_err(ApiError::internal)?;
     match &old {
         Some(o) if hb.time < o.last_time => return Err(ApiError::forbidden("replayed heartbeat")),
-        None if s.peers.all().len() >= s.config.coordinator.max_peers as usize => {
+        None if s.peers.len() >= s.config.coordinator.max_peers as usize => {
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the coordinator has max_peers peers already"));
         }
         None => tracing::info!(peer = %id, address = %hb.address, "peer registered"),
@@ -204,7 +221,7 @@ fn plan(s: &State, req: PlanRequest) -> ApiResult {
             format!("fewer than {need} online peers have room for this file"),
         )
     })?;
-    let upload_id = hex::encode(&digest(&SHA256, &crate::crypto::Salt::random().0).as_ref()[..16]);
+    let upload_id = hex::encode(crate::crypto::Salt::random().0);
     let expires = now() + UPLOAD_TTL;
     let used: HashSet<&String> = layout.iter().flatten().collect();
     let mut orders = BTreeMap::new();
@@ -251,7 +268,7 @@ async fn commit(s: &State, upload_id: &str, c: Commit) -> ApiResult {
     }
     // Every valid receipt: (shard id, peer) pairs vouched for by the peer's own key.
     let allowed: HashSet<&String> = up.peers.iter().collect();
-    let mut stored: HashSet<(crate::merkle::ShardId, String)> = HashSet::new();
+    let mut stored: HashSet<(ShardId, String)> = HashSet::new();
     for r in &c.receipts {
         let peer = s.peers.get(&r.signer_id()).map_err(ApiError::internal)?;
         let rec = peer
@@ -294,7 +311,7 @@ fn file_record(s: &State, id: &str) -> Result<FileRecord, ApiError> {
 }
 
 fn summary(id: &str, rec: &FileRecord) -> Option<FileSummary> {
-    let m = Manifest::from_bytes(&hex::decode(&rec.manifest).ok()?).ok()?;
+    let m = rec.parsed()?;
     Some(FileSummary {
         file_id: id.to_owned(),
         size: m.plaintext_size,
@@ -313,13 +330,8 @@ fn file_view(s: &State, id: &str) -> Result<FileView, ApiError> {
     let rec = file_record(s, id)?;
     let summary = summary(id, &rec).ok_or_else(|| ApiError::internal("stored manifest does not parse"))?;
     let wanted: HashSet<&String> = rec.placements.iter().flatten().collect();
-    let peers = s
-        .peers
-        .all()
-        .into_iter()
-        .filter(|(pid, _)| wanted.contains(pid))
-        .map(|(pid, p)| (pid.clone(), view(s, &pid, &p)))
-        .collect();
+    let peers =
+        wanted.into_iter().filter_map(|pid| Some((pid.clone(), view(s, pid, &s.peers.get(pid).ok()??)))).collect();
     Ok(FileView { summary, placements: rec.placements, peers })
 }
 
@@ -329,27 +341,14 @@ async fn delete_file(s: &State, id: &str, token_hex: &str) -> ApiResult {
     if hex::encode(digest(&SHA256, &token)) != rec.owner_hash {
         return Err(ApiError::forbidden("wrong password for this file: not deleted"));
     }
-    let m =
-        Manifest::from_bytes(&hex::decode(&rec.manifest).map_err(ApiError::internal)?).map_err(ApiError::internal)?;
     s.files.remove(id).map_err(ApiError::internal)?;
     s.files.flush().await.map_err(ApiError::internal)?;
     // Shards still placed by another file on the same peer (identical padding shards) stay.
-    let mut keep = HashSet::new();
-    for (_, other) in s.files.all() {
-        if let Ok(om) =
-            hex::decode(&other.manifest).map_err(|_| ()).and_then(|b| Manifest::from_bytes(&b).map_err(|_| ()))
-        {
-            for (seg, peers) in om.segments.iter().zip(&other.placements) {
-                keep.extend(seg.shard_ids.iter().zip(peers).map(|(i, p)| (*i, p.clone())));
-            }
-        }
-    }
-    let mut by_peer: BTreeMap<String, Vec<crate::merkle::ShardId>> = BTreeMap::new();
-    for (seg, peers) in m.segments.iter().zip(&rec.placements) {
-        for (sid, p) in seg.shard_ids.iter().zip(peers) {
-            if !keep.contains(&(*sid, p.clone())) {
-                by_peer.entry(p.clone()).or_default().push(*sid);
-            }
+    let keep: HashSet<(ShardId, String)> = s.files.all().iter().flat_map(|(_, other)| other.placed_shards()).collect();
+    let mut by_peer: BTreeMap<String, Vec<ShardId>> = BTreeMap::new();
+    for (sid, peer) in rec.placed_shards() {
+        if !keep.contains(&(sid, peer.clone())) {
+            by_peer.entry(peer).or_default().push(sid);
         }
     }
     for (peer, ids) in by_peer {

@@ -115,6 +115,11 @@ async fn heartbeat(s: &State) -> Result<(), String> {
     }
 }
 
+/// Runs disk- or CPU-bound work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?
+}
+
 fn shard_id(hex: &str) -> Result<ShardId, ApiError> {
     ShardId::from_hex(hex).ok_or_else(|| ApiError::bad_request("a shard id is 64 hex digits"))
 }
@@ -138,10 +143,7 @@ async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
         (Method::GET, ["v1", "shards", id]) => {
             let id = shard_id(id)?;
             let s2 = s.clone();
-            let data = tokio::task::spawn_blocking(move || s2.store.get(&id))
-                .await
-                .map_err(ApiError::internal)?
-                .map_err(ApiError::internal)?;
+            let data = blocking(move || s2.store.get(&id).map_err(ApiError::internal)).await?;
             data.map(|b| http::bytes("application/octet-stream", b))
                 .ok_or_else(|| ApiError::not_found(format!("no shard {id} here")))
         }
@@ -177,7 +179,7 @@ async fn put_shard(s: &Arc<State>, id: ShardId, req: Request<Incoming>) -> ApiRe
     let body = read_body(req, limit).await?;
     let s2 = s.clone();
     let len = body.len() as u64;
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         if merkle::root(&body) != id {
             return Err(ApiError::bad_request(format!("the bytes do not hash to shard id {id}")));
         }
@@ -186,8 +188,7 @@ async fn put_shard(s: &Arc<State>, id: ShardId, req: Request<Incoming>) -> ApiRe
             other => ApiError::internal(other),
         })
     })
-    .await
-    .map_err(ApiError::internal)??;
+    .await?;
     let receipt = Receipt { upload_id: order.upload_id, shard_id: id, len, peer_id: s.identity.peer_id() };
     ok(&s.identity.sign(&receipt))
 }
@@ -200,10 +201,9 @@ async fn delete(s: &Arc<State>, signed: Signed<DeleteOrder>) -> ApiResult {
         return Err(ApiError::forbidden("the delete order is for another peer or has expired"));
     }
     let s2 = s.clone();
-    let removed = tokio::task::spawn_blocking(move || {
-        order.shard_ids.iter().map(|id| s2.store.delete(id)).filter(|r| matches!(r, Ok(true))).count()
+    let removed = blocking(move || {
+        Ok(order.shard_ids.iter().map(|id| s2.store.delete(id)).filter(|r| matches!(r, Ok(true))).count())
     })
-    .await
-    .map_err(ApiError::internal)?;
+    .await?;
     ok(&serde_json::json!({ "removed": removed }))
 }

@@ -27,6 +27,12 @@ pub fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
+/// Where a node whose data directory is `data_dir` keeps shard `id`: `shards/xx/<hex id>`.
+pub fn shard_file(data_dir: &Path, id: &ShardId) -> PathBuf {
+    let hex = id.to_hex();
+    data_dir.join("shards").join(&hex[..2]).join(hex)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("node is full: {used} of {capacity} bytes used, {wanted} more requested")]
@@ -39,7 +45,7 @@ pub enum StoreError {
 
 /// A node's shards: files under `shards/xx/`, indexed in sled.
 pub struct ShardStore {
-    root: PathBuf,
+    dir: PathBuf,
     _db: sled::Db,
     index: sled::Tree,
     used: AtomicU64,
@@ -83,12 +89,11 @@ impl ShardStore {
             index.insert(id.0, &len.to_be_bytes())?;
             used += len;
         }
-        Ok(ShardStore { root, _db: db, index, used: AtomicU64::new(used), capacity })
+        Ok(ShardStore { dir: dir.to_owned(), _db: db, index, used: AtomicU64::new(used), capacity })
     }
 
     fn path(&self, id: &ShardId) -> PathBuf {
-        let hex = id.to_hex();
-        self.root.join(&hex[..2]).join(hex)
+        shard_file(&self.dir, id)
     }
 
     pub fn used(&self) -> u64 {
@@ -154,11 +159,6 @@ impl ShardStore {
         self.used.fetch_sub(len, Ordering::SeqCst);
         Ok(true)
     }
-
-    /// The file holding a shard, for tests and repair tooling that must reach the bytes.
-    pub fn shard_path(&self, id: &ShardId) -> PathBuf {
-        self.path(id)
-    }
 }
 
 /// A sled tree of JSON values under string keys: the coordinator's record store.
@@ -191,6 +191,14 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
             .filter_map(Result::ok)
             .filter_map(|(k, v)| Some((String::from_utf8(k.to_vec()).ok()?, serde_json::from_slice(&v).ok()?)))
             .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
     }
 
     pub async fn flush(&self) -> sled::Result<()> {
@@ -227,6 +235,6 @@ mod tests {
         assert!(s.delete(&a).unwrap());
         assert!(!s.delete(&a).unwrap());
         assert_eq!(s.used(), 10);
-        assert!(!s.shard_path(&a).exists());
+        assert!(!shard_file(dir.path(), &a).exists());
     }
 }

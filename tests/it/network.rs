@@ -81,8 +81,7 @@ async fn corrupted_shard_is_skipped_and_reported() {
     let victim = view.placements[0][0].clone();
     let node = (0..5).find(|&i| Identity::load_or_create(&c.net.node_dir(i)).unwrap().peer_id() == victim).unwrap();
     c.net.stop_node(node).await;
-    let shard = m.segments[0].shard_ids[0].to_hex();
-    let file = c.net.node_dir(node).join("shards").join(&shard[..2]).join(&shard);
+    let file = p2pstore::store::shard_file(&c.net.node_dir(node), &m.segments[0].shard_ids[0]);
     let mut b = std::fs::read(&file).unwrap();
     b[10] ^= 1;
     std::fs::write(&file, b).unwrap();
