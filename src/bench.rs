@@ -199,7 +199,9 @@ pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: Enc
     config.node.max_storage_gb = 1e6;
     let net = Devnet::start(config, &dir.join("net"), 0, nodes).await?;
     let src = dir.join("input.bin");
-    std::io::copy(&mut PatternReader::new(size), &mut std::fs::File::create(&src)?)?;
+    let mut input = std::fs::File::create(&src)?;
+    std::io::copy(&mut PatternReader::new(size), &mut input)?;
+    input.sync_all()?; // its writeback must not run during the upload being measured
     let client = Client::new(&net.url());
     let mut out = format!(
         "network benchmark: {} MiB, {nodes} nodes in this process, {}-of-{}, {} MiB segments\n",

@@ -37,7 +37,7 @@ pub enum ClientError {
 }
 
 /// Segments whose shards are fetched ahead of the one being decoded.
-const DOWNLOAD_AHEAD: usize = 3;
+const DOWNLOAD_AHEAD: usize = 4;
 /// Segments being uploaded at once.
 const UPLOAD_AHEAD: usize = 2;
 /// Ask one more peer for a segment when it is not complete after this long.
@@ -199,7 +199,7 @@ impl Client {
         let target = path.clone();
         blocking(move || {
             write_atomically(&target, overwrite, |file| -> Result<(), ClientError> {
-                let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+                let mut written = 0u64;
                 let count = dec.manifest().segments.len() as u32;
                 let mut ahead = VecDeque::new();
                 for i in 0..count {
@@ -215,12 +215,14 @@ impl Client {
                     }
                     let shards = joined(rt.block_on(ahead.pop_front().expect("queued")))?;
                     let plain = dec.decode_segment(i, &shards)?;
-                    std::io::Write::write_all(&mut w, &plain).map_err(CodecError::Write)?;
+                    std::io::Write::write_all(file, &plain).map_err(CodecError::Write)?;
+                    // Start writing this segment to disk now, so the final sync finds little left.
+                    crate::store::start_writeback(file, written, plain.len() as u64);
+                    written += plain.len() as u64;
                     if let Some(p) = &progress {
                         p.inc(plain.len() as u64)
                     }
                 }
-                std::io::Write::flush(&mut w).map_err(CodecError::Write)?;
                 Ok(())
             })
         })

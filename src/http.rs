@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use bytes::BytesMut;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client as HyperClient;
@@ -21,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::proto::ErrorBody;
+use crate::store::{AlignedBuf, DIRECT_ALIGN};
 
 pub type Body = Full<Bytes>;
 
@@ -90,16 +92,42 @@ fn error_response(e: ApiError) -> Response<Body> {
 
 /// Reads a body of at most `limit` bytes; more is 413, without reading it all.
 pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let mut buf = BytesMut::new();
+    read_frames(req, limit, |d| buf.extend_from_slice(d)).await?;
+    Ok(buf.freeze())
+}
+
+/// Reads a body of at most `limit` bytes into one page-aligned buffer: the single copy out of
+/// hyper's read buffers, after which the disk can take the bytes without another.
+pub async fn read_body_aligned(req: Request<Incoming>, limit: usize) -> Result<AlignedBuf, ApiError> {
+    let mut buf = AlignedBuf::with_capacity(DIRECT_ALIGN, declared_len(&req).unwrap_or(0).min(limit as u64) as usize);
+    read_frames(req, limit, |d| buf.extend_from_slice(d)).await?;
+    Ok(buf)
+}
+
+fn declared_len<B>(req: &Request<B>) -> Option<u64> {
+    req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+}
+
+/// Feeds the body's bytes to `push`, refusing (413) as soon as more than `limit` arrive.
+async fn read_frames(req: Request<Incoming>, limit: usize, mut push: impl FnMut(&[u8])) -> Result<(), ApiError> {
     let too_big = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {limit} bytes"));
-    let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|l| l > limit as u64) {
+    if declared_len(&req).is_some_and(|l| l > limit as u64) {
         return Err(too_big());
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_big()),
-        Err(e) => Err(ApiError::bad_request(format!("reading the body failed: {e}"))),
+    let mut body = req.into_body();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total > limit {
+                return Err(too_big());
+            }
+            push(&data);
+        }
     }
+    Ok(())
 }
 
 pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>, limit: usize) -> Result<T, ApiError> {

@@ -12,7 +12,7 @@ use hyper::{Method, Request, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 
-use crate::http::{self, ApiError, ApiResult, ServerError, ServerHandle, ok, read_body, read_json};
+use crate::http::{self, ApiError, ApiResult, ServerError, ServerHandle, ok, read_body_aligned, read_json};
 use crate::identity::{Identity, Signed};
 use crate::merkle::{self, ShardId};
 use crate::proto::*;
@@ -176,7 +176,7 @@ async fn put_shard(s: &Arc<State>, id: ShardId, req: Request<Incoming>) -> ApiRe
         return Err(ApiError::forbidden("the put order has expired"));
     }
     let limit = usize::try_from(order.max_shard_len).unwrap_or(usize::MAX);
-    let body = read_body(req, limit).await?;
+    let body = read_body_aligned(req, limit).await?;
     let s2 = s.clone();
     let len = body.len() as u64;
     blocking(move || {

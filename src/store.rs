@@ -5,26 +5,77 @@
 //! while a synced file per shard writes at ~975 MB/s, takes 1.0× (plus the block tail) and
 //! frees its space on unlink.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use aligned_vec::{AVec, ConstAlign};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::merkle::ShardId;
 
-/// Writes `path` so that after return it is on disk whole or not at all.
+/// Alignment of buffer address and length that lets I/O bypass the page cache.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// A buffer aligned for direct I/O.
+pub type AlignedBuf = AVec<u8, ConstAlign<DIRECT_ALIGN>>;
+
+fn is_aligned(data: &[u8]) -> bool {
+    !data.is_empty() && data.len().is_multiple_of(DIRECT_ALIGN) && (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+}
+
+/// Writes `path` so that after return it is on disk whole or not at all: a temporary file,
+/// synced, then renamed. Page-aligned data goes with O_DIRECT: measured here, copying cold
+/// shard bytes into the page cache cost over half of a node's CPU during uploads, and a
+/// node never reads a shard back soon enough for the cache to pay (audits read a few
+/// chunks). Filesystems without O_DIRECT (tmpfs) get the buffered path.
 pub fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f = File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_data()?;
-    drop(f);
+    let aligned = is_aligned(data);
+    match write_synced(&tmp, data, if aligned { libc::O_DIRECT } else { 0 }) {
+        Err(e) if aligned && e.raw_os_error() == Some(libc::EINVAL) => write_synced(&tmp, data, 0)?,
+        r => r?,
+    }
     fs::rename(&tmp, path)
+}
+
+/// Asks the kernel to start writing a range of `file` to disk without waiting for it; a
+/// later sync then has little left to do. Advisory: failures are ignored.
+pub fn start_writeback(file: &fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range only reads its integer arguments; the fd is open for the call.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+/// Reads a whole file; page-aligned sizes bypass the page cache, as they were written.
+fn read_whole(path: &Path) -> io::Result<Bytes> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let len = fs::metadata(path)?.len() as usize;
+    if len == 0 || !len.is_multiple_of(DIRECT_ALIGN) {
+        return fs::read(path).map(Bytes::from);
+    }
+    let mut f = match fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return fs::read(path).map(Bytes::from),
+        r => r?,
+    };
+    let mut buf = AlignedBuf::with_capacity(DIRECT_ALIGN, len);
+    buf.resize(len, 0);
+    f.read_exact(&mut buf)?;
+    Ok(Bytes::from_owner(buf))
+}
+
+fn write_synced(path: &Path, data: &[u8], flags: i32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(flags).open(path)?;
+    f.write_all(data)?;
+    f.sync_data()
 }
 
 /// Where a node whose data directory is `data_dir` keeps shard `id`: `shards/xx/<hex id>`.
@@ -140,8 +191,8 @@ impl ShardStore {
         if !self.contains(id) {
             return Ok(None);
         }
-        match fs::read(self.path(id)) {
-            Ok(b) => Ok(Some(Bytes::from(b))),
+        match read_whole(&self.path(id)) {
+            Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -209,6 +260,26 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direct_and_buffered_writes_read_back() {
+        // /dev/shm (tmpfs) refuses O_DIRECT, so it takes the fallback path.
+        let shm = Path::new("/dev/shm");
+        let dirs: Vec<tempfile::TempDir> =
+            [tempfile::tempdir().ok(), shm.is_dir().then(|| tempfile::tempdir_in(shm).ok()).flatten()]
+                .into_iter()
+                .flatten()
+                .collect();
+        for dir in &dirs {
+            let mut aligned = AlignedBuf::with_capacity(DIRECT_ALIGN, 3 * DIRECT_ALIGN);
+            aligned.extend_from_slice(&[5u8; 3 * DIRECT_ALIGN]);
+            for (name, data) in [("a", &aligned[..]), ("b", &[6u8; 100][..]), ("c", &aligned[1..])] {
+                let p = dir.path().join(name);
+                write_durably(&p, data).unwrap();
+                assert_eq!(&read_whole(&p).unwrap()[..], data, "{} {name}", dir.path().display());
+            }
+        }
+    }
 
     #[test]
     fn put_get_delete_capacity_and_reopen() {
