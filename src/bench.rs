@@ -182,59 +182,127 @@ pub fn codec(size: u64, memory_size: u64, params: EncodeParams) -> (Vec<Figure>,
     (figs, peak)
 }
 
-/// CPU seconds this process has used (user + system), from /proc/self/stat.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
+/// CPU seconds a process has used (user + system), from /proc/<pid>/stat ("self" for us).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
 }
 
-/// Uploads and downloads a `size`-byte file through an in-process devnet of `nodes` nodes
-/// under `dir`, next to the codec pipeline measured in the same run.
+/// Child processes killed when dropped, so a failed benchmark leaves nothing running.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Children {
+    fn cpu(&self, range: std::ops::Range<usize>) -> f64 {
+        self.0[range].iter().map(|c| cpu_seconds(&c.id().to_string())).sum()
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Uploads and downloads a `size`-byte file through a local network of real processes (this
+/// binary as coordinator and `nodes` nodes), with this process as the client, so client
+/// memory and each role's CPU are measured apart.
 pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: EncodeParams) -> anyhow::Result<String> {
     use crate::client::Client;
-    use crate::devnet::Devnet;
-    let mut config = crate::config::Config::default();
-    config.node.max_storage_gb = 1e6;
-    let net = Devnet::start(config, &dir.join("net"), 0, nodes).await?;
+    use anyhow::Context;
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe().context("finding the p2pstore executable")?;
+    let url = format!("http://127.0.0.1:{}", free_port()?);
+    let spawn = |args: Vec<String>| {
+        Command::new(&exe)
+            .args(["--coordinator", &url, "-q"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting a benchmark process")
+    };
+    let d = |name: String| dir.join(name).display().to_string();
+    let port = url.rsplit(':').next().unwrap_or_default().to_owned();
+    let mut children = Children(vec![spawn(vec![
+        "coordinator".into(),
+        "--port".into(),
+        port,
+        "--data-dir".into(),
+        d("coordinator".into()),
+    ])?]);
+    let client = Client::new(&url);
+    // Nodes retry registration until the coordinator listens; wait until all are online.
+    for i in 0..nodes {
+        let args = [
+            "node",
+            "--port",
+            &free_port()?.to_string(),
+            "--max-storage-gb",
+            "1000000",
+            "--data-dir",
+            &d(format!("node-{i:02}")),
+        ];
+        children.0.push(spawn(args.iter().map(|a| a.to_string()).collect())?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.peers().await.map(|p| p.len()).unwrap_or(0) < nodes {
+        anyhow::ensure!(Instant::now() < deadline, "the benchmark network did not come up within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     let src = dir.join("input.bin");
     let mut input = std::fs::File::create(&src)?;
     std::io::copy(&mut PatternReader::new(size), &mut input)?;
     input.sync_all()?; // its writeback must not run during the upload being measured
-    let client = Client::new(&net.url());
+    drop(input);
     let mut out = format!(
-        "network benchmark: {} MiB, {nodes} nodes in this process, {}-of-{}, {} MiB segments\n",
+        "network benchmark: {} MiB, {nodes} node processes + a coordinator process, {}-of-{}, {} MiB segments\n",
         size >> 20,
         params.shape.k,
         params.shape.n,
         params.segment_size >> 20
     );
-    let (t, c) = (Instant::now(), cpu_seconds());
+    let snapshot = |c: &Children| (Instant::now(), cpu_seconds("self"), c.cpu(0..1), c.cpu(1..nodes + 1));
+    let report = |name: &str, before: (Instant, f64, f64, f64), after: (Instant, f64, f64, f64)| {
+        let secs = (after.0 - before.0).as_secs_f64();
+        format!(
+            "{name:<9} {:>6.0} MB/s  ({secs:.2} s; CPU-s: client {:.1}, nodes {:.1}, coordinator {:.2})\n",
+            size as f64 / 1e6 / secs,
+            after.1 - before.1,
+            after.3 - before.3,
+            after.2 - before.2
+        )
+    };
+    let before = snapshot(&children);
     let id = client.upload(&src, b"bench", params, None).await?;
-    let (up, up_cpu) = (t.elapsed().as_secs_f64(), cpu_seconds().zip(c).map(|(a, b)| a - b));
+    let after = snapshot(&children);
+    out += &report("upload", before, after);
     let dst = dir.join("output.bin");
-    let (t, c) = (Instant::now(), cpu_seconds());
+    let before = snapshot(&children);
     client.download(&id, b"bench", Some(&dst), true, None).await?;
-    let (down, down_cpu) = (t.elapsed().as_secs_f64(), cpu_seconds().zip(c).map(|(a, b)| a - b));
-    let mb = size as f64 / 1e6;
-    out += &format!(
-        "upload    {:>7.0} MB/s  ({:.2} s, {:.1} CPU-s for client + nodes)\n",
-        mb / up,
-        up,
-        up_cpu.unwrap_or(0.0)
-    );
-    out += &format!("download  {:>7.0} MB/s  ({:.2} s, {:.1} CPU-s)\n", mb / down, down, down_cpu.unwrap_or(0.0));
+    let after = snapshot(&children);
+    out += &report("download", before, after);
+    let peak = peak_rss();
     let t = Instant::now();
     encode_pipeline(size.min(256 << 20), params, 0);
     out += &format!(
-        "codec encode pipeline alone {:>7.0} MB/s\n",
+        "codec encode pipeline alone, same run: {:.0} MB/s\n",
         size.min(256 << 20) as f64 / 1e6 / t.elapsed().as_secs_f64()
     );
-    if let Some(p) = peak_rss() {
-        out += &format!("peak memory of the whole process (client and {nodes} nodes): {} MiB\n", p >> 20);
+    if let Some(p) = peak {
+        out += &format!("client peak memory (VmHWM): {} MiB\n", p >> 20);
     }
-    net.shutdown().await;
+    drop(children);
     std::fs::remove_file(&src)?;
     std::fs::remove_file(&dst)?;
     Ok(out)
