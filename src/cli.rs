@@ -29,7 +29,7 @@ use crate::devnet::Devnet;
 use crate::erasure::Shape;
 use crate::manifest::FileId;
 use crate::node::{self, NodeOptions};
-use crate::proto::PeerState;
+use crate::proto::{PeerState, PeerStatus};
 
 #[derive(Parser, Debug)]
 #[command(name = "p2pstore", version, about = "Encrypted, erasure-coded peer-to-peer storage")]
@@ -78,6 +78,17 @@ pub enum Command {
         /// Space this node offers, in GB [config: node.max_storage_gb]
         #[arg(long)]
         max_storage_gb: Option<f64>,
+        #[command(subcommand)]
+        action: Option<NodeAction>,
+    },
+    /// Recent audits, of all peers or of one
+    Audits {
+        #[arg(long, value_name = "PEER_ID")]
+        peer: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
     },
     /// A coordinator and N nodes in one process: a whole local network
     Devnet {
@@ -142,6 +153,13 @@ pub enum Command {
     /// Measure this machine
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeAction {
+    /// Leave the network gracefully: the coordinator moves this node's shards elsewhere;
+    /// waits until none is needed here any more (the node must keep running meanwhile)
+    Exit,
 }
 
 #[derive(clap::Args, Debug)]
@@ -304,7 +322,35 @@ async fn run_network(command: Command, config: Config) -> anyhow::Result<()> {
             wait_for_ctrl_c().await?;
             h.shutdown().await;
         }
-        Command::Node { port, advertise, data_dir, max_storage_gb } => {
+        Command::Node { port, data_dir, action: Some(NodeAction::Exit), .. } => {
+            let dir = data_dir.unwrap_or_else(|| config.node_data_dir(port.unwrap_or(config.node.port)));
+            let me = node::request_exit(&dir, &config.client.coordinator).await.map_err(anyhow::Error::msg)?;
+            eprintln!("exit requested for peer {}; moving its {} shards", me.peer_id, me.placed);
+            loop {
+                let peers = client.peers().await?;
+                let Some(p) = peers.iter().find(|p| p.peer_id == me.peer_id) else {
+                    bail!("the coordinator forgot this peer")
+                };
+                match p.status {
+                    PeerStatus::Exited => break,
+                    PeerStatus::Exiting => eprintln!("{} shards still to move", p.placed),
+                    other => bail!("the peer is {other:?}, not exiting"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            eprintln!("peer {} has exited: it may be stopped", me.peer_id);
+        }
+        Command::Audits { peer, limit, json } => {
+            let audits = client.audits(peer.as_deref(), limit).await?;
+            if json {
+                return print_json(&audits);
+            }
+            for a in audits {
+                let outcome = format!("{:?}", a.outcome).to_lowercase();
+                outln!("{}  {}  {:<7}  reputation {:.3}  {}", a.time, a.peer_id, outcome, a.reputation, a.detail);
+            }
+        }
+        Command::Node { port, advertise, data_dir, max_storage_gb, action: None } => {
             let port = port.unwrap_or(config.node.port);
             if port == 0 {
                 bail!("--port must not be 0");
@@ -375,10 +421,11 @@ async fn run_network(command: Command, config: Config) -> anyhow::Result<()> {
                 s.k,
                 s.n
             );
-            for (i, seg) in view.placements.iter().enumerate() {
+            for (i, (seg, h)) in view.placements.iter().zip(&view.health).enumerate() {
                 let up =
                     seg.iter().filter(|p| view.peers.get(*p).is_some_and(|v| v.state == PeerState::Online)).count();
-                outln!("segment {i:>5}: {up}/{} shards on online peers", seg.len());
+                let queued = if h.repair_queued { ", repair queued" } else { "" };
+                outln!("segment {i:>5}: {}/{} healthy, {up} on online peers{queued}", h.healthy, h.total);
             }
         }
         Command::Ls { json } => {
@@ -396,11 +443,13 @@ async fn run_network(command: Command, config: Config) -> anyhow::Result<()> {
                 return print_json(&peers);
             }
             for p in peers {
-                let state = format!("{:?}", p.state).to_lowercase();
+                let state = format!("{:?}/{:?}", p.state, p.status).to_lowercase();
                 outln!(
-                    "{}  {:<7}  {:<24}  {} of {} used, {} shards",
+                    "{}  {:<20}  rep {:.2}  online {:.2}  {:<24}  {} of {} used, {} shards",
                     p.peer_id,
                     state,
+                    p.reputation,
+                    p.online_score,
                     p.address,
                     gb(p.used),
                     gb(p.capacity),

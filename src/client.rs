@@ -75,6 +75,14 @@ impl Client {
         self.get_json("/v1/peers").await
     }
 
+    /// The newest `limit` audits, of one peer or of all.
+    pub async fn audits(&self, peer: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>, ClientError> {
+        match peer {
+            Some(p) => self.get_json(&format!("/v1/audits?peer={p}&limit={limit}")).await,
+            None => self.get_json(&format!("/v1/audits?limit={limit}")).await,
+        }
+    }
+
     pub async fn list(&self) -> Result<Vec<FileSummary>, ClientError> {
         self.get_json("/v1/files").await
     }
@@ -324,6 +332,19 @@ async fn put_shard(
 ) -> Result<Signed<Receipt>, String> {
     let order = plan.orders.get(peer).ok_or("no order for this peer")?;
     let addr = plan.addresses.get(peer).ok_or("no address for this peer")?;
+    store_shard(http, addr, order, peer, id, data).await
+}
+
+/// Stores one shard on the node `peer` at `addr` under a put order; returns its receipt,
+/// checked to be for this shard and signed by that peer.
+pub(crate) async fn store_shard(
+    http: &http::Client,
+    addr: &str,
+    order: &Signed<PutOrder>,
+    peer: &str,
+    id: crate::merkle::ShardId,
+    data: Bytes,
+) -> Result<Signed<Receipt>, String> {
     let header = serde_json::to_string(order).expect("orders serialize");
     let url = format!("{addr}/v1/shards/{id}");
     let r = http.send(request("PUT", &url, &[(ORDER_HEADER, &header)], data)?).await?;
@@ -331,6 +352,14 @@ async fn put_shard(
     match receipt.open() {
         Some(rc) if rc.shard_id == id && rc.peer_id == peer && receipt.signer_id() == peer => Ok(receipt),
         _ => Err(format!("peer {peer} answered with an invalid receipt")),
+    }
+}
+
+/// A shard's bytes from the node at `addr`, not yet checked against the id.
+pub(crate) async fn fetch_shard(http: &http::Client, addr: &str, id: &crate::merkle::ShardId) -> Result<Bytes, String> {
+    match http.get(&format!("{addr}/v1/shards/{id}")).await? {
+        r if r.status.is_success() => Ok(r.body),
+        r => Err(r.error_message()),
     }
 }
 
@@ -361,9 +390,8 @@ async fn fetch_segment(
         let id = m.segments[i as usize].shard_ids[j];
         pending.push(async move {
             let Some(addr) = addr else { return (j, peer, Err("peer unknown to the coordinator".to_string())) };
-            let r = match http.get(&format!("{addr}/v1/shards/{id}")).await {
-                Ok(r) if r.status.is_success() => r.body,
-                Ok(r) => return (j, peer, Err(r.error_message())),
+            let r = match fetch_shard(&http, &addr, &id).await {
+                Ok(b) => b,
                 Err(e) => return (j, peer, Err(e)),
             };
             let v = tokio::task::spawn_blocking(move || dec.manifest().verify_shard(i, j, r)).await;

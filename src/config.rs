@@ -22,6 +22,9 @@ pub struct Config {
     pub node: NodeConfig,
     pub security: SecurityConfig,
     pub client: ClientConfig,
+    pub audit: AuditConfig,
+    pub reputation: ReputationConfig,
+    pub repair: RepairConfig,
     /// Where this configuration was read from (not a key).
     #[serde(skip)]
     pub origin: String,
@@ -37,6 +40,60 @@ pub struct CoordinatorConfig {
     /// Seconds without a heartbeat before a peer counts as offline.
     pub heartbeat_timeout: u64,
     pub data_dir: PathBuf,
+    /// Seconds an upload may take between plan and commit; its shards are collected after.
+    pub upload_expiry: u64,
+    /// Seconds between garbage-collection rounds (live-shard lists sent to nodes).
+    pub gc_interval: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Seconds between audits of a peer (a quarter of it while the peer is being vetted).
+    pub interval: u64,
+    /// Seconds a peer has to answer an audit.
+    pub timeout: u64,
+    /// Audits a new peer must pass before it is vetted.
+    pub vetting_audits: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReputationConfig {
+    /// Below this audit score a peer is disqualified for good and its shards repaired.
+    pub disqualify_below: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepairConfig {
+    /// A segment is repaired when its healthy shards are at most k + threshold (12 of 20 for
+    /// 8-of-20): four more losses still leave it readable, time enough to rebuild.
+    pub threshold: u32,
+    /// Seconds a peer may be offline before its shards count as lost.
+    pub grace_period: u64,
+    /// Seconds between health checks of every segment.
+    pub check_interval: u64,
+    /// Segments repaired at once.
+    pub concurrency: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { interval: 300, timeout: 10, vetting_audits: 10 }
+    }
+}
+
+impl Default for ReputationConfig {
+    fn default() -> Self {
+        ReputationConfig { disqualify_below: 0.3 }
+    }
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        RepairConfig { threshold: 4, grace_period: 300, check_interval: 60, concurrency: 2 }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,8 +107,8 @@ pub struct NodeConfig {
     pub shards_total: u32,
     /// k: shards that rebuild a segment.
     pub shards_required: u32,
-    /// Seconds between audits of a peer.
-    pub audit_interval: u64,
+    /// Deprecated: the seed's name for `[audit] interval`, still accepted with a warning.
+    pub audit_interval: Option<u64>,
     /// Seconds between a node's heartbeats.
     pub heartbeat_interval: u64,
 }
@@ -82,6 +139,9 @@ impl Default for Config {
             node: NodeConfig::default(),
             security: SecurityConfig::default(),
             client: ClientConfig::default(),
+            audit: AuditConfig::default(),
+            reputation: ReputationConfig::default(),
+            repair: RepairConfig::default(),
             origin: BUILT_IN.into(),
         }
     }
@@ -95,6 +155,8 @@ impl Default for CoordinatorConfig {
             max_peers: 1000,
             heartbeat_timeout: 60,
             data_dir: "./data/coordinator".into(),
+            upload_expiry: 3600,
+            gc_interval: 600,
         }
     }
 }
@@ -107,7 +169,7 @@ impl Default for NodeConfig {
             max_storage_gb: 10.0,
             shards_total: 20,
             shards_required: 8,
-            audit_interval: 300,
+            audit_interval: None,
             heartbeat_interval: 10,
         }
     }
@@ -143,6 +205,12 @@ impl Config {
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let mut c = Config::parse(&text, path)?;
         c.origin = path.display().to_string();
+        if let Some(v) = c.node.audit_interval.take() {
+            tracing::warn!("{}: [node] audit_interval is deprecated; use [audit] interval", c.origin);
+            if c.audit.interval == AuditConfig::default().interval {
+                c.audit.interval = v;
+            }
+        }
         c.validate()?;
         Ok(c)
     }
@@ -182,8 +250,30 @@ impl Config {
         if self.node.heartbeat_interval == 0 {
             return bad("node.heartbeat_interval", "must be at least 1 second".into());
         }
-        if self.node.audit_interval == 0 {
-            return bad("node.audit_interval", "must be at least 1 second".into());
+        for (key, v) in [
+            ("audit.interval", self.audit.interval),
+            ("audit.timeout", self.audit.timeout),
+            ("repair.check_interval", self.repair.check_interval),
+            ("coordinator.upload_expiry", self.coordinator.upload_expiry),
+            ("coordinator.gc_interval", self.coordinator.gc_interval),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1 second".into());
+            }
+        }
+        if self.repair.concurrency == 0 {
+            return bad("repair.concurrency", "must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.reputation.disqualify_below)
+            || self.reputation.disqualify_below > self.security.min_reputation
+        {
+            return bad(
+                "reputation.disqualify_below",
+                format!(
+                    "must be between 0 and security.min_reputation ({}), got {}",
+                    self.security.min_reputation, self.reputation.disqualify_below
+                ),
+            );
         }
         if !(0.0..=1.0).contains(&self.security.min_reputation) {
             return bad(
@@ -266,6 +356,9 @@ mod tests {
             ("[security]\nmin_reputation = 2.0\n", "security.min_reputation"),
             ("[security]\nrequire_encryption = false\n", "security.require_encryption"),
             ("[client]\nkdf_iterations = 1000\n", "client.kdf_iterations"),
+            ("[audit]\ninterval = 0\n", "audit.interval"),
+            ("[reputation]\ndisqualify_below = 0.9\n", "reputation.disqualify_below"),
+            ("[repair]\nconcurrency = 0\n", "repair.concurrency"),
             ("[node]\nmax_storage_gb = -1\n", "node.max_storage_gb"),
         ];
         for (text, key) in cases {
@@ -273,6 +366,13 @@ mod tests {
             assert!(e.contains(key), "{text:?} gave {e}");
             assert!(e.contains("my.toml"), "{text:?} gave {e}");
         }
+    }
+
+    #[test]
+    fn old_audit_interval_name_still_works() {
+        let c = load_str("[node]\naudit_interval = 42\n").unwrap();
+        assert_eq!(c.audit.interval, 42);
+        assert_eq!(c.node.audit_interval, None);
     }
 
     #[test]

@@ -42,6 +42,17 @@ pub fn path_segments<B>(req: &Request<B>) -> Vec<String> {
     req.uri().path().split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
+/// The query string as key → value (ids and numbers only: no percent-decoding needed).
+pub fn query<B>(req: &Request<B>) -> std::collections::HashMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
 /// An error answer: status and a sentence for the caller.
 #[derive(Debug)]
 pub struct ApiError {

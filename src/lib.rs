@@ -31,4 +31,5 @@ pub mod merkle;
 pub mod node;
 pub mod placement;
 pub mod proto;
+pub mod reputation;
 pub mod store;

@@ -148,6 +148,8 @@ async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
                 .ok_or_else(|| ApiError::not_found(format!("no shard {id} here")))
         }
         (Method::POST, ["v1", "shards", "delete"]) => delete(&s, read_json(req, MAX_JSON_BODY).await?).await,
+        (Method::POST, ["v1", "audit"]) => audit(&s, read_json(req, 64 * 1024).await?).await,
+        (Method::POST, ["v1", "gc"]) => collect_garbage(&s, read_json(req, MAX_JSON_BODY).await?).await,
         _ => Err(ApiError::not_found(format!("no route {} {}", req.method(), req.uri().path()))),
     }
 }
@@ -191,6 +193,54 @@ async fn put_shard(s: &Arc<State>, id: ShardId, req: Request<Incoming>) -> ApiRe
     .await?;
     let receipt = Receipt { upload_id: order.upload_id, shard_id: id, len, peer_id: s.identity.peer_id() };
     ok(&s.identity.sign(&receipt))
+}
+
+/// Answers a coordinator's challenge with a Merkle proof per chunk (None: not held), signed.
+async fn audit(s: &Arc<State>, signed: Signed<Challenge>) -> ApiResult {
+    let c = signed
+        .open_by(coordinator_key(s)?)
+        .ok_or_else(|| ApiError::forbidden("the challenge is not signed by this node's coordinator"))?;
+    if c.peer_id != s.identity.peer_id() || c.deadline < now() {
+        return Err(ApiError::forbidden("the challenge is for another peer or past its deadline"));
+    }
+    let s2 = s.clone();
+    let items = c.items.clone();
+    let proofs = blocking(move || {
+        Ok(items
+            .iter()
+            .map(|item| s2.store.get(&item.shard_id).ok().flatten().and_then(|b| merkle::prove(&b, item.chunk)))
+            .collect())
+    })
+    .await?;
+    ok(&s.identity.sign(&AuditAnswer { nonce: c.nonce, proofs }))
+}
+
+/// Drops every shard the coordinator no longer lists, once it is old enough.
+async fn collect_garbage(s: &Arc<State>, signed: Signed<LiveList>) -> ApiResult {
+    let list = signed
+        .open_by(coordinator_key(s)?)
+        .ok_or_else(|| ApiError::forbidden("the live list is not signed by this node's coordinator"))?;
+    if list.peer_id != s.identity.peer_id() || list.expires < now() {
+        return Err(ApiError::forbidden("the live list is for another peer or has expired"));
+    }
+    let s2 = s.clone();
+    let removed = blocking(move || {
+        let live = list.shard_ids.into_iter().collect();
+        s2.store.collect_garbage(&live, list.keep_newer_than).map_err(ApiError::internal)
+    })
+    .await?;
+    if removed > 0 {
+        tracing::info!(removed, "garbage shards deleted");
+    }
+    ok(&serde_json::json!({ "removed": removed }))
+}
+
+/// Asks the coordinator to let the node whose identity is in `data_dir` leave: its shards
+/// are moved to other peers, after which it shows as `exited`.
+pub async fn request_exit(data_dir: &std::path::Path, coordinator: &str) -> Result<PeerView, String> {
+    let identity = Identity::load_or_create(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let url = format!("{}/v1/peers/exit", coordinator.trim_end_matches('/'));
+    http::Client::default().post_json(&url, &identity.sign(&ExitRequest { time: now() })).await?.json()
 }
 
 async fn delete(s: &Arc<State>, signed: Signed<DeleteOrder>) -> ApiResult {

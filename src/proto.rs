@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Signed;
-use crate::merkle::ShardId;
+use crate::merkle::{Proof, ShardId};
 
 pub const VERSION: u32 = 1;
 /// Header carrying a `Signed<PutOrder>` (JSON) on a shard PUT.
@@ -101,11 +101,35 @@ pub enum PeerState {
     Offline,
 }
 
+/// Where a peer stands with the network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerStatus {
+    /// New: audited more often, offered less new data, until it passed `vetting_audits`.
+    #[default]
+    Vetting,
+    Active,
+    /// Failed too many audits; gets nothing, its shards count as lost. Final.
+    Disqualified,
+    /// Leaving gracefully: its shards are being moved elsewhere.
+    Exiting,
+    /// Left; holds nothing the network needs.
+    Exited,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PeerView {
     pub peer_id: String,
     pub address: String,
     pub state: PeerState,
+    pub status: PeerStatus,
+    /// Audit reputation, 0..1 (see `reputation`).
+    pub reputation: f64,
+    /// Reachability score from audits, 0..1.
+    pub online_score: f64,
+    pub audits_passed: u32,
+    /// Shards the coordinator has placed on this peer.
+    pub placed: u64,
     pub capacity: u64,
     pub used: u64,
     pub shards: u64,
@@ -130,6 +154,74 @@ pub struct FileView {
     /// `placements[segment][shard]` = peer id.
     pub placements: Vec<Vec<String>>,
     pub peers: BTreeMap<String, PeerView>,
+    /// Per segment: healthy shards (see `coordinator::repair`) and whether repair is queued.
+    pub health: Vec<SegmentHealth>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SegmentHealth {
+    pub healthy: u32,
+    pub total: u32,
+    pub repair_queued: bool,
+}
+
+/// Coordinator → node: prove you hold these chunks, signing over the nonce, by `deadline`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Challenge {
+    pub peer_id: String,
+    pub nonce: String,
+    pub items: Vec<ChallengeItem>,
+    pub deadline: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChallengeItem {
+    pub shard_id: ShardId,
+    pub chunk: u64,
+}
+
+/// Node → coordinator, signed by the node: one proof per item, None for "don't have it".
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditAnswer {
+    pub nonce: String,
+    pub proofs: Vec<Option<Proof>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditOutcome {
+    Success,
+    /// Wrong bytes, bad proof, bad signature, or "don't have it".
+    Failure,
+    /// No answer by the deadline.
+    Offline,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub peer_id: String,
+    pub time: u64,
+    pub outcome: AuditOutcome,
+    pub shards: usize,
+    pub detail: String,
+    /// Audit reputation after this audit.
+    pub reputation: f64,
+}
+
+/// Coordinator → node: every shard you should keep. Shards not listed and stored before
+/// `keep_newer_than` are garbage (deleted files, abandoned uploads, moved shards).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LiveList {
+    pub peer_id: String,
+    pub shard_ids: Vec<ShardId>,
+    pub keep_newer_than: u64,
+    pub expires: u64,
+}
+
+/// Node → coordinator, signed: this peer wants to leave; move its shards first.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExitRequest {
+    pub time: u64,
 }
 
 /// Coordinator → node: drop these shards (after `rm`).

@@ -94,6 +94,29 @@ pub enum StoreError {
     Db(#[from] sled::Error),
 }
 
+/// A shard's index entry: its length and when it was stored (unix seconds).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Entry {
+    len: u64,
+    stored_at: u64,
+}
+
+impl Entry {
+    fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.len.to_be_bytes());
+        b[8..].copy_from_slice(&self.stored_at.to_be_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Entry> {
+        Some(Entry {
+            len: u64::from_be_bytes(b.get(..8)?.try_into().ok()?),
+            stored_at: u64::from_be_bytes(b.get(8..16)?.try_into().ok()?),
+        })
+    }
+}
+
 /// A node's shards: files under `shards/xx/`, indexed in sled.
 pub struct ShardStore {
     dir: PathBuf,
@@ -122,7 +145,9 @@ impl ShardStore {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
                 match ShardId::from_hex(name) {
                     Some(id) => {
-                        on_disk.insert(id, p.metadata()?.len());
+                        let meta = p.metadata()?;
+                        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                        on_disk.insert(id, Entry { len: meta.len(), stored_at: mtime.map_or(0, |d| d.as_secs()) });
                     }
                     None => fs::remove_file(&p)?, // an interrupted write
                 }
@@ -136,9 +161,11 @@ impl ShardStore {
             }
         }
         let mut used = 0;
-        for (id, len) in &on_disk {
-            index.insert(id.0, &len.to_be_bytes())?;
-            used += len;
+        for (id, e) in &on_disk {
+            // Keep the recorded time of shards the index knew; adopt the file's otherwise.
+            let e = index.get(id.0)?.and_then(|v| Entry::decode(&v)).filter(|old| old.len == e.len).unwrap_or(*e);
+            index.insert(id.0, &e.encode())?;
+            used += e.len;
         }
         Ok(ShardStore { dir: dir.to_owned(), _db: db, index, used: AtomicU64::new(used), capacity })
     }
@@ -178,7 +205,7 @@ impl ShardStore {
             let path = self.path(id);
             fs::create_dir_all(path.parent().expect("has a parent"))?;
             write_durably(&path, data)?;
-            self.index.insert(id.0, &len.to_be_bytes())?;
+            self.index.insert(id.0, &Entry { len, stored_at: crate::proto::now() }.encode())?;
             Ok(())
         })();
         if r.is_err() {
@@ -198,10 +225,32 @@ impl ShardStore {
         }
     }
 
+    /// Deletes every shard not in `live` that was stored before `older_than` (unix seconds);
+    /// returns how many went.
+    pub fn collect_garbage(
+        &self,
+        live: &std::collections::HashSet<ShardId>,
+        older_than: u64,
+    ) -> Result<usize, StoreError> {
+        let mut doomed = Vec::new();
+        for item in self.index.iter() {
+            let (k, v) = item?;
+            let id = ShardId(k.as_ref().try_into().unwrap_or([0; 32]));
+            if !live.contains(&id) && Entry::decode(&v).is_some_and(|e| e.stored_at < older_than) {
+                doomed.push(id);
+            }
+        }
+        let mut removed = 0;
+        for id in doomed {
+            removed += self.delete(&id)? as usize;
+        }
+        Ok(removed)
+    }
+
     /// Removes a shard; its space is free again at once.
     pub fn delete(&self, id: &ShardId) -> Result<bool, StoreError> {
         let Some(v) = self.index.remove(id.0)? else { return Ok(false) };
-        let len = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
+        let len = Entry::decode(&v).map_or(0, |e| e.len);
         match fs::remove_file(self.path(id)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -230,6 +279,25 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
     pub fn insert(&self, key: &str, value: &T) -> sled::Result<()> {
         self.tree.insert(key, serde_json::to_vec(value).expect("records serialize"))?;
         Ok(())
+    }
+
+    /// Atomically replaces the value under `key` with `f(old)` (None removes it); `f` may run
+    /// more than once under contention. Returns the new value.
+    pub fn update(&self, key: &str, mut f: impl FnMut(Option<T>) -> Option<T>) -> sled::Result<Option<T>> {
+        let new = self.tree.update_and_fetch(key, |old| {
+            let old = old.and_then(|v| serde_json::from_slice(v).ok());
+            f(old).map(|v| serde_json::to_vec(&v).expect("records serialize"))
+        })?;
+        Ok(new.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Records whose keys start with `prefix`, in key order.
+    pub fn with_prefix(&self, prefix: &str) -> Vec<(String, T)> {
+        self.tree
+            .scan_prefix(prefix)
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| Some((String::from_utf8(k.to_vec()).ok()?, serde_json::from_slice(&v).ok()?)))
+            .collect()
     }
 
     pub fn remove(&self, key: &str) -> sled::Result<Option<T>> {
@@ -307,5 +375,12 @@ mod tests {
         assert!(!s.delete(&a).unwrap());
         assert_eq!(s.used(), 10);
         assert!(!shard_file(dir.path(), &a).exists());
+        // Garbage collection keeps live and recent shards.
+        s.put(&a, &[1; 5]).unwrap();
+        let live: std::collections::HashSet<ShardId> = [b].into_iter().collect();
+        assert_eq!(s.collect_garbage(&live, 0).unwrap(), 0, "nothing is older than time 0");
+        assert_eq!(s.collect_garbage(&live, u64::MAX).unwrap(), 1);
+        assert!(s.contains(&b) && !s.contains(&a));
+        assert_eq!(s.used(), 10);
     }
 }

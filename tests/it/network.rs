@@ -262,7 +262,7 @@ async fn bad_requests_get_clear_statuses_and_servers_keep_serving() {
     }
     // Too few peers for the requested n: the message says how many are online and needed.
     let e = c.client.upload(&c.write("t", b"x"), b"pw", params(3, 5), None).await.unwrap_err().to_string();
-    assert!(e.contains("3 peers are online, 5 are needed"), "{e}");
+    assert!(e.contains("3 peers are online and in good standing, 5 are needed"), "{e}");
     assert_eq!(h.get(&format!("{base}/healthz")).await.unwrap().status, 200);
     assert_eq!(h.get(&format!("{node}/healthz")).await.unwrap().status, 200);
     c.net.shutdown().await;

@@ -1,12 +1,19 @@
 //! The coordinator: tracks peers (signed heartbeats), hands out placement plans with signed
 //! put orders, checks receipts before it records a file, serves manifests and placements,
-//! and deletes for the owner. It never sees plaintext, keys or names, and no shard passes
-//! through it.
+//! and deletes for the owner. Its workers keep data alive: `audit` (proofs of
+//! retrievability and reputation), `repair` (rebuilding lost shards) and `gc` (collecting
+//! garbage on nodes). It never sees plaintext, keys or names; only repair handles shards,
+//! which are ciphertext checked against their ids.
 
-use std::collections::{BTreeMap, HashSet};
+mod audit;
+mod gc;
+mod repair;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -23,15 +30,16 @@ use crate::manifest::{Manifest, segment_count};
 use crate::merkle::ShardId;
 use crate::placement::{self, Candidate};
 use crate::proto::*;
+use crate::reputation::Beta;
 use crate::store::Table;
 
 /// Spare peers planned per segment beyond n, for shards whose first peer fails.
 const SPARES: usize = 3;
 /// Heartbeat clocks may differ from ours by this much.
 const CLOCK_SKEW: u64 = 300;
-/// How long an upload may take between plan and commit.
-const UPLOAD_TTL: u64 = 3600;
 
+/// Everything the coordinator knows of a peer. Fields added after version 1 default, so
+/// older records keep loading.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct PeerRecord {
     public_key: String,
@@ -41,10 +49,49 @@ struct PeerRecord {
     shards: u64,
     last_heartbeat: u64,
     last_time: u64,
+    #[serde(default)]
+    status: PeerStatus,
+    #[serde(default)]
+    audit: Beta,
+    #[serde(default)]
+    online: Beta,
+    #[serde(default)]
+    audits_passed: u32,
+    /// Shards whose last audit failed: not counted healthy until a later audit passes them.
+    #[serde(default)]
+    failed_shards: Vec<ShardId>,
+    /// A challenge that timed out, asked again so going quiet cannot dodge an audit.
+    #[serde(default)]
+    pending: Option<Challenge>,
+    #[serde(default)]
+    timeouts: u32,
+}
+
+impl PeerRecord {
+    fn new(public_key: String) -> PeerRecord {
+        PeerRecord {
+            public_key,
+            address: String::new(),
+            capacity: 0,
+            used: 0,
+            shards: 0,
+            last_heartbeat: 0,
+            last_time: 0,
+            status: PeerStatus::Vetting,
+            audit: Beta::default(),
+            online: Beta::default(),
+            audits_passed: 0,
+            failed_shards: Vec::new(),
+            pending: None,
+            timeouts: 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct UploadRecord {
+    #[serde(default)]
+    created: u64,
     expires: u64,
     size: u64,
     k: u8,
@@ -83,8 +130,52 @@ struct State {
     peers: Table<PeerRecord>,
     uploads: Table<UploadRecord>,
     files: Table<FileRecord>,
+    audits: Table<AuditRecord>,
+    /// (file id, segment) pairs waiting for or under repair.
+    repair_queue: Mutex<HashSet<(String, usize)>>,
     http: http::Client,
     _db: sled::Db,
+}
+
+impl State {
+    fn is_online(&self, p: &PeerRecord) -> bool {
+        now().saturating_sub(p.last_heartbeat) <= self.config.coordinator.heartbeat_timeout
+    }
+
+    /// Whether a peer may receive new shards: online, in good standing, not leaving.
+    fn accepts_data(&self, p: &PeerRecord) -> bool {
+        self.is_online(p)
+            && matches!(p.status, PeerStatus::Vetting | PeerStatus::Active)
+            && p.audit.score() >= self.config.security.min_reputation
+    }
+
+    /// Every shard each peer should hold, with its length.
+    fn shards_by_peer(&self) -> HashMap<String, Vec<(ShardId, usize)>> {
+        let mut held: HashMap<String, Vec<(ShardId, usize)>> = HashMap::new();
+        for (_, f) in self.files.all() {
+            let Some(m) = f.parsed() else { continue };
+            for (i, (seg, peers)) in m.segments.iter().zip(&f.placements).enumerate() {
+                let len = m.shard_len(i);
+                for (id, peer) in seg.shard_ids.iter().zip(peers) {
+                    held.entry(peer.clone()).or_default().push((*id, len));
+                }
+            }
+        }
+        held
+    }
+
+    /// Placement candidates. A peer still being vetted offers a quarter of its free space,
+    /// so it holds only a limited share of new data until it has proven itself.
+    fn candidates(&self, peers: &[(String, PeerRecord)], exclude: &HashSet<&String>) -> Vec<Candidate> {
+        peers
+            .iter()
+            .filter(|(id, p)| self.accepts_data(p) && !exclude.contains(id))
+            .map(|(id, p)| {
+                let free = p.capacity.saturating_sub(p.used);
+                Candidate { peer_id: id.clone(), free: if p.status == PeerStatus::Vetting { free / 4 } else { free } }
+            })
+            .collect()
+    }
 }
 
 /// Starts a coordinator on `bind` with its state in `data_dir`.
@@ -100,12 +191,19 @@ pub async fn spawn(config: Config, data_dir: PathBuf, bind: SocketAddr) -> Resul
         peers: Table::open(&db, "peers").map_err(db_err)?,
         uploads: Table::open(&db, "uploads").map_err(db_err)?,
         files: Table::open(&db, "files").map_err(db_err)?,
+        audits: Table::open(&db, "audits").map_err(db_err)?,
+        repair_queue: Mutex::new(HashSet::new()),
         http: http::Client::default(),
         _db: db,
     });
     let listener = TcpListener::bind(bind).await.map_err(|source| ServerError::Bind { addr: bind, source })?;
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "coordinator listening");
-    Ok(http::serve(listener, move |req| route(state.clone(), req), Vec::new()))
+    let workers = vec![
+        tokio::spawn(audit::run(state.clone())),
+        tokio::spawn(repair::run(state.clone())),
+        tokio::spawn(gc::run(state.clone())),
+    ];
+    Ok(http::serve(listener, move |req| route(state.clone(), req), workers))
 }
 
 async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
@@ -115,6 +213,12 @@ async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
         (Method::GET, ["healthz"]) => ok(&"ok"),
         (Method::POST, ["v1", "heartbeat"]) => heartbeat(&s, read_json(req, 64 * 1024).await?),
         (Method::GET, ["v1", "peers"]) => ok(&peer_views(&s)),
+        (Method::POST, ["v1", "peers", "exit"]) => exit(&s, read_json(req, 64 * 1024).await?),
+        (Method::GET, ["v1", "audits"]) => {
+            let q = http::query(&req);
+            let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+            ok(&audit::history(&s, q.get("peer").map(String::as_str), limit))
+        }
         (Method::POST, ["v1", "uploads"]) => plan(&s, read_json(req, 64 * 1024).await?),
         (Method::POST, ["v1", "uploads", id, "commit"]) => {
             let id = id.to_string();
@@ -135,15 +239,16 @@ async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
     }
 }
 
-fn is_online(s: &State, p: &PeerRecord) -> bool {
-    now().saturating_sub(p.last_heartbeat) <= s.config.coordinator.heartbeat_timeout
-}
-
-fn view(s: &State, id: &str, p: &PeerRecord) -> PeerView {
+fn view(s: &State, id: &str, p: &PeerRecord, placed: u64) -> PeerView {
     PeerView {
         peer_id: id.to_owned(),
         address: p.address.clone(),
-        state: if is_online(s, p) { PeerState::Online } else { PeerState::Offline },
+        state: if s.is_online(p) { PeerState::Online } else { PeerState::Offline },
+        status: p.status,
+        reputation: p.audit.score(),
+        online_score: p.online.score(),
+        audits_passed: p.audits_passed,
+        placed,
         capacity: p.capacity,
         used: p.used,
         shards: p.shards,
@@ -151,8 +256,42 @@ fn view(s: &State, id: &str, p: &PeerRecord) -> PeerView {
     }
 }
 
+/// Shards placed per peer, over every file.
+fn placed_counts(s: &State) -> HashMap<String, u64> {
+    let mut counts = HashMap::new();
+    for (_, f) in s.files.all() {
+        for peer in f.placements.into_iter().flatten() {
+            *counts.entry(peer).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
 fn peer_views(s: &State) -> Vec<PeerView> {
-    s.peers.all().iter().map(|(id, p)| view(s, id, p)).collect()
+    let placed = placed_counts(s);
+    s.peers.all().iter().map(|(id, p)| view(s, id, p, placed.get(id).copied().unwrap_or(0))).collect()
+}
+
+fn exit(s: &State, signed: Signed<ExitRequest>) -> ApiResult {
+    let req = signed.open().ok_or_else(|| ApiError::forbidden("exit request signature does not verify"))?;
+    let id = signed.signer_id();
+    if req.time + CLOCK_SKEW < now() {
+        return Err(ApiError::forbidden("stale exit request"));
+    }
+    let updated = s
+        .peers
+        .update(&id, |p| {
+            p.map(|mut p| {
+                if p.public_key == signed.signer && matches!(p.status, PeerStatus::Vetting | PeerStatus::Active) {
+                    p.status = PeerStatus::Exiting;
+                }
+                p
+            })
+        })
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no peer {id}")))?;
+    tracing::info!(peer = %id, status = ?updated.status, "graceful exit requested");
+    ok(&view(s, &id, &updated, placed_counts(s).get(&id).copied().unwrap_or(0)))
 }
 
 fn heartbeat(s: &State, signed: Signed<Heartbeat>) -> ApiResult {
@@ -177,16 +316,19 @@ fn heartbeat(s: &State, signed: Signed<Heartbeat>) -> ApiResult {
         None => tracing::info!(peer = %id, address = %hb.address, "peer registered"),
         _ => {}
     }
-    let rec = PeerRecord {
-        public_key: signed.signer.clone(),
-        address: hb.address,
-        capacity: hb.capacity,
-        used: hb.used,
-        shards: hb.shards,
-        last_heartbeat: t,
-        last_time: hb.time,
-    };
-    s.peers.insert(&id, &rec).map_err(ApiError::internal)?;
+    // Read-modify-write in one step: the audit worker updates the same record.
+    s.peers
+        .update(&id, |old| {
+            let mut p = old.unwrap_or_else(|| PeerRecord::new(signed.signer.clone()));
+            p.address = hb.address.clone();
+            p.capacity = hb.capacity;
+            p.used = hb.used;
+            p.shards = hb.shards;
+            p.last_heartbeat = t;
+            p.last_time = p.last_time.max(hb.time);
+            Some(p)
+        })
+        .map_err(ApiError::internal)?;
     ok(&HeartbeatReply { peer_id: id, coordinator_key: s.identity.public_key_hex() })
 }
 
@@ -201,16 +343,16 @@ fn plan(s: &State, req: PlanRequest) -> ApiResult {
         ));
     }
     let peers = s.peers.all();
-    let online: Vec<Candidate> = peers
-        .iter()
-        .filter(|(_, p)| is_online(s, p))
-        .map(|(id, p)| Candidate { peer_id: id.clone(), free: p.capacity.saturating_sub(p.used) })
-        .collect();
+    let online = s.candidates(&peers, &HashSet::new());
     let need = req.n as usize;
     if online.len() < need {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{} peers are online, {need} are needed for {}-of-{need} coding", online.len(), req.k),
+            format!(
+                "{} peers are online and in good standing, {need} are needed for {}-of-{need} coding",
+                online.len(),
+                req.k
+            ),
         ));
     }
     let segments = segment_count(req.size, req.segment_size);
@@ -222,7 +364,7 @@ fn plan(s: &State, req: PlanRequest) -> ApiResult {
         )
     })?;
     let upload_id = hex::encode(crate::crypto::Salt::random().0);
-    let expires = now() + UPLOAD_TTL;
+    let expires = now() + s.config.coordinator.upload_expiry;
     let used: HashSet<&String> = layout.iter().flatten().collect();
     let mut orders = BTreeMap::new();
     let mut addresses = BTreeMap::new();
@@ -235,6 +377,7 @@ fn plan(s: &State, req: PlanRequest) -> ApiResult {
         }
     }
     let rec = UploadRecord {
+        created: now(),
         expires,
         size: req.size,
         k: req.k,
@@ -331,8 +474,9 @@ fn file_view(s: &State, id: &str) -> Result<FileView, ApiError> {
     let summary = summary(id, &rec).ok_or_else(|| ApiError::internal("stored manifest does not parse"))?;
     let wanted: HashSet<&String> = rec.placements.iter().flatten().collect();
     let peers =
-        wanted.into_iter().filter_map(|pid| Some((pid.clone(), view(s, pid, &s.peers.get(pid).ok()??)))).collect();
-    Ok(FileView { summary, placements: rec.placements, peers })
+        wanted.into_iter().filter_map(|pid| Some((pid.clone(), view(s, pid, &s.peers.get(pid).ok()??, 0)))).collect();
+    let health = repair::file_health(s, id, &rec);
+    Ok(FileView { summary, placements: rec.placements, peers, health })
 }
 
 async fn delete_file(s: &State, id: &str, token_hex: &str) -> ApiResult {

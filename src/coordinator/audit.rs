@@ -1,0 +1,276 @@
+//! Proofs of retrievability. Every `[audit] interval` (a quarter of it while a peer is being
+//! vetted, ±25% jitter) each online peer is asked for random chunks of random shards it
+//! should hold, with a fresh nonce and a deadline; it answers with Merkle proofs signed by
+//! its key, checked against the shard ids alone. Outcomes feed the peer's reputation; a
+//! challenge that timed out is asked again, and repeated timeouts count as failures.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::task::JoinSet;
+
+use super::{PeerRecord, State};
+use crate::http;
+use crate::identity::Signed;
+use crate::merkle::{self, ShardId};
+use crate::proto::*;
+
+/// Audits running at once.
+const CONCURRENCY: usize = 16;
+/// Chunks asked for in one audit.
+const ITEMS: usize = 3;
+/// Consecutive unanswered audits that count as one failure.
+const TIMEOUTS_AS_FAILURE: u32 = 3;
+/// Audit records kept per peer.
+const HISTORY: usize = 200;
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    SystemRandom::new().fill(&mut b).expect("the operating system's random generator failed");
+    u64::from_le_bytes(b)
+}
+
+pub(super) async fn run(s: Arc<State>) {
+    let mut due: HashMap<String, Instant> = HashMap::new();
+    let mut running: HashSet<String> = HashSet::new();
+    let mut tasks = JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        while let Some(Ok(done)) = tasks.try_join_next() {
+            running.remove(&done);
+        }
+        let now_i = Instant::now();
+        let peers: Vec<(String, PeerRecord)> = s
+            .peers
+            .all()
+            .into_iter()
+            .filter(|(id, p)| {
+                s.is_online(p)
+                    && !matches!(p.status, PeerStatus::Disqualified | PeerStatus::Exited)
+                    && !running.contains(id)
+                    && due.get(id).is_none_or(|t| *t <= now_i)
+            })
+            .collect();
+        if peers.is_empty() {
+            continue;
+        }
+        let held = s.shards_by_peer();
+        for (id, p) in peers {
+            if running.len() >= CONCURRENCY {
+                break;
+            }
+            let base = s.config.audit.interval as f64 / if p.status == PeerStatus::Vetting { 4.0 } else { 1.0 };
+            let jitter = 0.75 + (random_u64() % 1000) as f64 / 2000.0;
+            due.insert(id.clone(), now_i + Duration::from_secs_f64((base * jitter).max(0.5)));
+            let shards = held.get(&id).cloned().unwrap_or_default();
+            if shards.is_empty() {
+                continue; // nothing to prove yet
+            }
+            running.insert(id.clone());
+            tasks.spawn(audit_peer(s.clone(), id, p, shards));
+        }
+    }
+}
+
+fn new_challenge(peer: &str, shards: &[(ShardId, usize)], timeout: u64) -> Challenge {
+    let items = (0..ITEMS.min(shards.len()))
+        .map(|_| {
+            let (id, len) = shards[(random_u64() % shards.len() as u64) as usize];
+            ChallengeItem { shard_id: id, chunk: random_u64() % merkle::leaf_count(len) }
+        })
+        .collect();
+    Challenge {
+        peer_id: peer.to_owned(),
+        nonce: format!("{:016x}{:016x}", random_u64(), random_u64()),
+        items,
+        deadline: now() + timeout,
+    }
+}
+
+/// Checks an answer: signed by the peer, for this nonce, one valid proof per item.
+/// Returns the shards that failed, or why the whole answer is void.
+fn check(
+    p: &PeerRecord,
+    c: &Challenge,
+    lens: &HashMap<ShardId, usize>,
+    a: &Signed<AuditAnswer>,
+) -> Result<Vec<ShardId>, String> {
+    let answer = a.open_by(&p.public_key).ok_or("the answer is not signed by the peer")?;
+    if answer.nonce != c.nonce || answer.proofs.len() != c.items.len() {
+        return Err("the answer is for another challenge".into());
+    }
+    Ok(c.items
+        .iter()
+        .zip(&answer.proofs)
+        .filter(|(item, proof)| {
+            let expected = lens.get(&item.shard_id).map(|&l| merkle::leaf_count(l));
+            !proof
+                .as_ref()
+                .is_some_and(|pr| Some(pr.leaf_count) == expected && merkle::verify(&item.shard_id, item.chunk, pr))
+        })
+        .map(|(item, _)| item.shard_id)
+        .collect())
+}
+
+/// Applies one outcome to a peer's record (pure bookkeeping, unit-tested).
+fn apply(
+    p: &mut PeerRecord,
+    outcome: AuditOutcome,
+    failed: &[ShardId],
+    c: &Challenge,
+    vetting_audits: u32,
+    disqualify_below: f64,
+) {
+    match outcome {
+        AuditOutcome::Success => {
+            p.audit.record(true);
+            p.online.record(true);
+            p.audits_passed += 1;
+            p.pending = None;
+            p.timeouts = 0;
+            p.failed_shards.retain(|f| !c.items.iter().any(|i| i.shard_id == *f));
+        }
+        AuditOutcome::Failure => {
+            p.audit.record(false);
+            p.online.record(true);
+            p.pending = None;
+            p.timeouts = 0;
+            for f in failed {
+                if !p.failed_shards.contains(f) {
+                    p.failed_shards.push(*f);
+                }
+            }
+        }
+        AuditOutcome::Offline => {
+            p.online.record(false);
+            p.timeouts += 1;
+            p.pending = Some(c.clone());
+            if p.timeouts >= TIMEOUTS_AS_FAILURE {
+                p.audit.record(false);
+                p.timeouts = 0;
+            }
+        }
+    }
+    if p.status == PeerStatus::Vetting && p.audits_passed >= vetting_audits {
+        p.status = PeerStatus::Active;
+    }
+    if p.audit.score() < disqualify_below && p.status != PeerStatus::Exited {
+        p.status = PeerStatus::Disqualified;
+    }
+}
+
+/// Audits one peer; returns its id when done.
+async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<(ShardId, usize)>) -> String {
+    let timeout = s.config.audit.timeout;
+    let lens: HashMap<ShardId, usize> = shards.iter().copied().collect();
+    // A challenge that went unanswered is asked again, as long as the shards are still there.
+    let challenge = match p.pending.clone() {
+        Some(c) if c.items.iter().all(|i| lens.contains_key(&i.shard_id)) => {
+            Challenge { deadline: now() + timeout, ..c }
+        }
+        _ => new_challenge(&id, &shards, timeout),
+    };
+    let client = http::Client::new(Duration::from_secs(timeout));
+    let url = format!("{}/v1/audit", p.address);
+    let (outcome, failed, detail) = match client.post_json(&url, &s.identity.sign(&challenge)).await {
+        Err(e) => (AuditOutcome::Offline, Vec::new(), e),
+        Ok(r) => match r.json::<Signed<AuditAnswer>>().and_then(|a| check(&p, &challenge, &lens, &a)) {
+            Ok(failed) if failed.is_empty() => (AuditOutcome::Success, failed, String::new()),
+            Ok(failed) => {
+                let detail = format!("{} of {} chunks missing or wrong", failed.len(), challenge.items.len());
+                (AuditOutcome::Failure, failed, detail)
+            }
+            Err(e) => (AuditOutcome::Failure, challenge.items.iter().map(|i| i.shard_id).collect(), e),
+        },
+    };
+    let (vetting, dq) = (s.config.audit.vetting_audits, s.config.reputation.disqualify_below);
+    let updated = s.peers.update(&id, |rec| {
+        rec.map(|mut rec| {
+            apply(&mut rec, outcome, &failed, &challenge, vetting, dq);
+            rec
+        })
+    });
+    let Ok(Some(rec)) = updated else { return id };
+    if outcome != AuditOutcome::Success {
+        tracing::warn!(peer = %id, ?outcome, %detail, reputation = rec.audit.score(), "audit not passed");
+    }
+    if rec.status == PeerStatus::Disqualified && p.status != PeerStatus::Disqualified {
+        tracing::warn!(peer = %id, reputation = rec.audit.score(), "peer disqualified; its shards will be repaired");
+    }
+    let record = AuditRecord {
+        peer_id: id.clone(),
+        time: now(),
+        outcome,
+        shards: challenge.items.len(),
+        detail,
+        reputation: rec.audit.score(),
+    };
+    let _ = s.audits.insert(&format!("{id}/{:020}/{}", record.time, challenge.nonce), &record);
+    let mine = s.audits.with_prefix(&format!("{id}/"));
+    for (key, _) in mine.iter().take(mine.len().saturating_sub(HISTORY)) {
+        let _ = s.audits.remove(key);
+    }
+    id
+}
+
+/// The newest `limit` audits, of one peer or of all.
+pub(super) fn history(s: &State, peer: Option<&str>, limit: usize) -> Vec<AuditRecord> {
+    let mut all: Vec<AuditRecord> = match peer {
+        Some(p) => s.audits.with_prefix(&format!("{p}/")),
+        None => s.audits.all(),
+    }
+    .into_iter()
+    .map(|(_, r)| r)
+    .collect();
+    all.sort_by_key(|a| std::cmp::Reverse(a.time));
+    all.truncate(limit);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn challenge() -> Challenge {
+        Challenge {
+            peer_id: "p".into(),
+            nonce: "n".into(),
+            items: vec![ChallengeItem { shard_id: ShardId([1; 32]), chunk: 0 }],
+            deadline: 0,
+        }
+    }
+
+    #[test]
+    fn outcomes_move_standing() {
+        let mut p = PeerRecord::new("k".into());
+        let c = challenge();
+        for _ in 0..3 {
+            apply(&mut p, AuditOutcome::Success, &[], &c, 3, 0.3);
+        }
+        assert_eq!(p.status, PeerStatus::Active);
+        apply(&mut p, AuditOutcome::Failure, &[ShardId([1; 32])], &c, 3, 0.3);
+        assert_eq!(p.failed_shards, vec![ShardId([1; 32])]);
+        apply(&mut p, AuditOutcome::Success, &[], &c, 3, 0.3);
+        assert!(p.failed_shards.is_empty(), "a passed audit clears the shard");
+        // Two timeouts keep the challenge pending; the third counts as a failure.
+        let before = p.audit.score();
+        apply(&mut p, AuditOutcome::Offline, &[], &c, 3, 0.3);
+        apply(&mut p, AuditOutcome::Offline, &[], &c, 3, 0.3);
+        assert_eq!(p.pending.as_ref(), Some(&c));
+        assert_eq!(p.audit.score(), before);
+        apply(&mut p, AuditOutcome::Offline, &[], &c, 3, 0.3);
+        assert!(p.audit.score() < before);
+        // Failing on and on ends in disqualification, for good.
+        for _ in 0..20 {
+            apply(&mut p, AuditOutcome::Failure, &[], &c, 3, 0.3);
+        }
+        assert_eq!(p.status, PeerStatus::Disqualified);
+        for _ in 0..50 {
+            apply(&mut p, AuditOutcome::Success, &[], &c, 3, 0.3);
+        }
+        assert_eq!(p.status, PeerStatus::Disqualified);
+    }
+}

@@ -1,0 +1,50 @@
+//! Garbage collection: every `[coordinator] gc_interval`, expired uploads are forgotten and
+//! each online peer gets a signed list of the shards it should keep. A node deletes what is
+//! not listed and older than `keep_newer_than`: the shards of deleted files, of uploads never
+//! committed, and of shards repair moved away. Anything younger than an upload may take is
+//! kept, so no upload or repair in progress loses a shard.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::State;
+use crate::proto::*;
+
+pub(super) async fn run(s: Arc<State>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(s.config.coordinator.gc_interval));
+    tick.tick().await; // the first round waits a full interval
+    loop {
+        tick.tick().await;
+        collect(&s).await;
+    }
+}
+
+async fn collect(s: &State) {
+    let t = now();
+    let mut oldest_pending = t;
+    for (id, u) in s.uploads.all() {
+        if u.expires < t {
+            let _ = s.uploads.remove(&id);
+        } else {
+            oldest_pending = oldest_pending.min(u.created);
+        }
+    }
+    let keep_newer_than = t.saturating_sub(s.config.coordinator.upload_expiry).min(oldest_pending);
+    let held = s.shards_by_peer();
+    for (id, p) in s.peers.all() {
+        if !s.is_online(&p) {
+            continue;
+        }
+        let list = LiveList {
+            peer_id: id.clone(),
+            shard_ids: held.get(&id).map(|v| v.iter().map(|(sid, _)| *sid).collect()).unwrap_or_default(),
+            keep_newer_than,
+            expires: t + 600,
+        };
+        match s.http.post_json(&format!("{}/v1/gc", p.address), &s.identity.sign(&list)).await {
+            Ok(r) if r.status.is_success() => {}
+            Ok(r) => tracing::warn!(peer = %id, error = %r.error_message(), "garbage collection refused"),
+            Err(e) => tracing::warn!(peer = %id, error = %e, "garbage collection failed"),
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Repair: every `[repair] check_interval` the checker counts each segment's healthy shards
+//! (on a peer in good standing, reachable or offline for less than the grace period, and not
+//! failed in its last audit). Segments at or below k + `[repair] threshold` — and every
+//! segment with a shard on a peer that is leaving — are repaired, most endangered first,
+//! `[repair] concurrency` at a time: k shards are fetched and checked against their ids, the
+//! missing ones rebuilt with Reed-Solomon and checked against the manifest's ids (a repair
+//! can never introduce different data), stored on new peers with signed orders and receipts,
+//! and only then do the placements change, in one atomic update. No password is needed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{FileRecord, PeerRecord, State};
+use crate::client::{fetch_shard, store_shard};
+use crate::erasure;
+use crate::merkle;
+use crate::placement;
+use crate::proto::*;
+
+/// Spare peers asked per repair, for targets that fail.
+const SPARES: usize = 3;
+
+/// Whether the shard `id` on peer `p` counts as healthy.
+fn healthy(s: &State, p: Option<&PeerRecord>, id: &merkle::ShardId) -> bool {
+    let Some(p) = p else { return false };
+    let grace = s.config.coordinator.heartbeat_timeout + s.config.repair.grace_period;
+    now().saturating_sub(p.last_heartbeat) <= grace
+        && matches!(p.status, PeerStatus::Vetting | PeerStatus::Active)
+        && !p.failed_shards.contains(id)
+}
+
+/// Indices of a segment's shards that are not healthy.
+fn unhealthy(s: &State, peers: &HashMap<String, PeerRecord>, f: &FileRecord, seg: usize) -> Vec<usize> {
+    let Some(m) = f.parsed() else { return Vec::new() };
+    m.segments[seg]
+        .shard_ids
+        .iter()
+        .zip(&f.placements[seg])
+        .enumerate()
+        .filter(|(_, (id, peer))| !healthy(s, peers.get(*peer), id))
+        .map(|(j, _)| j)
+        .collect()
+}
+
+pub(super) fn file_health(s: &State, file_id: &str, f: &FileRecord) -> Vec<SegmentHealth> {
+    let peers: HashMap<String, PeerRecord> = s.peers.all().into_iter().collect();
+    let queue = s.repair_queue.lock().expect("not poisoned");
+    (0..f.placements.len())
+        .map(|i| {
+            let total = f.placements[i].len() as u32;
+            SegmentHealth {
+                healthy: total - unhealthy(s, &peers, f, i).len() as u32,
+                total,
+                repair_queued: queue.contains(&(file_id.to_owned(), i)),
+            }
+        })
+        .collect()
+}
+
+pub(super) async fn run(s: Arc<State>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(s.config.repair.check_interval));
+    loop {
+        tick.tick().await;
+        check(&s).await;
+    }
+}
+
+/// One round: find endangered segments, repair them, and let drained leaving peers go.
+async fn check(s: &Arc<State>) {
+    let peers: HashMap<String, PeerRecord> = s.peers.all().into_iter().collect();
+    let mut queue = Vec::new();
+    for (file_id, f) in s.files.all() {
+        let Some(m) = f.parsed() else { continue };
+        let (k, n) = (m.shape.k(), m.shape.n());
+        let threshold = (k + s.config.repair.threshold as usize).min(n - 1);
+        for seg in 0..f.placements.len() {
+            let bad = unhealthy(s, &peers, &f, seg);
+            let leaving =
+                f.placements[seg].iter().any(|p| peers.get(p).is_some_and(|p| p.status == PeerStatus::Exiting));
+            if !bad.is_empty() && (n - bad.len() <= threshold || leaving) {
+                queue.push((n - bad.len(), file_id.clone(), seg));
+            }
+        }
+    }
+    queue.sort();
+    *s.repair_queue.lock().expect("not poisoned") = queue.iter().map(|(_, f, seg)| (f.clone(), *seg)).collect();
+    futures::stream::iter(queue)
+        .for_each_concurrent(s.config.repair.concurrency as usize, |(healthy, file_id, seg)| {
+            let s = s.clone();
+            async move {
+                match repair_segment(&s, &file_id, seg).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(file = %file_id, segment = seg, was_healthy = healthy, rebuilt = n, "segment repaired"),
+                    Err(e) => tracing::warn!(file = %file_id, segment = seg, error = %e, "repair failed; will retry"),
+                }
+                s.repair_queue.lock().expect("not poisoned").remove(&(file_id, seg));
+            }
+        })
+        .await;
+    // A leaving peer that holds nothing any more has left.
+    let placed = super::placed_counts(s);
+    for (id, p) in &peers {
+        if p.status == PeerStatus::Exiting && !placed.contains_key(id) {
+            let _ = s.peers.update(id, |r| {
+                r.map(|mut r| {
+                    r.status = PeerStatus::Exited;
+                    r
+                })
+            });
+            tracing::info!(peer = %id, "peer has exited: none of its shards are needed any more");
+        }
+    }
+}
+
+/// Rebuilds and re-places the unhealthy shards of one segment; returns how many.
+async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usize, String> {
+    let Some(f) = s.files.get(file_id).map_err(|e| e.to_string())? else { return Ok(0) };
+    let m = f.parsed().ok_or("stored manifest does not parse")?;
+    let peers_all = s.peers.all();
+    let peers: HashMap<String, PeerRecord> = peers_all.iter().cloned().collect();
+    let bad = unhealthy(s, &peers, &f, seg);
+    if bad.is_empty() {
+        return Ok(0);
+    }
+    let holders = &f.placements[seg];
+    let ids = &m.segments[seg].shard_ids;
+    let k = m.shape.k();
+
+    // Sources: healthy shards first, then the others (they may still answer); every one is
+    // checked against its id.
+    let mut order: Vec<usize> = (0..holders.len()).filter(|j| !bad.contains(j)).collect();
+    order.extend(&bad);
+    let mut got = Vec::new();
+    let mut next = order.into_iter();
+    while got.len() < k {
+        let batch: Vec<usize> = next.by_ref().take(k - got.len()).collect();
+        if batch.is_empty() {
+            return Err(format!("only {} of the {k} shards needed could be fetched", got.len()));
+        }
+        let fetched = futures::future::join_all(batch.into_iter().map(|j| {
+            let addr = peers.get(&holders[j]).map(|p| p.address.clone()).unwrap_or_default();
+            let id = ids[j];
+            async move { (j, fetch_shard(&s.http, &addr, &id).await) }
+        }))
+        .await;
+        for (j, r) in fetched {
+            if let Ok(v) =
+                r.map_err(|e| e.to_string()).and_then(|b| m.verify_shard(seg as u32, j, b).map_err(|e| e.to_string()))
+            {
+                got.push(v);
+            }
+        }
+    }
+    let (shape, shard_len) = (m.shape, m.shard_len(seg));
+    let rebuilt = tokio::task::spawn_blocking(move || {
+        let refs: Vec<(usize, &[u8])> = got.iter().map(|v| (v.index(), &v.bytes()[..])).collect();
+        erasure::all_shards(shape, shard_len, &refs)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    for &j in &bad {
+        if merkle::root(&rebuilt[j]) != ids[j] {
+            return Err(format!("rebuilt shard {j} does not match its id: refusing to place it"));
+        }
+    }
+
+    // New homes: peers in good standing that hold no shard of this segment yet.
+    let exclude: HashSet<&String> = holders.iter().collect();
+    let candidates = s.candidates(&peers_all, &exclude);
+    let mut targets = placement::plan(&candidates, 1, bad.len(), SPARES, shard_len as u64)
+        .and_then(|mut p| p.pop())
+        .ok_or_else(|| format!("fewer than {} peers can take the rebuilt shards", bad.len()))?
+        .into_iter();
+    let upload_id = format!("repair-{file_id}-{seg}");
+    let mut moved = Vec::new();
+    for &j in &bad {
+        let data = Bytes::from(rebuilt[j].clone());
+        loop {
+            let Some(target) = targets.next() else {
+                return Err(format!("no peer accepted rebuilt shard {j}"));
+            };
+            let Some(p) = peers.get(&target) else { continue };
+            let order = s.identity.sign(&PutOrder {
+                upload_id: upload_id.clone(),
+                peer_id: target.clone(),
+                max_shard_len: shard_len as u64,
+                expires: now() + 600,
+            });
+            match store_shard(&s.http, &p.address, &order, &target, ids[j], data.clone()).await {
+                Ok(_) => {
+                    moved.push((j, holders[j].clone(), target));
+                    break;
+                }
+                Err(e) => tracing::warn!(peer = %target, error = %e, "repair target refused a shard"),
+            }
+        }
+    }
+    // Placements change only now, and only where nobody else changed them meanwhile.
+    s.files
+        .update(file_id, |r| {
+            r.map(|mut r| {
+                for (j, old, new) in &moved {
+                    if r.placements.get(seg).and_then(|p| p.get(*j)) == Some(old) {
+                        r.placements[seg][*j] = new.clone();
+                    }
+                }
+                r
+            })
+        })
+        .map_err(|e| e.to_string())?;
+    s.files.flush().await.map_err(|e| e.to_string())?;
+    Ok(moved.len())
+}
