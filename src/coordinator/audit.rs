@@ -1,8 +1,9 @@
 //! Proofs of retrievability. Every `[audit] interval` (a quarter of it while a peer is being
 //! vetted, ±25% jitter) each online peer is asked for random chunks of random shards it
 //! should hold, with a fresh nonce and a deadline; it answers with Merkle proofs signed by
-//! its key, checked against the shard ids alone. Outcomes feed the peer's reputation; a
-//! challenge that timed out is asked again, and repeated timeouts count as failures.
+//! its key, checked against the shard ids alone. Every challenged chunk is one outcome for
+//! the peer's reputation, so a peer that lost much data falls as fast as the evidence comes
+//! in; a challenge that timed out is asked again, and repeated timeouts count as failures.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -126,7 +127,9 @@ fn apply(
 ) {
     match outcome {
         AuditOutcome::Success => {
-            p.audit.record(true);
+            for _ in &c.items {
+                p.audit.record(true);
+            }
             p.online.record(true);
             p.audits_passed += 1;
             p.pending = None;
@@ -134,7 +137,9 @@ fn apply(
             p.failed_shards.retain(|f| !c.items.iter().any(|i| i.shard_id == *f));
         }
         AuditOutcome::Failure => {
-            p.audit.record(false);
+            for item in &c.items {
+                p.audit.record(!failed.contains(&item.shard_id));
+            }
             p.online.record(true);
             p.pending = None;
             p.timeouts = 0;
@@ -265,7 +270,7 @@ mod tests {
         assert!(p.audit.score() < before);
         // Failing on and on ends in disqualification, for good.
         for _ in 0..20 {
-            apply(&mut p, AuditOutcome::Failure, &[], &c, 3, 0.3);
+            apply(&mut p, AuditOutcome::Failure, &[ShardId([1; 32])], &c, 3, 0.3);
         }
         assert_eq!(p.status, PeerStatus::Disqualified);
         for _ in 0..50 {

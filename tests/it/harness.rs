@@ -22,14 +22,25 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(nodes: usize) -> Cluster {
+        Cluster::start_with(nodes, Config::default()).await
+    }
+
+    pub async fn start_with(nodes: usize, config: Config) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let net = Devnet::start(Config::default(), &dir.path().join("net"), 0, nodes).await.unwrap();
+        let net = Devnet::start(config, &dir.path().join("net"), 0, nodes).await.unwrap();
         let client = Client::new(&net.url());
         Cluster { net, client, dir }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// The index of the node whose peer id is `peer`.
+    pub fn node_of(&self, peer: &str) -> usize {
+        (0..self.net.node_count())
+            .find(|&i| p2pstore::identity::Identity::load_or_create(&self.net.node_dir(i)).unwrap().peer_id() == peer)
+            .expect("a node of this cluster")
     }
 
     pub fn write(&self, name: &str, data: &[u8]) -> PathBuf {
@@ -58,4 +69,28 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
 
 pub fn files_in(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+}
+
+/// Every interval at one or two seconds, so audits, repair and collection happen in a test.
+pub fn fast_config() -> Config {
+    let mut c = Config::default();
+    c.node.heartbeat_interval = 1;
+    c.coordinator.heartbeat_timeout = 2;
+    c.coordinator.upload_expiry = 3;
+    c.coordinator.gc_interval = 1;
+    c.audit.interval = 1;
+    c.audit.timeout = 2;
+    c.audit.vetting_audits = 2;
+    c.repair.grace_period = 2;
+    c.repair.check_interval = 1;
+    c
+}
+
+/// Polls `check` every 200 ms until it holds; fails the test after `secs` seconds.
+pub async fn until<F: std::future::Future<Output = bool>>(what: &str, secs: u64, mut check: impl FnMut() -> F) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out after {secs} s waiting for: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

@@ -3,4 +3,5 @@
 mod cli;
 mod harness;
 mod network;
+mod upkeep;
 mod vectors;

@@ -1,0 +1,224 @@
+//! Keeping data alive: audits, reputation, repair, garbage collection, graceful exit.
+//! Every interval is one or two seconds (harness::fast_config), so these tests wait on
+//! conditions, with deadlines, rather than on fixed sleeps.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use p2pstore::manifest::FileId;
+use p2pstore::proto::*;
+
+use crate::harness::*;
+
+async fn upload(c: &Cluster, name: &str, len: usize, k: u8, n: u8) -> (FileId, Vec<u8>) {
+    let bytes = data(len, len as u64);
+    let id = c.client.upload(&c.write(name, &bytes), b"pw", params(k, n), None).await.unwrap();
+    (id, bytes)
+}
+
+async fn downloads_intact(c: &Cluster, id: &FileId, bytes: &[u8], name: &str) {
+    let out = c.path(name);
+    c.client.download(id, b"pw", Some(&out), true, None).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == bytes, "{name}: downloaded bytes differ");
+}
+
+async fn placed_on(c: &Cluster, id: &FileId, peer: &str) -> usize {
+    c.client.info(id).await.unwrap().placements.iter().flatten().filter(|p| *p == peer).count()
+}
+
+async fn fully_healthy(c: &Cluster, id: &FileId) -> bool {
+    c.client.info(id).await.unwrap().health.iter().all(|h| h.healthy == h.total)
+}
+
+async fn status(c: &Cluster, peer: &str) -> PeerStatus {
+    c.client.peers().await.unwrap().into_iter().find(|p| p.peer_id == peer).unwrap().status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_peers_pass_audits_and_get_vetted() {
+    let c = Cluster::start_with(6, fast_config()).await;
+    upload(&c, "a", 3 * PER_SEGMENT, 3, 6).await;
+    until("every peer vetted", 30, || async {
+        c.client.peers().await.unwrap().iter().all(|p| p.status == PeerStatus::Active && p.reputation > 0.99)
+    })
+    .await;
+    let audits = c.client.audits(None, 500).await.unwrap();
+    assert!(audits.iter().any(|a| a.outcome == AuditOutcome::Success));
+    assert!(audits.iter().all(|a| a.outcome == AuditOutcome::Success), "{audits:?}");
+    let one = &c.client.peers().await.unwrap()[0].peer_id;
+    assert!(c.client.audits(Some(one), 500).await.unwrap().iter().all(|a| &a.peer_id == one));
+    c.net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cheating_peer_is_disqualified_and_its_shards_repaired() {
+    let c = Cluster::start_with(8, fast_config()).await;
+    // Enough segments that the cheater holds dozens of shards to be caught on.
+    let (id, bytes) = upload(&c, "f", 40 * PER_SEGMENT, 3, 6).await;
+    let cheater = c.client.info(&id).await.unwrap().placements[0][0].clone();
+    // Corrupt every shard it holds, behind its back, while it keeps running.
+    let shards = c.net.node_dir(c.node_of(&cheater)).join("shards");
+    for d in std::fs::read_dir(&shards).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            let mut b = std::fs::read(&p).unwrap();
+            for x in b.iter_mut().step_by(4096) {
+                *x ^= 0x55;
+            }
+            std::fs::write(&p, b).unwrap();
+        }
+    }
+    until("the cheater is disqualified", 90, || async { status(&c, &cheater).await == PeerStatus::Disqualified }).await;
+    let rep = c.client.peers().await.unwrap().into_iter().find(|p| p.peer_id == cheater).unwrap().reputation;
+    assert!(rep < 0.3, "{rep}");
+    assert!(c.client.audits(Some(&cheater), 500).await.unwrap().iter().any(|a| a.outcome == AuditOutcome::Failure));
+    until("its shards moved to other peers", 60, || async { placed_on(&c, &id, &cheater).await == 0 }).await;
+    until("every segment healthy again", 60, || fully_healthy(&c, &id)).await;
+    downloads_intact(&c, &id, &bytes, "f.out").await;
+    c.net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_outages_are_not_repaired_long_ones_are() {
+    let mut config = fast_config();
+    config.repair.grace_period = 4;
+    let mut c = Cluster::start_with(8, config).await;
+    let (id, bytes) = upload(&c, "g", 2 * PER_SEGMENT, 3, 6).await;
+    let peer = c.client.info(&id).await.unwrap().placements[0][1].clone();
+    let node = c.node_of(&peer);
+    let before = c.client.info(&id).await.unwrap().placements;
+
+    // Offline for about 3 s: past the heartbeat timeout (2 s), within the grace period.
+    c.net.stop_node(node).await;
+    until("the peer shows offline", 10, || async {
+        c.client.peers().await.unwrap().iter().any(|p| p.peer_id == peer && p.state == PeerState::Offline)
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(c.client.info(&id).await.unwrap().placements, before, "repaired within the grace period");
+    c.net.start_node(node).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(c.client.info(&id).await.unwrap().placements, before, "repaired after the peer came back");
+
+    // Offline for good: its shards are rebuilt elsewhere.
+    c.net.stop_node(node).await;
+    until("its shards moved", 60, || async { placed_on(&c, &id, &peer).await == 0 }).await;
+    until("every segment healthy again", 60, || fully_healthy(&c, &id)).await;
+    downloads_intact(&c, &id, &bytes, "g.out").await;
+    c.net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_uploads_and_deleted_files_are_collected() {
+    let c = Cluster::start_with(4, fast_config()).await;
+    let h = p2pstore::http::Client::default();
+    // An upload that never commits: one shard stored under a valid order.
+    let plan: Plan = h
+        .post_json(&format!("{}/v1/uploads", c.net.url()), &PlanRequest { size: 10, k: 2, n: 4, segment_size: SEGMENT })
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let peer = plan.segments[0][0].clone();
+    let body = Bytes::from_static(b"abandoned!");
+    let sid = p2pstore::merkle::root(&body);
+    let hdr = serde_json::to_string(&plan.orders[&peer]).unwrap();
+    let url = format!("{}/v1/shards/{sid}", plan.addresses[&peer]);
+    let r = h.send(p2pstore::http::request("PUT", &url, &[(ORDER_HEADER, &hdr)], body).unwrap()).await.unwrap();
+    assert_eq!(r.status, 200);
+    // A committed file stays.
+    let (id, bytes) = upload(&c, "kept", PER_SEGMENT + 1, 2, 4).await;
+    until("the abandoned shard is gone", 30, || async { h.get(&url).await.unwrap().status == 404 }).await;
+    downloads_intact(&c, &id, &bytes, "kept.out").await;
+
+    // rm frees the space on every node (used bytes, as the nodes report them).
+    c.client.remove(&id, b"pw").await.unwrap();
+    until("every node reports 0 bytes used", 30, || async {
+        c.client.peers().await.unwrap().iter().all(|p| p.used == 0)
+    })
+    .await;
+    c.net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_exit_moves_every_shard_first() {
+    let mut c = Cluster::start_with(8, fast_config()).await;
+    let (id, bytes) = upload(&c, "x", 3 * PER_SEGMENT, 3, 6).await;
+    let leaver = c.client.info(&id).await.unwrap().placements[0][2].clone();
+    let node = c.node_of(&leaver);
+    let me = p2pstore::node::request_exit(&c.net.node_dir(node), &c.net.url()).await.unwrap();
+    assert_eq!(me.status, PeerStatus::Exiting);
+    until("the peer has exited", 60, || async { status(&c, &leaver).await == PeerStatus::Exited }).await;
+    assert_eq!(placed_on(&c, &id, &leaver).await, 0);
+    assert!(fully_healthy(&c, &id).await, "no segment lost redundancy");
+    c.net.stop_node(node).await;
+    downloads_intact(&c, &id, &bytes, "x.out").await;
+    c.net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_restart_during_repair_leaves_no_dangling_placement() {
+    let mut c = Cluster::start_with(8, fast_config()).await;
+    let (id, bytes) = upload(&c, "r", 6 * PER_SEGMENT, 3, 6).await;
+    let gone = c.client.info(&id).await.unwrap().placements[0][0].clone();
+    c.net.stop_node(c.node_of(&gone)).await;
+    until("repair has started", 30, || async {
+        c.client.info(&id).await.unwrap().health.iter().any(|h| h.repair_queued) || placed_on(&c, &id, &gone).await < 6
+    })
+    .await;
+    c.net.stop_coordinator().await;
+    c.net.start_coordinator().await.unwrap();
+    until("repair completes after the restart", 60, || async { placed_on(&c, &id, &gone).await == 0 }).await;
+    // Every placement points at a peer that really holds the shard.
+    let view = c.client.info(&id).await.unwrap();
+    let m = c.client.manifest(&id).await.unwrap();
+    let h = p2pstore::http::Client::default();
+    for (seg, peers) in view.placements.iter().enumerate() {
+        for (j, peer) in peers.iter().enumerate() {
+            let sid = m.segments[seg].shard_ids[j];
+            let r = h.get(&format!("{}/v1/shards/{sid}", view.peers[peer].address)).await.unwrap();
+            assert_eq!(r.status, 200, "segment {seg} shard {j} on {peer}");
+            assert!(m.verify_shard(seg as u32, j, r.body).is_ok());
+        }
+    }
+    downloads_intact(&c, &id, &bytes, "r.out").await;
+    c.net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_thirty_nodes_lose_eighteen() {
+    let mut config = fast_config();
+    config.repair.grace_period = 0;
+    let mut c = Cluster::start_with(30, config).await;
+    let mut files = Vec::new();
+    for (i, len) in [PER_SEGMENT / 3, PER_SEGMENT + 5, 5 * PER_SEGMENT / 2].into_iter().enumerate() {
+        files.push(upload(&c, &format!("churn{i}"), len, 4, 10).await);
+    }
+    let mut stopped = HashSet::new();
+    for round in 0..18 {
+        // Stop a node that holds shards, when there is one.
+        let view = c.client.info(&files[round % files.len()].0).await.unwrap();
+        let holder = view.placements.iter().flatten().map(|p| c.node_of(p)).find(|i| !stopped.contains(i));
+        let victim = holder.unwrap_or_else(|| (0..30).find(|i| !stopped.contains(i)).unwrap());
+        let victim_id = p2pstore::identity::Identity::load_or_create(&c.net.node_dir(victim)).unwrap().peer_id();
+        c.net.stop_node(victim).await;
+        stopped.insert(victim);
+        until("the coordinator sees the node gone", 30, || async {
+            c.client.peers().await.unwrap().iter().any(|p| p.peer_id == victim_id && p.state == PeerState::Offline)
+        })
+        .await;
+        // Let repair bring every segment back above the threshold (k + 4 = 8 of 10).
+        until(&format!("repair after stop {}", round + 1), 60, || async {
+            let mut ok = true;
+            for (id, _) in &files {
+                ok &= c.client.info(id).await.unwrap().health.iter().all(|h| h.healthy > 8);
+            }
+            ok
+        })
+        .await;
+    }
+    for (i, (id, bytes)) in files.iter().enumerate() {
+        downloads_intact(&c, id, bytes, &format!("churn{i}.out")).await;
+    }
+    c.net.shutdown().await;
+}
