@@ -1,6 +1,6 @@
 //! The command line: clap types, logging set-up, and dispatch to the roles.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use std::io::{IsTerminal, Write};
 
@@ -214,6 +214,29 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2048)]
         memory_mib: u64,
     },
+    /// Repair throughput: stop nodes holding a file and time its rebuild
+    Repair {
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+        #[arg(long, default_value_t = 30)]
+        nodes: usize,
+        #[arg(long, default_value_t = 6)]
+        stop: usize,
+        #[arg(long, default_value = "./data")]
+        dir: PathBuf,
+    },
+    /// Audits per second one coordinator sustains against many simulated peers
+    Audits {
+        #[arg(long, default_value_t = 1000)]
+        peers: usize,
+        /// Segments (20 stored shards each) of the audited file
+        #[arg(long, default_value_t = 500)]
+        segments: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value = "./data")]
+        dir: PathBuf,
+    },
     /// Upload and download through a local devnet in this process
     Network {
         #[arg(long, default_value_t = 1024)]
@@ -280,6 +303,12 @@ fn progress() -> Option<ProgressBar> {
             .expect("valid template"),
     );
     Some(bar)
+}
+
+/// A temporary directory for a benchmark's data inside `dir`, removed afterwards.
+fn bench_dir(dir: &Path) -> anyhow::Result<tempfile::TempDir> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    Ok(tempfile::tempdir_in(dir)?)
 }
 
 /// Coding parameters from the configuration, with `-k`/`-n` overrides.
@@ -466,10 +495,17 @@ async fn run_network(command: Command, config: Config) -> anyhow::Result<()> {
             eprintln!("deleted {id}");
         }
         Command::Bench(BenchCommand::Network { size_mib, nodes, dir }) => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
-            let tmp = tempfile::tempdir_in(&dir)?;
+            let tmp = bench_dir(&dir)?;
             let params = encode_params(&config, None, None)?;
             out!("{}", bench::network(size_mib << 20, nodes, tmp.path(), params).await?);
+        }
+        Command::Bench(BenchCommand::Repair { size_mib, nodes, stop, dir }) => {
+            let tmp = bench_dir(&dir)?;
+            out!("{}", bench::repair(nodes, stop, size_mib << 20, tmp.path()).await?);
+        }
+        Command::Bench(BenchCommand::Audits { peers, segments, seconds, dir }) => {
+            let tmp = bench_dir(&dir)?;
+            out!("{}", bench::audits(peers, segments, seconds.max(2), tmp.path()).await?);
         }
         Command::Config | Command::Bench(_) => unreachable!("handled without a runtime"),
     }

@@ -48,6 +48,14 @@ impl Identity {
         Ok(Identity { pair, rng })
     }
 
+    /// A fresh identity kept only in memory (simulated peers in benchmarks).
+    pub fn generate() -> Identity {
+        let rng = SystemRandom::new();
+        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("P-256 key generation");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng).expect("fresh key");
+        Identity { pair, rng }
+    }
+
     pub fn public_key(&self) -> &[u8] {
         self.pair.public_key().as_ref()
     }

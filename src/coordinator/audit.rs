@@ -38,40 +38,38 @@ pub(super) async fn run(s: Arc<State>) {
     let mut running: HashSet<String> = HashSet::new();
     let mut tasks = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // Peers and what they hold are re-read on each tick, not on each finished audit: both
+    // cost time in proportion to the network's size.
+    let mut peers: Vec<(String, PeerRecord)> = Vec::new();
+    let mut held: HashMap<String, Vec<(ShardId, usize)>> = HashMap::new();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {
+                peers = s.peers.all();
+                held = s.shards_by_peer();
+            }
+            Some(Ok(done)) = tasks.join_next(), if !tasks.is_empty() => {
+                running.remove(&done);
+            }
+        }
         while let Some(Ok(done)) = tasks.try_join_next() {
             running.remove(&done);
         }
         let now_i = Instant::now();
-        let peers: Vec<(String, PeerRecord)> = s
-            .peers
-            .all()
-            .into_iter()
-            .filter(|(id, p)| {
-                s.is_online(p)
-                    && !matches!(p.status, PeerStatus::Disqualified | PeerStatus::Exited)
-                    && !running.contains(id)
-                    && due.get(id).is_none_or(|t| *t <= now_i)
-            })
-            .collect();
-        if peers.is_empty() {
-            continue;
-        }
-        let held = s.shards_by_peer();
-        for (id, p) in peers {
+        for (id, p) in &peers {
             if running.len() >= CONCURRENCY {
                 break;
+            }
+            let eligible = s.is_online(p) && !matches!(p.status, PeerStatus::Disqualified | PeerStatus::Exited);
+            if !eligible || running.contains(id) || due.get(id).is_some_and(|t| *t > now_i) {
+                continue;
             }
             let base = s.config.audit.interval as f64 / if p.status == PeerStatus::Vetting { 4.0 } else { 1.0 };
             let jitter = 0.75 + (random_u64() % 1000) as f64 / 2000.0;
             due.insert(id.clone(), now_i + Duration::from_secs_f64((base * jitter).max(0.5)));
-            let shards = held.get(&id).cloned().unwrap_or_default();
-            if shards.is_empty() {
-                continue; // nothing to prove yet
-            }
+            let Some(shards) = held.get(id).filter(|v| !v.is_empty()) else { continue }; // nothing to prove yet
             running.insert(id.clone());
-            tasks.spawn(audit_peer(s.clone(), id, p, shards));
+            tasks.spawn(audit_peer(s.clone(), id.clone(), p.clone(), shards.clone()));
         }
     }
 }

@@ -176,28 +176,32 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
         .ok_or_else(|| format!("fewer than {} peers can take the rebuilt shards", bad.len()))?
         .into_iter();
     let upload_id = format!("repair-{file_id}-{seg}");
-    let mut moved = Vec::new();
-    for &j in &bad {
+    let put = |j: usize, target: String| {
+        let order = s.identity.sign(&PutOrder {
+            upload_id: upload_id.clone(),
+            peer_id: target.clone(),
+            max_shard_len: shard_len as u64,
+            expires: now() + 600,
+        });
+        let addr = peers.get(&target).map(|p| p.address.clone()).unwrap_or_default();
         let data = Bytes::from(rebuilt[j].clone());
-        loop {
-            let Some(target) = targets.next() else {
+        async move {
+            let r = store_shard(&s.http, &addr, &order, &target, ids[j], data).await;
+            (j, target, r)
+        }
+    };
+    // Every rebuilt shard goes to its own target at once; a refused one tries the spares.
+    let first = futures::future::join_all(bad.iter().map(|&j| put(j, targets.next().unwrap_or_default()))).await;
+    let mut moved = Vec::new();
+    for (j, mut target, mut result) in first {
+        while let Err(e) = result {
+            tracing::warn!(peer = %target, error = %e, "repair target refused a shard");
+            let Some(spare) = targets.next() else {
                 return Err(format!("no peer accepted rebuilt shard {j}"));
             };
-            let Some(p) = peers.get(&target) else { continue };
-            let order = s.identity.sign(&PutOrder {
-                upload_id: upload_id.clone(),
-                peer_id: target.clone(),
-                max_shard_len: shard_len as u64,
-                expires: now() + 600,
-            });
-            match store_shard(&s.http, &p.address, &order, &target, ids[j], data.clone()).await {
-                Ok(_) => {
-                    moved.push((j, holders[j].clone(), target));
-                    break;
-                }
-                Err(e) => tracing::warn!(peer = %target, error = %e, "repair target refused a shard"),
-            }
+            (_, target, result) = put(j, spare).await;
         }
+        moved.push((j, holders[j].clone(), target));
     }
     // Placements change only now, and only where nobody else changed them meanwhile.
     s.files

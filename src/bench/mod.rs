@@ -2,6 +2,10 @@
 //! alone, then the whole pipelines, in MB/s of plaintext, and the peak memory of encoding.
 //! Figures are reported, never asserted: speed targets live in benchmarks, not tests.
 
+mod upkeep;
+
+pub use upkeep::{audits, repair};
+
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
@@ -183,7 +187,7 @@ pub fn codec(size: u64, memory_size: u64, params: EncodeParams) -> (Vec<Figure>,
 }
 
 /// CPU seconds a process has used (user + system), from /proc/<pid>/stat ("self" for us).
-fn cpu_seconds(pid: &str) -> f64 {
+pub(crate) fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
     let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
