@@ -168,15 +168,7 @@ async fn put_shard(s: &Arc<State>, id: ShardId, req: Request<Incoming>) -> ApiRe
         .ok_or_else(|| ApiError::forbidden(format!("a shard PUT needs a signed put order in {ORDER_HEADER}")))?;
     let signed: Signed<PutOrder> =
         serde_json::from_str(header).map_err(|e| ApiError::forbidden(format!("malformed put order: {e}")))?;
-    let order = signed
-        .open_by(coordinator_key(s)?)
-        .ok_or_else(|| ApiError::forbidden("the put order is not signed by this node's coordinator"))?;
-    if order.peer_id != s.identity.peer_id() {
-        return Err(ApiError::forbidden("the put order is for another peer"));
-    }
-    if order.expires < now() {
-        return Err(ApiError::forbidden("the put order has expired"));
-    }
+    let order = addressed_to_me(s, &signed, "put order")?;
     let limit = usize::try_from(order.max_shard_len).unwrap_or(usize::MAX);
     let body = read_body_aligned(req, limit).await?;
     let s2 = s.clone();
@@ -195,14 +187,28 @@ async fn put_shard(s: &Arc<State>, id: ShardId, req: Request<Incoming>) -> ApiRe
     ok(&s.identity.sign(&receipt))
 }
 
+/// Opens a message only if this node's coordinator signed it, for this peer, and it is
+/// still valid: every instruction a node acts on passes here.
+fn addressed_to_me<T: serde::de::DeserializeOwned + ForPeer>(
+    s: &State,
+    signed: &Signed<T>,
+    what: &str,
+) -> Result<T, ApiError> {
+    let m = signed
+        .open_by(coordinator_key(s)?)
+        .ok_or_else(|| ApiError::forbidden(format!("the {what} is not signed by this node's coordinator")))?;
+    if m.peer_id() != s.identity.peer_id() {
+        return Err(ApiError::forbidden(format!("the {what} is for another peer")));
+    }
+    if m.valid_until() < now() {
+        return Err(ApiError::forbidden(format!("the {what} has expired")));
+    }
+    Ok(m)
+}
+
 /// Answers a coordinator's challenge with a Merkle proof per chunk (None: not held), signed.
 async fn audit(s: &Arc<State>, signed: Signed<Challenge>) -> ApiResult {
-    let c = signed
-        .open_by(coordinator_key(s)?)
-        .ok_or_else(|| ApiError::forbidden("the challenge is not signed by this node's coordinator"))?;
-    if c.peer_id != s.identity.peer_id() || c.deadline < now() {
-        return Err(ApiError::forbidden("the challenge is for another peer or past its deadline"));
-    }
+    let c = addressed_to_me(s, &signed, "challenge")?;
     let s2 = s.clone();
     let items = c.items.clone();
     let proofs = blocking(move || {
@@ -217,12 +223,7 @@ async fn audit(s: &Arc<State>, signed: Signed<Challenge>) -> ApiResult {
 
 /// Drops every shard the coordinator no longer lists, once it is old enough.
 async fn collect_garbage(s: &Arc<State>, signed: Signed<LiveList>) -> ApiResult {
-    let list = signed
-        .open_by(coordinator_key(s)?)
-        .ok_or_else(|| ApiError::forbidden("the live list is not signed by this node's coordinator"))?;
-    if list.peer_id != s.identity.peer_id() || list.expires < now() {
-        return Err(ApiError::forbidden("the live list is for another peer or has expired"));
-    }
+    let list = addressed_to_me(s, &signed, "live list")?;
     let s2 = s.clone();
     let removed = blocking(move || {
         let live = list.shard_ids.into_iter().collect();
@@ -244,12 +245,7 @@ pub async fn request_exit(data_dir: &std::path::Path, coordinator: &str) -> Resu
 }
 
 async fn delete(s: &Arc<State>, signed: Signed<DeleteOrder>) -> ApiResult {
-    let order = signed
-        .open_by(coordinator_key(s)?)
-        .ok_or_else(|| ApiError::forbidden("the delete order is not signed by this node's coordinator"))?;
-    if order.peer_id != s.identity.peer_id() || order.expires < now() {
-        return Err(ApiError::forbidden("the delete order is for another peer or has expired"));
-    }
+    let order = addressed_to_me(s, &signed, "delete order")?;
     let s2 = s.clone();
     let removed = blocking(move || {
         Ok(order.shard_ids.iter().map(|id| s2.store.delete(id)).filter(|r| matches!(r, Ok(true))).count())

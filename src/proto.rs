@@ -237,6 +237,30 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// A coordinator instruction addressed to one peer, valid until a time.
+pub trait ForPeer {
+    fn peer_id(&self) -> &str;
+    /// Unix seconds after which the instruction is void.
+    fn valid_until(&self) -> u64;
+}
+
+macro_rules! for_peer {
+    ($t:ty, $until:ident) => {
+        impl ForPeer for $t {
+            fn peer_id(&self) -> &str {
+                &self.peer_id
+            }
+            fn valid_until(&self) -> u64 {
+                self.$until
+            }
+        }
+    };
+}
+for_peer!(PutOrder, expires);
+for_peer!(Challenge, deadline);
+for_peer!(LiveList, expires);
+for_peer!(DeleteOrder, expires);
+
 /// Unix seconds now.
 pub fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)

@@ -43,6 +43,13 @@ impl Cluster {
             .expect("a node of this cluster")
     }
 
+    /// A placement plan asked for directly, as a client would before uploading.
+    pub async fn plan(&self, size: u64, k: u8, n: u8) -> p2pstore::proto::Plan {
+        let req = p2pstore::proto::PlanRequest { size, k, n, segment_size: SEGMENT };
+        let url = format!("{}/v1/uploads", self.net.url());
+        p2pstore::http::Client::default().post_json(&url, &req).await.unwrap().json().unwrap()
+    }
+
     pub fn write(&self, name: &str, data: &[u8]) -> PathBuf {
         let p = self.path(name);
         std::fs::write(&p, data).unwrap();

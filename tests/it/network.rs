@@ -174,12 +174,7 @@ async fn forged_orders_and_receipts_are_refused() {
     assert_eq!(r.status, 200);
 
     // Commits: a receipt from the wrong key, and a missing receipt, are refused.
-    let plan: Plan = h
-        .post_json(&format!("{}/v1/uploads", c.net.url()), &PlanRequest { size: 10, k: 2, n: 4, segment_size: SEGMENT })
-        .await
-        .unwrap()
-        .json()
-        .unwrap();
+    let plan = c.plan(10, 2, 4).await;
     let commit_url = format!("{}/v1/uploads/{}/commit", c.net.url(), plan.upload_id);
     let fake_receipt =
         mallory.sign(&Receipt { upload_id: plan.upload_id.clone(), shard_id: id, len: 10, peer_id: mallory.peer_id() });

@@ -113,12 +113,7 @@ async fn abandoned_uploads_and_deleted_files_are_collected() {
     let c = Cluster::start_with(4, fast_config()).await;
     let h = p2pstore::http::Client::default();
     // An upload that never commits: one shard stored under a valid order.
-    let plan: Plan = h
-        .post_json(&format!("{}/v1/uploads", c.net.url()), &PlanRequest { size: 10, k: 2, n: 4, segment_size: SEGMENT })
-        .await
-        .unwrap()
-        .json()
-        .unwrap();
+    let plan = c.plan(10, 2, 4).await;
     let peer = plan.segments[0][0].clone();
     let body = Bytes::from_static(b"abandoned!");
     let sid = p2pstore::merkle::root(&body);
