@@ -495,14 +495,18 @@ async fn delete_file(s: &State, id: &str, token_hex: &str) -> ApiResult {
             by_peer.entry(peer).or_default().push(sid);
         }
     }
-    for (peer, ids) in by_peer {
-        let Ok(Some(p)) = s.peers.get(&peer) else { continue };
+    // Online peers are told now, all at once; the others get the next live list (gc).
+    let tell = by_peer.into_iter().filter_map(|(peer, ids)| {
+        let p = s.peers.get(&peer).ok().flatten().filter(|p| s.is_online(p))?;
         let order = s.identity.sign(&DeleteOrder { peer_id: peer.clone(), shard_ids: ids, expires: now() + 600 });
         let url = format!("{}/v1/shards/delete", p.address);
-        if let Err(e) = s.http.post_json(&url, &order).await.and_then(|r| r.json::<serde_json::Value>()) {
-            tracing::warn!(peer = %peer, error = %e, "could not tell the peer to delete shards");
-        }
-    }
+        Some(async move {
+            if let Err(e) = s.http.post_json(&url, &order).await.and_then(|r| r.json::<serde_json::Value>()) {
+                tracing::warn!(peer = %peer, error = %e, "could not tell the peer to delete shards");
+            }
+        })
+    });
+    futures::future::join_all(tell).await;
     tracing::info!(file = %id, "file deleted");
     ok(&serde_json::json!({ "deleted": id }))
 }
