@@ -43,6 +43,9 @@ pub struct Cli {
     /// Only errors in the log
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Log lines as text or as JSON objects (one per line)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Coordinator URL for client commands [config: client.coordinator]
     #[arg(long, global = true, env = "P2PSTORE_COORDINATOR", value_name = "URL")]
     pub coordinator: Option<String>,
@@ -155,6 +158,12 @@ pub enum Command {
     Bench(BenchCommand),
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum NodeAction {
     /// Leave the network gracefully: the coordinator moves this node's shards elsewhere;
@@ -258,7 +267,11 @@ fn init_logging(cli: &Cli) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Text => fmt.try_init(),
+        LogFormat::Json => fmt.json().try_init(),
+    };
 }
 
 /// Parses the command line and runs it.

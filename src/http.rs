@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytes::BytesMut;
@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::metrics::Metrics;
 use crate::proto::ErrorBody;
 use crate::store::{AlignedBuf, DIRECT_ALIGN};
 
@@ -91,6 +92,11 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
 
 pub fn ok<T: Serialize>(value: &T) -> ApiResult {
     Ok(json(StatusCode::OK, value))
+}
+
+/// The Prometheus text exposition of `m`.
+pub fn metrics_text(m: &Metrics) -> Response<Body> {
+    bytes("text/plain; version=0.0.4", Bytes::from(m.render()))
 }
 
 pub fn bytes(content_type: &str, b: Bytes) -> Response<Body> {
@@ -167,7 +173,12 @@ impl ServerHandle {
 
 /// Serves `handler` on `listener` until shutdown. `background` runs beside it (heartbeats,
 /// workers) and is stopped with it.
-pub fn serve<H, F>(listener: TcpListener, handler: H, background: Vec<tokio::task::JoinHandle<()>>) -> ServerHandle
+pub fn serve<H, F>(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    handler: H,
+    background: Vec<tokio::task::JoinHandle<()>>,
+) -> ServerHandle
 where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = ApiResult> + Send + 'static,
@@ -184,10 +195,17 @@ where
                     let Ok((stream, _)) = accepted else { continue };
                     let _ = stream.set_nodelay(true);
                     let h = handler.clone();
+                    let m = metrics.clone();
                     conns.spawn(async move {
-                        let svc = hyper::service::service_fn(move |req| {
+                        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                            let (method, path, start) = (req.method().clone(), req.uri().path().to_owned(), Instant::now());
                             let fut = h(req);
-                            async move { Ok::<_, std::convert::Infallible>(fut.await.unwrap_or_else(error_response)) }
+                            let m = m.clone();
+                            async move {
+                                let resp = fut.await.unwrap_or_else(error_response);
+                                m.observe(method.as_str(), &path, resp.status().as_u16(), start.elapsed().as_secs_f64());
+                                Ok::<_, std::convert::Infallible>(resp)
+                            }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), svc)

@@ -15,8 +15,10 @@ use tokio::sync::OnceCell;
 use crate::http::{self, ApiError, ApiResult, ServerError, ServerHandle, ok, read_body_aligned, read_json};
 use crate::identity::{Identity, Signed};
 use crate::merkle::{self, ShardId};
+use crate::metrics::Metrics;
 use crate::proto::*;
 use crate::store::{ShardStore, StoreError, write_durably};
+use prometheus::{IntCounter, IntGaugeVec, Opts};
 
 /// What a node needs to start.
 #[derive(Clone, Debug)]
@@ -39,6 +41,10 @@ struct State {
     /// The coordinator's public key (hex), pinned at first registration.
     coordinator_key: OnceCell<String>,
     http: http::Client,
+    metrics: Arc<Metrics>,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
+    gauges: IntGaugeVec,
 }
 
 /// Starts a node. Returns once it is listening and, if the coordinator answers, registered.
@@ -59,6 +65,7 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
     if let Ok(k) = std::fs::read_to_string(&key_file) {
         let _ = pinned.set(k.trim().to_owned());
     }
+    let metrics = Metrics::new("node");
     let state = Arc::new(State {
         identity,
         store,
@@ -67,6 +74,12 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         key_file,
         coordinator_key: pinned,
         http: http::Client::new(Duration::from_secs(10)),
+        bytes_in: metrics.add(IntCounter::new("shard_bytes_in_total", "Shard bytes stored").expect("valid")),
+        bytes_out: metrics.add(IntCounter::new("shard_bytes_out_total", "Shard bytes served").expect("valid")),
+        gauges: metrics.add(
+            IntGaugeVec::new(Opts::new("store", "Shards held and bytes used and offered"), &["what"]).expect("valid"),
+        ),
+        metrics: metrics.clone(),
     });
     if let Err(e) = heartbeat(&state).await {
         tracing::warn!(error = %e, "first heartbeat failed; retrying in the background");
@@ -83,7 +96,7 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         }
     });
     tracing::info!(peer = %state.identity.peer_id(), %addr, "node listening");
-    Ok(http::serve(listener, move |req| route(state.clone(), req), vec![beat]))
+    Ok(http::serve(listener, metrics, move |req| route(state.clone(), req), vec![beat]))
 }
 
 /// Sends one signed heartbeat and pins (or checks) the coordinator's key.
@@ -129,6 +142,12 @@ async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
     let p: Vec<&str> = path.iter().map(String::as_str).collect();
     match (req.method().clone(), p.as_slice()) {
         (Method::GET, ["healthz"]) => ok(&"ok"),
+        (Method::GET, ["metrics"]) => {
+            s.gauges.with_label_values(&["shards"]).set(s.store.count() as i64);
+            s.gauges.with_label_values(&["used_bytes"]).set(s.store.used() as i64);
+            s.gauges.with_label_values(&["capacity_bytes"]).set(s.store.capacity() as i64);
+            Ok(http::metrics_text(&s.metrics))
+        }
         (Method::GET, ["v1", "status"]) => ok(&serde_json::json!({
             "peer_id": s.identity.peer_id(),
             "address": s.address,
@@ -144,8 +163,11 @@ async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
             let id = shard_id(id)?;
             let s2 = s.clone();
             let data = blocking(move || s2.store.get(&id).map_err(ApiError::internal)).await?;
-            data.map(|b| http::bytes("application/octet-stream", b))
-                .ok_or_else(|| ApiError::not_found(format!("no shard {id} here")))
+            data.map(|b| {
+                s.bytes_out.inc_by(b.len() as u64);
+                http::bytes("application/octet-stream", b)
+            })
+            .ok_or_else(|| ApiError::not_found(format!("no shard {id} here")))
         }
         (Method::POST, ["v1", "shards", "delete"]) => delete(&s, read_json(req, MAX_JSON_BODY).await?).await,
         (Method::POST, ["v1", "audit"]) => audit(&s, read_json(req, 64 * 1024).await?).await,
@@ -183,6 +205,7 @@ async fn put_shard(s: &Arc<State>, id: ShardId, req: Request<Incoming>) -> ApiRe
         })
     })
     .await?;
+    s.bytes_in.inc_by(len);
     let receipt = Receipt { upload_id: order.upload_id, shard_id: id, len, peer_id: s.identity.peer_id() };
     ok(&s.identity.sign(&receipt))
 }

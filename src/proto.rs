@@ -156,6 +156,23 @@ pub struct FileView {
     pub peers: BTreeMap<String, PeerView>,
     /// Per segment: healthy shards (see `coordinator::repair`) and whether repair is queued.
     pub health: Vec<SegmentHealth>,
+    /// `shard_states[segment][shard]`.
+    pub shard_states: Vec<Vec<ShardState>>,
+}
+
+/// What one placed shard is worth now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardState {
+    Healthy,
+    /// Its peer is offline, still within the grace period: counted healthy for now.
+    Offline,
+    /// Its last audit failed.
+    Failed,
+    /// Its peer is leaving; it is being moved.
+    Leaving,
+    /// Its peer is disqualified, gone, or offline past the grace period.
+    Lost,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -163,6 +180,27 @@ pub struct SegmentHealth {
     pub healthy: u32,
     pub total: u32,
     pub repair_queued: bool,
+}
+
+/// The network at a glance: what the dashboard and `/metrics` show.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NetworkStats {
+    pub peers_online: u64,
+    pub peers_offline: u64,
+    pub peers_disqualified: u64,
+    pub peers_exiting: u64,
+    pub capacity: u64,
+    pub used: u64,
+    pub files: u64,
+    /// Plaintext bytes of all files.
+    pub stored_bytes: u64,
+    /// `[healthy shards, segments with that many]`, ascending.
+    pub health: Vec<(u32, u64)>,
+    pub audits_last_minute: u64,
+    /// Passed share of the last minute's audits (1 when there were none).
+    pub audit_pass_rate: f64,
+    pub repair_queue: u64,
+    pub repaired_shards: u64,
 }
 
 /// Coordinator → node: prove you hold these chunks, signing over the nonce, by `deadline`.

@@ -159,7 +159,12 @@ pub async fn audits(peers: usize, segments: u64, secs: u64, dir: &std::path::Pat
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let s2 = sim.clone();
-    let server = http::serve(listener, move |req| simulated_route(s2.clone(), req), Vec::new());
+    let server = http::serve(
+        listener,
+        crate::metrics::Metrics::new("simulated"),
+        move |req| simulated_route(s2.clone(), req),
+        Vec::new(),
+    );
     let h = http::Client::default();
     let registered = futures::stream::iter(0..peers)
         .map(|i| {

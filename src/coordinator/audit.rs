@@ -197,6 +197,8 @@ async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<(Shard
         })
     });
     let Ok(Some(rec)) = updated else { return id };
+    let label = format!("{outcome:?}").to_lowercase();
+    s.counters.audits.with_label_values(&[label.as_str()]).inc();
     if outcome != AuditOutcome::Success {
         tracing::warn!(peer = %id, ?outcome, %detail, reputation = rec.audit.score(), "audit not passed");
     }

@@ -8,6 +8,7 @@
 mod audit;
 mod gc;
 mod repair;
+mod stats;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -28,10 +29,12 @@ use crate::http::{self, ApiError, ApiResult, ServerError, ServerHandle, ok, read
 use crate::identity::{Identity, Signed};
 use crate::manifest::{Manifest, segment_count};
 use crate::merkle::ShardId;
+use crate::metrics::Metrics;
 use crate::placement::{self, Candidate};
 use crate::proto::*;
 use crate::reputation::Beta;
 use crate::store::Table;
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts};
 
 /// Spare peers planned per segment beyond n, for shards whose first peer fails.
 const SPARES: usize = 3;
@@ -134,7 +137,28 @@ struct State {
     /// (file id, segment) pairs waiting for or under repair.
     repair_queue: Mutex<HashSet<(String, usize)>>,
     http: http::Client,
+    metrics: Arc<Metrics>,
+    counters: Counters,
     _db: sled::Db,
+}
+
+/// What the workers count, for /metrics and /v1/stats.
+struct Counters {
+    audits: IntCounterVec,
+    repaired_shards: IntCounter,
+    network: IntGaugeVec,
+}
+
+impl Counters {
+    fn new(m: &Metrics) -> Counters {
+        Counters {
+            audits: m
+                .add(IntCounterVec::new(Opts::new("audits_total", "Audits by outcome"), &["outcome"]).expect("valid")),
+            repaired_shards: m
+                .add(IntCounter::new("repaired_shards_total", "Shards rebuilt and re-placed").expect("valid")),
+            network: m.add(stats::gauge_vec()),
+        }
+    }
 }
 
 impl State {
@@ -185,6 +209,7 @@ pub async fn spawn(config: Config, data_dir: PathBuf, bind: SocketAddr) -> Resul
         Identity::load_or_create(&data_dir).map_err(|source| ServerError::DataDir { dir: data_dir.clone(), source })?;
     let db_err = |source| ServerError::Db { dir: data_dir.clone(), source };
     let db = sled::open(data_dir.join("db")).map_err(db_err)?;
+    let metrics = Metrics::new("coordinator");
     let state = Arc::new(State {
         identity,
         config,
@@ -194,6 +219,8 @@ pub async fn spawn(config: Config, data_dir: PathBuf, bind: SocketAddr) -> Resul
         audits: Table::open(&db, "audits").map_err(db_err)?,
         repair_queue: Mutex::new(HashSet::new()),
         http: http::Client::default(),
+        counters: Counters::new(&metrics),
+        metrics: metrics.clone(),
         _db: db,
     });
     let listener = TcpListener::bind(bind).await.map_err(|source| ServerError::Bind { addr: bind, source })?;
@@ -203,7 +230,7 @@ pub async fn spawn(config: Config, data_dir: PathBuf, bind: SocketAddr) -> Resul
         tokio::spawn(repair::run(state.clone())),
         tokio::spawn(gc::run(state.clone())),
     ];
-    Ok(http::serve(listener, move |req| route(state.clone(), req), workers))
+    Ok(http::serve(listener, metrics, move |req| route(state.clone(), req), workers))
 }
 
 async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
@@ -211,6 +238,11 @@ async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
     let p: Vec<&str> = path.iter().map(String::as_str).collect();
     match (req.method().clone(), p.as_slice()) {
         (Method::GET, ["healthz"]) => ok(&"ok"),
+        (Method::GET, ["metrics"]) => {
+            stats::refresh_gauges(&s);
+            Ok(http::metrics_text(&s.metrics))
+        }
+        (Method::GET, ["v1", "stats"]) => ok(&stats::compute(&s)),
         (Method::POST, ["v1", "heartbeat"]) => heartbeat(&s, read_json(req, 64 * 1024).await?),
         (Method::GET, ["v1", "peers"]) => ok(&peer_views(&s)),
         (Method::POST, ["v1", "peers", "exit"]) => exit(&s, read_json(req, 64 * 1024).await?),
@@ -234,6 +266,10 @@ async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
         (Method::DELETE, ["v1", "files", id]) => {
             let token = req.headers().get(OWNER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
             delete_file(&s, id, &token).await
+        }
+        (Method::GET, []) => crate::web::asset("").ok_or_else(|| ApiError::internal("the web UI is missing")),
+        (Method::GET, [file]) if !file.starts_with("v1") => {
+            crate::web::asset(file).ok_or_else(|| ApiError::not_found(format!("no page {file}")))
         }
         _ => Err(ApiError::not_found(format!("no route {} {}", req.method(), req.uri().path()))),
     }
@@ -476,7 +512,20 @@ fn file_view(s: &State, id: &str) -> Result<FileView, ApiError> {
     let peers =
         wanted.into_iter().filter_map(|pid| Some((pid.clone(), view(s, pid, &s.peers.get(pid).ok()??, 0)))).collect();
     let health = repair::file_health(s, id, &rec);
-    Ok(FileView { summary, placements: rec.placements, peers, health })
+    let records: HashMap<String, PeerRecord> = s.peers.all().into_iter().collect();
+    let shard_states = rec
+        .parsed()
+        .map(|m| {
+            m.segments
+                .iter()
+                .zip(&rec.placements)
+                .map(|(seg, ps)| {
+                    seg.shard_ids.iter().zip(ps).map(|(sid, p)| repair::classify(s, records.get(p), sid)).collect()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(FileView { summary, placements: rec.placements, peers, health, shard_states })
 }
 
 async fn delete_file(s: &State, id: &str, token_hex: &str) -> ApiResult {

@@ -24,17 +24,36 @@ use crate::proto::*;
 /// Spare peers asked per repair, for targets that fail.
 const SPARES: usize = 3;
 
-/// Whether the shard `id` on peer `p` counts as healthy.
+/// What the shard `id` on peer `p` is worth now.
+pub(super) fn classify(s: &State, p: Option<&PeerRecord>, id: &merkle::ShardId) -> ShardState {
+    let Some(p) = p else { return ShardState::Lost };
+    match p.status {
+        PeerStatus::Disqualified | PeerStatus::Exited => return ShardState::Lost,
+        PeerStatus::Exiting => return ShardState::Leaving,
+        PeerStatus::Vetting | PeerStatus::Active => {}
+    }
+    if p.failed_shards.contains(id) {
+        return ShardState::Failed;
+    }
+    let silent = now().saturating_sub(p.last_heartbeat);
+    let timeout = s.config.coordinator.heartbeat_timeout;
+    if silent > timeout + s.config.repair.grace_period {
+        ShardState::Lost
+    } else if silent > timeout {
+        ShardState::Offline
+    } else {
+        ShardState::Healthy
+    }
+}
+
+/// Healthy: on a peer in good standing, not failed in its last audit, and online or offline
+/// for less than the grace period.
 fn healthy(s: &State, p: Option<&PeerRecord>, id: &merkle::ShardId) -> bool {
-    let Some(p) = p else { return false };
-    let grace = s.config.coordinator.heartbeat_timeout + s.config.repair.grace_period;
-    now().saturating_sub(p.last_heartbeat) <= grace
-        && matches!(p.status, PeerStatus::Vetting | PeerStatus::Active)
-        && !p.failed_shards.contains(id)
+    matches!(classify(s, p, id), ShardState::Healthy | ShardState::Offline)
 }
 
 /// Indices of a segment's shards that are not healthy.
-fn unhealthy(s: &State, peers: &HashMap<String, PeerRecord>, f: &FileRecord, seg: usize) -> Vec<usize> {
+pub(super) fn unhealthy(s: &State, peers: &HashMap<String, PeerRecord>, f: &FileRecord, seg: usize) -> Vec<usize> {
     let Some(m) = f.parsed() else { return Vec::new() };
     m.segments[seg]
         .shard_ids
@@ -217,5 +236,6 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
         })
         .map_err(|e| e.to_string())?;
     s.files.flush().await.map_err(|e| e.to_string())?;
+    s.counters.repaired_shards.inc_by(moved.len() as u64);
     Ok(moved.len())
 }

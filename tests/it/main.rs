@@ -5,3 +5,4 @@ mod harness;
 mod network;
 mod upkeep;
 mod vectors;
+mod web;
