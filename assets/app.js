@@ -134,6 +134,10 @@ const views = {
         <div class="tile"><div class="v ${healthClass(low, v.k, v.n, 4)}">${low}/${v.n}</div><div class="l">lowest healthy shards</div></div>
         <div class="tile"><div class="v">${v.health.filter((h) => h.repair_queued).length}</div><div class="l">segments queued for repair</div></div>
       </div>
+      <h2>Download</h2>
+      <form class="pw" onsubmit="return downloadFile(event, '${esc(id)}')">
+        <input type="password" id="pw" placeholder="password" autocomplete="current-password" required>
+        <button id="dl">Download and decrypt</button></form>
       <h2>Segments × shards</h2><div class="legend">${legend}</div>
       <div class="grid" style="grid-template-columns:repeat(${n}, minmax(6px, 1fr))">${cells}</div>`;
   },
@@ -141,7 +145,107 @@ const views = {
   async audits() {
     return `<h1>Audits</h1>${auditTable(await api("/v1/audits?limit=200"), true)}`;
   },
+
+  // A form: drawn once, not refreshed by the poll.
+  upload() {
+    return `<h1>Upload</h1>
+      <p class="muted">The file is encrypted in this page; the coordinator receives sealed segments only.</p>
+      <form class="pw" id="upform" onsubmit="return uploadFile(event)">
+        <input type="file" id="file" required>
+        <input type="password" id="pw" placeholder="password" autocomplete="new-password" required>
+        <input type="password" id="pw2" placeholder="password again" autocomplete="new-password" required>
+        <label>k <input id="k" value="8" size="3"></label> <label>n <input id="n" value="20" size="3"></label>
+        <button id="up">Upload</button></form>
+      <progress id="prog" value="0" max="1"></progress>
+      <p id="upmsg"></p>`;
+  },
 };
+views.upload.isForm = true;
+
+const SEGMENT_SIZE = 8 << 20;
+const ITERATIONS = 600000;
+
+async function send(method, path, body, json = true) {
+  const r = await fetch(path, { method, body: json ? JSON.stringify(body) : body, headers: json ? { "content-type": "application/json" } : {} });
+  const reply = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(reply.error || `HTTP ${r.status}`);
+  return reply;
+}
+
+function task(text, cls = "muted") {
+  const t = document.getElementById("task");
+  t.textContent = text;
+  t.className = cls;
+}
+
+// Seals the file segment by segment in the page and sends the sealed segments.
+async function uploadFile(ev) {
+  ev.preventDefault();
+  const file = document.getElementById("file").files[0], pw = document.getElementById("pw").value;
+  const msg = document.getElementById("upmsg"), prog = document.getElementById("prog");
+  msg.className = ""; msg.textContent = "";
+  if (pw !== document.getElementById("pw2").value) { msg.className = "error"; msg.textContent = "the two passwords differ"; return false; }
+  try {
+    const k = Number(document.getElementById("k").value), n = Number(document.getElementById("n").value);
+    const started = await send("POST", "/v1/browser/uploads", { size: file.size, k, n, segment_size: SEGMENT_SIZE });
+    task("deriving the key…");
+    const salt = crypto.getRandomValues(new Uint8Array(16));
+    const keys = await P2P.fileKeys(pw, salt, ITERATIONS);
+    const count = P2P.segmentCount(file.size, SEGMENT_SIZE), per = P2P.plainPerSegment(SEGMENT_SIZE);
+    for (let i = 0; i < count; i++) {
+      const plain = new Uint8Array(await file.slice(i * per, Math.min(file.size, (i + 1) * per)).arrayBuffer());
+      const sealed = await P2P.sealSegment(keys, i, i === count - 1, plain);
+      await send("PUT", `/v1/browser/uploads/${started.upload_id}/segments/${i}`, sealed, false);
+      prog.value = (i + 1) / count;
+      task(`uploading: ${i + 1}/${count} segments`);
+    }
+    const sealedMeta = await P2P.sealMetadata(keys, { name: file.name, content_type: file.type || "application/octet-stream" });
+    const done = await send("POST", `/v1/browser/uploads/${started.upload_id}/commit`, {
+      salt: P2P.hex(salt), iterations: ITERATIONS, sealed_meta: P2P.hex(sealedMeta), owner_hash: await P2P.sha256hex(keys.owner),
+    });
+    names.set(done.file_id, file.name);
+    msg.innerHTML = `Uploaded: <a id="newfile" href="#/file/${done.file_id}">${done.file_id}</a>`;
+    task("");
+  } catch (e) {
+    msg.className = "error"; msg.textContent = `upload failed: ${e.message}`; task("");
+  }
+  return false;
+}
+window.uploadFile = uploadFile;
+
+// Fetches sealed segments, opens them in the page, and saves the file under its real name.
+// Nothing is saved unless the password opens the metadata and every segment authenticates.
+async function downloadFile(ev, id) {
+  ev.preventDefault();
+  const pw = document.getElementById("pw").value;
+  try {
+    const r = await fetch(`/v1/files/${id}/manifest`);
+    if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || `HTTP ${r.status}`);
+    const m = P2P.parseManifest(await r.arrayBuffer());
+    task("deriving the key…");
+    const keys = await P2P.fileKeys(pw, m.salt, m.iterations);
+    const meta = await P2P.openMetadataWith(keys, m.sealedMeta);
+    const count = P2P.segmentCount(m.size, m.segmentSize), parts = [];
+    for (let i = 0; i < count; i++) {
+      const seg = await fetch(`/v1/files/${id}/segments/${i}`);
+      if (!seg.ok) throw new Error((await seg.json().catch(() => ({}))).error || `segment ${i}: HTTP ${seg.status}`);
+      parts.push(await P2P.openSegment(keys, i, i === count - 1, new Uint8Array(await seg.arrayBuffer())));
+      task(`downloading: ${i + 1}/${count} segments`);
+    }
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(new Blob(parts, { type: meta.content_type || "application/octet-stream" }));
+    a.download = meta.name;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    names.set(id, meta.name);
+    task(`saved ${meta.name}`, "ok");
+  } catch (e) {
+    task(`download failed: ${e.message}`, "error");
+  }
+  return false;
+}
+window.downloadFile = downloadFile;
 
 function auditTable(audits, withPeer) {
   const cls = { success: "ok", failure: "bad", offline: "warn" };
@@ -193,4 +297,7 @@ async function render() {
 
 window.addEventListener("hashchange", render);
 render();
-setInterval(render, POLL_MS);
+setInterval(() => {
+  const [, page = ""] = location.hash.split("/");
+  if (!(views[page] && views[page].isForm)) render();
+}, POLL_MS);

@@ -25,18 +25,65 @@ const P2P = (() => {
       prk, { name: "AES-GCM", length: 256 }, false, ["encrypt", "decrypt"]);
   }
 
-  // The file's name and type, or an error for a wrong password (or tampered manifest).
-  async function openMetadata(manifestBuf, password) {
-    const m = parseManifest(manifestBuf);
-    const prk = await hkdfKey(password, m.salt, m.iterations);
-    const key = await subkey(prk, m.salt, "p2pstore/v1/metadata-key");
+  // The keys of one upload (docs/FORMAT.md §1).
+  async function fileKeys(password, salt, iterations) {
+    const prk = await hkdfKey(password, salt, iterations);
+    const owner = await crypto.subtle.deriveBits(
+      { name: "HKDF", hash: "SHA-256", salt, info: enc.encode("p2pstore/v1/owner-token") }, prk, 256);
+    return {
+      salt, iterations,
+      segment: await subkey(prk, salt, "p2pstore/v1/segment-key"),
+      meta: await subkey(prk, salt, "p2pstore/v1/metadata-key"),
+      owner: new Uint8Array(owner),
+    };
+  }
+
+  // STREAM nonce: 7 zero bytes, the index (u32 big-endian), the last-segment flag.
+  function nonce(index, last) {
+    const n = new Uint8Array(12);
+    new DataView(n.buffer).setUint32(7, index);
+    n[11] = last ? 1 : 0;
+    return n;
+  }
+
+  const plainPerSegment = (segmentSize) => segmentSize - 16;
+  const segmentCount = (size, segmentSize) => Math.max(1, Math.ceil(size / plainPerSegment(segmentSize)));
+
+  async function sealSegment(keys, index, last, plain) {
+    return new Uint8Array(await crypto.subtle.encrypt({ name: "AES-GCM", iv: nonce(index, last), additionalData: keys.salt }, keys.segment, plain));
+  }
+
+  async function openSegment(keys, index, last, sealed) {
     try {
-      const plain = await crypto.subtle.decrypt({ name: "AES-GCM", iv: new Uint8Array(12), additionalData: m.salt }, key, m.sealedMeta);
+      return new Uint8Array(await crypto.subtle.decrypt({ name: "AES-GCM", iv: nonce(index, last), additionalData: keys.salt }, keys.segment, sealed));
+    } catch (_) {
+      throw new Error(`segment ${index} failed authentication: tampered data or a wrong password`);
+    }
+  }
+
+  async function sealMetadata(keys, meta) {
+    const plain = enc.encode(JSON.stringify({ name: meta.name, content_type: meta.content_type }));
+    return new Uint8Array(await crypto.subtle.encrypt({ name: "AES-GCM", iv: new Uint8Array(12), additionalData: keys.salt }, keys.meta, plain));
+  }
+
+  async function openMetadataWith(keys, sealed) {
+    try {
+      const plain = await crypto.subtle.decrypt({ name: "AES-GCM", iv: new Uint8Array(12), additionalData: keys.salt }, keys.meta, sealed);
       return JSON.parse(new TextDecoder().decode(plain));
     } catch (_) {
       throw new Error("wrong password, or the manifest was tampered with");
     }
   }
 
-  return { parseManifest, openMetadata };
+  // The file's name and type, or an error for a wrong password (or tampered manifest).
+  async function openMetadata(manifestBuf, password) {
+    const m = parseManifest(manifestBuf);
+    return openMetadataWith(await fileKeys(password, m.salt, m.iterations), m.sealedMeta);
+  }
+
+  const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  const sha256hex = async (bytes) => hex(new Uint8Array(await crypto.subtle.digest("SHA-256", bytes)));
+
+  return { parseManifest, openMetadata, openMetadataWith, fileKeys, sealSegment, openSegment, sealMetadata,
+    plainPerSegment, segmentCount, hex, sha256hex };
 })();

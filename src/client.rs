@@ -201,8 +201,8 @@ impl Client {
         };
         let view = Arc::new(self.info(id).await?);
         let problems = Arc::new(Mutex::new(Vec::new()));
-        let decoder = Arc::new(decoder);
-        let (http, probs, dec) = (self.http.clone(), problems.clone(), decoder.clone());
+        let manifest = Arc::new(decoder.manifest().clone());
+        let (http, probs, dec) = (self.http.clone(), problems.clone(), decoder);
         let rt = tokio::runtime::Handle::current();
         let target = path.clone();
         blocking(move || {
@@ -215,7 +215,7 @@ impl Client {
                         let j = i + ahead.len() as u32;
                         ahead.push_back(rt.spawn(fetch_segment(
                             http.clone(),
-                            dec.clone(),
+                            manifest.clone(),
                             view.clone(),
                             probs.clone(),
                             j,
@@ -276,7 +276,7 @@ fn safe_name(name: &str) -> Result<PathBuf, ClientError> {
 
 /// Puts a segment's n shards on its planned peers, moving a shard to a spare when its peer
 /// fails. Returns the peer of every shard, the receipts, and the plaintext bytes covered.
-async fn put_segment(
+pub(crate) async fn put_segment(
     http: http::Client,
     plan: Arc<Plan>,
     seg: EncodedSegment,
@@ -365,14 +365,14 @@ pub(crate) async fn fetch_shard(http: &http::Client, addr: &str, id: &crate::mer
 
 /// Fetches at least k verified shards of segment `i`: data shards first (no decoding
 /// needed), another peer for each one missing, corrupt or slow.
-async fn fetch_segment(
+pub(crate) async fn fetch_segment(
     http: http::Client,
-    dec: Arc<Decoder>,
+    manifest: Arc<Manifest>,
     view: Arc<FileView>,
     problems: Arc<Mutex<Vec<String>>>,
     i: u32,
 ) -> Result<Vec<VerifiedShard>, ClientError> {
-    let m = dec.manifest();
+    let m = &manifest;
     let k = m.shape.k();
     let placement = view.placements.get(i as usize).cloned().unwrap_or_default();
     let online =
@@ -384,7 +384,7 @@ async fn fetch_segment(
     let mut pending = FuturesUnordered::new();
     let start = |j: usize, pending: &mut FuturesUnordered<_>| {
         let http = http.clone();
-        let dec = dec.clone();
+        let m2 = manifest.clone();
         let peer = placement.get(j).cloned().unwrap_or_default();
         let addr = view.peers.get(&peer).map(|p| p.address.clone());
         let id = m.segments[i as usize].shard_ids[j];
@@ -394,7 +394,7 @@ async fn fetch_segment(
                 Ok(b) => b,
                 Err(e) => return (j, peer, Err(e)),
             };
-            let v = tokio::task::spawn_blocking(move || dec.manifest().verify_shard(i, j, r)).await;
+            let v = tokio::task::spawn_blocking(move || m2.verify_shard(i, j, r)).await;
             (j, peer, v.map_err(|e| e.to_string()).and_then(|v| v.map_err(|e| e.to_string())))
         });
     };

@@ -49,6 +49,27 @@ pub struct EncodedSegment {
 }
 
 impl EncodedSegment {
+    /// Erasure-codes one sealed segment (ciphertext and tag) into shards with ids. This is
+    /// all that needs no key: the coordinator does it for browsers, which seal themselves.
+    pub fn code(index: u32, mut sealed: Vec<u8>, shape: Shape, rs: &mut erasure::Encoder) -> EncodedSegment {
+        let sealed_len = sealed.len();
+        let shard_len = shape.shard_len(sealed_len);
+        sealed.resize(shape.k() * shard_len, 0);
+        // Hash the data shards while Reed-Solomon computes the recovery shards: the two
+        // stages cost about the same, so this keeps both cores busy.
+        let (recovery, mut ids) = rayon::join(
+            || rs.recovery(&sealed, shard_len).into_iter().map(Bytes::from).collect::<Vec<_>>(),
+            || shard_ids(&sealed.chunks_exact(shard_len).collect::<Vec<_>>()),
+        );
+        ids.extend(shard_ids(&recovery.iter().map(|r| &r[..]).collect::<Vec<_>>()));
+        EncodedSegment { index, sealed_len: sealed_len as u32, shard_len, data: Bytes::from(sealed), recovery, ids }
+    }
+
+    /// The manifest's row for this segment.
+    pub fn entry(&self) -> SegmentEntry {
+        SegmentEntry { sealed_len: self.sealed_len, shard_ids: self.ids.clone() }
+    }
+
     pub fn shard(&self, i: usize) -> Bytes {
         let k = self.data.len() / self.shard_len;
         if i < k { self.data.slice(i * self.shard_len..(i + 1) * self.shard_len) } else { self.recovery[i - k].clone() }
@@ -132,21 +153,10 @@ impl<R: Read> Encoder<R> {
             .map_err(|_| CodecError::InvalidParams("file too large: over 2^32 segments".into()))?;
         self.plaintext_size += buf.len() as u64;
         self.keys.seal_segment(index, last, &mut buf);
-        let sealed_len = buf.len();
-        let shard_len = self.params.shape.shard_len(sealed_len);
-        buf.resize(self.params.shape.k() * shard_len, 0);
-        // Hash the data shards while Reed-Solomon computes the recovery shards: the two
-        // stages cost about the same, so this keeps both cores busy.
-        let rs = &mut self.rs;
-        let (recovery, mut ids) = rayon::join(
-            || rs.recovery(&buf, shard_len).into_iter().map(Bytes::from).collect::<Vec<_>>(),
-            || shard_ids(&buf.chunks_exact(shard_len).collect::<Vec<_>>()),
-        );
-        ids.extend(shard_ids(&recovery.iter().map(|r| &r[..]).collect::<Vec<_>>()));
-        let data = Bytes::from(buf);
-        self.segments.push(SegmentEntry { sealed_len: sealed_len as u32, shard_ids: ids.clone() });
+        let seg = EncodedSegment::code(index, buf, self.params.shape, &mut self.rs);
+        self.segments.push(seg.entry());
         self.done = last;
-        Ok(Some(EncodedSegment { index, sealed_len: sealed_len as u32, shard_len, data, recovery, ids }))
+        Ok(Some(seg))
     }
 
     /// The manifest of everything encoded; call after `next_segment` returned None.
@@ -186,6 +196,25 @@ impl VerifiedShard {
 }
 
 impl Manifest {
+    /// The sealed segment `index` (still encrypted) from at least k verified shards of it.
+    pub fn sealed_segment(&self, index: u32, shards: &[VerifiedShard]) -> Result<Vec<u8>, CodecError> {
+        let k = self.shape.k();
+        let mut seen = vec![false; self.shape.n()];
+        let distinct: Vec<(usize, &[u8])> = shards
+            .iter()
+            .filter(|s| !std::mem::replace(&mut seen[s.index], true))
+            .map(|s| (s.index, &s.bytes[..]))
+            .take(k)
+            .collect();
+        if distinct.len() < k {
+            return Err(CodecError::NotEnoughShards { segment: index, have: distinct.len(), need: k });
+        }
+        let mut buf = erasure::reconstruct(self.shape, self.shard_len(index as usize), &distinct)
+            .map_err(|e| CodecError::Malformed(format!("segment {index}: {e}")))?;
+        buf.truncate(self.segments[index as usize].sealed_len as usize);
+        Ok(buf)
+    }
+
     /// Checks shard `index` of `segment` against its id and length.
     pub fn verify_shard(&self, segment: u32, index: usize, bytes: Bytes) -> Result<VerifiedShard, CodecError> {
         let seg = self.segments.get(segment as usize);
@@ -226,23 +255,8 @@ impl Decoder {
 
     /// The plaintext of segment `index` from at least k verified shards of it.
     pub fn decode_segment(&self, index: u32, shards: &[VerifiedShard]) -> Result<Vec<u8>, CodecError> {
-        let m = &self.manifest;
-        let k = m.shape.k();
-        let mut seen = vec![false; m.shape.n()];
-        let distinct: Vec<(usize, &[u8])> = shards
-            .iter()
-            .filter(|s| !std::mem::replace(&mut seen[s.index], true))
-            .map(|s| (s.index, &s.bytes[..]))
-            .take(k)
-            .collect();
-        if distinct.len() < k {
-            return Err(CodecError::NotEnoughShards { segment: index, have: distinct.len(), need: k });
-        }
-        let seg = &m.segments[index as usize];
-        let mut buf = erasure::reconstruct(m.shape, m.shard_len(index as usize), &distinct)
-            .map_err(|e| CodecError::Malformed(format!("segment {index}: {e}")))?;
-        buf.truncate(seg.sealed_len as usize);
-        let last = index as usize + 1 == m.segments.len();
+        let mut buf = self.manifest.sealed_segment(index, shards)?;
+        let last = index as usize + 1 == self.manifest.segments.len();
         self.keys.open_segment(index, last, &mut buf)?;
         Ok(buf)
     }

@@ -6,6 +6,7 @@
 //! which are ciphertext checked against their ids.
 
 mod audit;
+mod browser;
 mod gc;
 mod repair;
 mod stats;
@@ -136,6 +137,8 @@ struct State {
     audits: Table<AuditRecord>,
     /// (file id, segment) pairs waiting for or under repair.
     repair_queue: Mutex<HashSet<(String, usize)>>,
+    /// Uploads from browsers in progress.
+    browser_uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<browser::Upload>>>>,
     http: http::Client,
     metrics: Arc<Metrics>,
     counters: Counters,
@@ -218,6 +221,7 @@ pub async fn spawn(config: Config, data_dir: PathBuf, bind: SocketAddr) -> Resul
         files: Table::open(&db, "files").map_err(db_err)?,
         audits: Table::open(&db, "audits").map_err(db_err)?,
         repair_queue: Mutex::new(HashSet::new()),
+        browser_uploads: Mutex::new(HashMap::new()),
         http: http::Client::default(),
         counters: Counters::new(&metrics),
         metrics: metrics.clone(),
@@ -266,6 +270,19 @@ async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
         (Method::DELETE, ["v1", "files", id]) => {
             let token = req.headers().get(OWNER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
             delete_file(&s, id, &token).await
+        }
+        (Method::POST, ["v1", "browser", "uploads"]) => browser::start(&s, read_json(req, 64 * 1024).await?),
+        (Method::PUT, ["v1", "browser", "uploads", id, "segments", i]) => {
+            let (id, i) = (id.to_string(), i.parse().map_err(|_| ApiError::bad_request("segment index"))?);
+            browser::put_segment(&s, &id, i, req).await
+        }
+        (Method::POST, ["v1", "browser", "uploads", id, "commit"]) => {
+            let id = id.to_string();
+            browser::commit(&s, &id, read_json(req, 64 * 1024).await?).await
+        }
+        (Method::GET, ["v1", "files", id, "segments", i]) => {
+            let (id, i) = (id.to_string(), i.parse().map_err(|_| ApiError::bad_request("segment index"))?);
+            browser::sealed_segment(&s, &id, i).await
         }
         (Method::GET, []) => crate::web::asset("").ok_or_else(|| ApiError::internal("the web UI is missing")),
         (Method::GET, [file]) if !file.starts_with("v1") => {
@@ -369,6 +386,10 @@ fn heartbeat(s: &State, signed: Signed<Heartbeat>) -> ApiResult {
 }
 
 fn plan(s: &State, req: PlanRequest) -> ApiResult {
+    ok(&make_plan(s, req)?)
+}
+
+fn make_plan(s: &State, req: PlanRequest) -> Result<Plan, ApiError> {
     let shape = Shape::new(req.k, req.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
     crate::manifest::check_segment_size(req.segment_size).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let limit = s.config.security.max_upload_size_mb;
@@ -422,7 +443,7 @@ fn plan(s: &State, req: PlanRequest) -> ApiResult {
         peers: orders.keys().cloned().collect(),
     };
     s.uploads.insert(&upload_id, &rec).map_err(ApiError::internal)?;
-    ok(&Plan { upload_id, expires, orders, addresses, segments: layout })
+    Ok(Plan { upload_id, expires, orders, addresses, segments: layout })
 }
 
 async fn commit(s: &State, upload_id: &str, c: Commit) -> ApiResult {

@@ -80,6 +80,19 @@ eval(fs.readFileSync("{root}/assets/crypto.js", "utf8") + "; globalThis.P2P = P2
     if (!refused) throw new Error(f + ": a wrong password opened the metadata");
     const m = P2P.parseManifest(buf);
     if (m.k !== v.k || m.n !== v.n || m.size !== v.input_len) throw new Error(f + ": header differs");
+    // Sealing in the page gives the Rust codec's bytes: segments, metadata, owner token.
+    const keys = await P2P.fileKeys(v.password, Uint8Array.from(Buffer.from(v.salt, "hex")), v.iterations);
+    const input = Uint8Array.from({{ length: v.input_len }}, (_, i) => (i * 7 + 3) % 256);
+    const count = P2P.segmentCount(v.input_len, v.segment_size), per = P2P.plainPerSegment(v.segment_size);
+    for (let i = 0; i < count; i++) {{
+      const sealed = await P2P.sealSegment(keys, i, i === count - 1, input.slice(i * per, (i + 1) * per));
+      if (await P2P.sha256hex(sealed) !== v.expected.sealed_segments_sha256[i]) throw new Error(f + ": segment " + i + " differs");
+      const opened = await P2P.openSegment(keys, i, i === count - 1, sealed);
+      if (Buffer.compare(Buffer.from(opened), Buffer.from(input.slice(i * per, (i + 1) * per))) !== 0) throw new Error(f + ": open differs");
+    }}
+    const sealedMeta = await P2P.sealMetadata(keys, {{ name: v.name, content_type: v.content_type }});
+    if (P2P.hex(sealedMeta) !== P2P.hex(m.sealedMeta)) throw new Error(f + ": sealed metadata differs");
+    if (P2P.hex(keys.owner) !== v.expected.owner_token) throw new Error(f + ": owner token differs");
   }}
   console.log("vectors ok");
 }})().catch((e) => {{ console.error(e); process.exit(1); }});
@@ -92,4 +105,76 @@ eval(fs.readFileSync("{root}/assets/crypto.js", "utf8") + "; globalThis.P2P = P2
         .expect("Node.js runs the browser crypto against the vectors (installed on every machine of this kind)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("vectors ok"));
+}
+
+/// The browser's upload and download path, driven here with the Rust codec's crypto playing
+/// the page: what the coordinator stores downloads with the CLI byte-identical, and a CLI
+/// upload comes back segment by segment, still sealed, for the page to open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_upload_and_download_endpoints() {
+    use p2pstore::crypto::{FileKeys, MIN_ITERATIONS, Salt};
+    use p2pstore::manifest::{FileMeta, plain_per_segment, segment_count};
+    let c = Cluster::start(5).await;
+    let h = Client::default();
+    let base = c.net.url();
+    let data = data(3 * PER_SEGMENT + 77, 9);
+    let size = data.len() as u64;
+    let started: serde_json::Value = h
+        .post_json(
+            &format!("{base}/v1/browser/uploads"),
+            &p2pstore::proto::PlanRequest { size, k: 3, n: 5, segment_size: SEGMENT },
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let up = started["upload_id"].as_str().unwrap().to_owned();
+    let salt = Salt::random();
+    let keys = FileKeys::derive(b"browser pw", salt, MIN_ITERATIONS).unwrap();
+    let count = segment_count(size, SEGMENT) as usize;
+    let per = plain_per_segment(SEGMENT) as usize;
+    let put = |i: usize, body: Vec<u8>| {
+        let url = format!("{base}/v1/browser/uploads/{up}/segments/{i}");
+        let h = h.clone();
+        async move { h.send(p2pstore::http::request("PUT", &url, &[], bytes::Bytes::from(body)).unwrap()).await.unwrap() }
+    };
+    // A committed-before-complete upload and a wrong-sized segment are refused.
+    let early: serde_json::Value = serde_json::json!({"salt": hex::encode(salt.0), "iterations": MIN_ITERATIONS, "sealed_meta": "00", "owner_hash": "00"});
+    assert_eq!(h.post_json(&format!("{base}/v1/browser/uploads/{up}/commit"), &early).await.unwrap().status, 400);
+    assert_eq!(put(0, vec![1, 2, 3]).await.status, 400);
+    for i in 0..count {
+        let mut seg = data[i * per..((i + 1) * per).min(data.len())].to_vec();
+        keys.seal_segment(i as u32, i + 1 == count, &mut seg);
+        assert_eq!(put(i, seg).await.status, 200);
+    }
+    let meta = FileMeta { name: "from-browser.bin".into(), content_type: "application/x-test".into() };
+    let sealed_meta = keys.seal_metadata(&serde_json::to_vec(&meta).unwrap());
+    let owner = ring::digest::digest(&ring::digest::SHA256, &keys.owner_token());
+    let commit = serde_json::json!({
+        "salt": hex::encode(salt.0), "iterations": MIN_ITERATIONS,
+        "sealed_meta": hex::encode(sealed_meta), "owner_hash": hex::encode(owner),
+    });
+    let done: p2pstore::proto::CommitReply =
+        h.post_json(&format!("{base}/v1/browser/uploads/{up}/commit"), &commit).await.unwrap().json().unwrap();
+    let id = p2pstore::manifest::FileId::parse(&done.file_id).unwrap();
+    let out = c.path("from-browser.out");
+    c.client.download(&id, b"browser pw", Some(&out), false, None).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == data, "the CLI reads a browser upload byte-identical");
+    c.client.remove(&id, b"browser pw").await.unwrap(); // the owner token the page derived works
+
+    // The other way: a CLI upload, fetched as sealed segments and opened as the page would.
+    let cli = c.client.upload(&c.write("cli.bin", &data), b"cli pw", params(3, 5), None).await.unwrap();
+    let m = c.client.manifest(&cli).await.unwrap();
+    let keys = FileKeys::derive(b"cli pw", m.salt, m.iterations).unwrap();
+    let mut back = Vec::new();
+    for i in 0..m.segments.len() {
+        let r = h.get(&format!("{base}/v1/files/{cli}/segments/{i}")).await.unwrap();
+        assert_eq!(r.status, 200);
+        let mut seg = r.body.to_vec();
+        keys.open_segment(i as u32, i + 1 == m.segments.len(), &mut seg).unwrap();
+        back.extend(seg);
+    }
+    assert!(back == data);
+    assert_eq!(h.get(&format!("{base}/v1/files/{cli}/segments/99")).await.unwrap().status, 404);
+    c.net.shutdown().await;
 }

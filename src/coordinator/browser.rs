@@ -1,0 +1,158 @@
+//! Uploads and downloads for browsers. A browser seals and opens segments itself (WebCrypto,
+//! `assets/crypto.js`, in exactly the format of docs/FORMAT.md) and leaves erasure coding and
+//! shard transfer to the coordinator, which so sees sealed segments only: never a key, a
+//! password or plaintext. A file uploaded this way is byte for byte what the CLI would make.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+
+use super::{State, commit as commit_receipts, file_view, make_plan};
+use crate::codec::EncodedSegment;
+use crate::crypto::{SALT_LEN, Salt, TAG_LEN};
+use crate::erasure::{self, Shape};
+use crate::http::{self, ApiError, ApiResult, ok, read_body};
+use crate::identity::Signed;
+use crate::manifest::{FileId, Manifest, SegmentEntry, plain_per_segment};
+use crate::proto::*;
+
+pub(super) struct Upload {
+    plan: Arc<Plan>,
+    size: u64,
+    shape: Shape,
+    segment_size: u32,
+    /// Per segment, once stored: its manifest row and the peer of each shard.
+    segments: Vec<Option<(SegmentEntry, Vec<String>)>>,
+    receipts: Vec<Signed<Receipt>>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Started {
+    pub upload_id: String,
+    pub segments: usize,
+}
+
+/// What only the browser can make: the sealed metadata, and the key parameters.
+#[derive(Serialize, Deserialize)]
+pub struct BrowserCommit {
+    pub salt: String,
+    pub iterations: u32,
+    pub sealed_meta: String,
+    pub owner_hash: String,
+}
+
+pub(super) fn start(s: &State, req: PlanRequest) -> ApiResult {
+    let shape = Shape::new(req.k, req.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let (size, segment_size) = (req.size, req.segment_size);
+    let plan = make_plan(s, req)?;
+    let count = plan.segments.len();
+    let upload_id = plan.upload_id.clone();
+    let upload =
+        Upload { plan: Arc::new(plan), size, shape, segment_size, segments: vec![None; count], receipts: Vec::new() };
+    let mut uploads = s.browser_uploads.lock().expect("not poisoned");
+    uploads.retain(|_, u| u.try_lock().map_or(true, |u| u.plan.expires >= now()));
+    uploads.insert(upload_id.clone(), Arc::new(tokio::sync::Mutex::new(upload)));
+    ok(&Started { upload_id, segments: count })
+}
+
+fn upload(s: &State, id: &str) -> Result<Arc<tokio::sync::Mutex<Upload>>, ApiError> {
+    let uploads = s.browser_uploads.lock().expect("not poisoned");
+    uploads
+        .get(id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("no browser upload {id} (expired or committed)")))
+}
+
+/// Codes one sealed segment and stores its shards on the planned peers.
+pub(super) async fn put_segment(s: &Arc<State>, id: &str, index: usize, req: hyper::Request<Incoming>) -> ApiResult {
+    let up = upload(s, id)?;
+    let mut up = up.lock().await;
+    if index >= up.segments.len() {
+        return Err(ApiError::bad_request(format!(
+            "segment {index} is past the file's {} segments",
+            up.segments.len()
+        )));
+    }
+    let per = plain_per_segment(up.segment_size);
+    let plain = if index + 1 == up.segments.len() { up.size - per * index as u64 } else { per };
+    let expected = (plain + TAG_LEN as u64) as usize;
+    let sealed = read_body(req, expected).await?;
+    if sealed.len() != expected {
+        return Err(ApiError::bad_request(format!(
+            "segment {index} must be {expected} sealed bytes, got {}",
+            sealed.len()
+        )));
+    }
+    let shape = up.shape;
+    let seg = tokio::task::spawn_blocking(move || {
+        EncodedSegment::code(index as u32, sealed.to_vec(), shape, &mut erasure::Encoder::new(shape))
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let entry = seg.entry();
+    let (peers, receipts, _) = crate::client::put_segment(s.http.clone(), up.plan.clone(), seg)
+        .await
+        .map_err(|e| ApiError::new(hyper::StatusCode::BAD_GATEWAY, e.to_string()))?;
+    up.receipts.extend(receipts);
+    up.segments[index] = Some((entry, peers));
+    ok(&serde_json::json!({ "stored": index }))
+}
+
+/// Builds the manifest from the stored segments and the browser's sealed metadata, and
+/// commits it with the receipts, exactly as a CLI upload commits.
+pub(super) async fn commit(s: &State, id: &str, c: BrowserCommit) -> ApiResult {
+    let up = upload(s, id)?;
+    let up = up.lock().await;
+    let mut salt = [0u8; SALT_LEN];
+    hex::decode_to_slice(&c.salt, &mut salt).map_err(|_| ApiError::bad_request("salt must be 32 hex digits"))?;
+    let sealed_meta = hex::decode(&c.sealed_meta).map_err(|_| ApiError::bad_request("sealed_meta is not hex"))?;
+    let mut rows = Vec::with_capacity(up.segments.len());
+    let mut placements = Vec::with_capacity(up.segments.len());
+    for (i, seg) in up.segments.iter().enumerate() {
+        let (entry, peers) = seg.clone().ok_or_else(|| ApiError::bad_request(format!("segment {i} was never sent")))?;
+        rows.push(entry);
+        placements.push(peers);
+    }
+    let manifest = Manifest {
+        plaintext_size: up.size,
+        segment_size: up.segment_size,
+        shape: up.shape,
+        iterations: c.iterations,
+        salt: Salt(salt),
+        sealed_meta,
+        segments: rows,
+    };
+    // The same checks as any manifest read from the network.
+    let bytes = manifest.to_bytes();
+    Manifest::from_bytes(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let commit = Commit {
+        upload_id: id.to_owned(),
+        manifest: hex::encode(bytes),
+        owner_hash: c.owner_hash,
+        placements,
+        receipts: up.receipts.clone(),
+    };
+    drop(up);
+    let reply = commit_receipts(s, id, commit).await?;
+    s.browser_uploads.lock().expect("not poisoned").remove(id);
+    Ok(reply)
+}
+
+/// Segment `index` of a file, rebuilt from verified shards but still sealed.
+pub(super) async fn sealed_segment(s: &State, id: &str, index: u32) -> ApiResult {
+    FileId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let view = Arc::new(file_view(s, id)?);
+    let rec = super::file_record(s, id)?;
+    let m = Arc::new(rec.parsed().ok_or_else(|| ApiError::internal("stored manifest does not parse"))?);
+    if index as usize >= m.segments.len() {
+        return Err(ApiError::not_found(format!("file {id} has {} segments", m.segments.len())));
+    }
+    let problems = Arc::new(Mutex::new(Vec::new()));
+    let shards = crate::client::fetch_segment(s.http.clone(), m.clone(), view, problems, index)
+        .await
+        .map_err(|e| ApiError::new(hyper::StatusCode::BAD_GATEWAY, e.to_string()))?;
+    let sealed = m.sealed_segment(index, &shards).map_err(ApiError::internal)?;
+    Ok(http::bytes("application/octet-stream", Bytes::from(sealed)))
+}
