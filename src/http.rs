@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytes::BytesMut;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client as HyperClient;
@@ -126,10 +126,18 @@ fn declared_len<B>(req: &Request<B>) -> Option<u64> {
     req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
 }
 
+/// Bodies up to this size are drained before a 413 answer.
+const DRAIN_LIMIT: u64 = 4 << 20;
+
 /// Feeds the body's bytes to `push`, refusing (413) as soon as more than `limit` arrive.
 async fn read_frames(req: Request<Incoming>, limit: usize, mut push: impl FnMut(&[u8])) -> Result<(), ApiError> {
     let too_big = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {limit} bytes"));
-    if declared_len(&req).is_some_and(|l| l > limit as u64) {
+    if let Some(len) = declared_len(&req).filter(|l| *l > limit as u64) {
+        // A body a little too large is read and dropped, so the client sees the 413 rather
+        // than a reset connection; a huge one is not read at all.
+        if len <= DRAIN_LIMIT {
+            let _ = Limited::new(req.into_body(), DRAIN_LIMIT as usize).collect().await;
+        }
         return Err(too_big());
     }
     let mut body = req.into_body();
