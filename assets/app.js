@@ -5,6 +5,7 @@
 const POLL_MS = 2000;
 const history = { audits: [], used: [], online: [] }; // dashboard sparklines, this session
 const names = new Map(); // file id → decrypted name, for this page only
+let lastHtml = "";
 
 const $ = (html) => { const t = document.createElement("template"); t.innerHTML = html.trim(); return t.content; };
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
@@ -285,7 +286,10 @@ async function render() {
     const html = await view(arg && decodeURIComponent(arg));
     const keep = document.activeElement && document.activeElement.id === "pw" ? document.getElementById("pw").value : null;
     if (keep !== null) return; // do not redraw under someone typing a password
-    main.replaceChildren($(html));
+    if (html !== lastHtml) { // unchanged pages are left alone: no flicker, no lost input
+      lastHtml = html;
+      main.replaceChildren($(html));
+    }
     main.querySelectorAll("canvas[data-spark]").forEach((c) => sparkline(c, history[c.dataset.spark]));
     status.textContent = `updated ${new Date().toLocaleTimeString()}`;
     status.className = "muted";

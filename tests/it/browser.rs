@@ -65,10 +65,22 @@ async fn text(b: &Browser, css: &str) -> String {
     b.wait().at_most(Duration::from_secs(30)).for_element(Locator::Css(css)).await.unwrap().text().await.unwrap()
 }
 
+/// Types into a field; the page redraws what changed every 2 s, so a field found just before
+/// a redraw may be gone: find it again then.
 async fn fill(b: &Browser, css: &str, value: &str) {
-    let e = b.wait().at_most(Duration::from_secs(30)).for_element(Locator::Css(css)).await.unwrap();
-    e.clear().await.unwrap();
-    e.send_keys(value).await.unwrap();
+    for attempt in 0.. {
+        let e = b.wait().at_most(Duration::from_secs(30)).for_element(Locator::Css(css)).await.unwrap();
+        match async {
+            e.clear().await?;
+            e.send_keys(value).await
+        }
+        .await
+        {
+            Ok(()) => return,
+            Err(err) if attempt < 5 => eprintln!("retrying {css}: {err}"),
+            Err(err) => panic!("cannot fill {css}: {err}"),
+        }
+    }
 }
 
 /// Files completely downloaded into `dir` (no partial `.crdownload`).
