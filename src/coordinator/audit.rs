@@ -197,6 +197,13 @@ async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<(Shard
         })
     });
     let Ok(Some(rec)) = updated else { return id };
+    {
+        let mut recent = s.recent_audits.lock().expect("not poisoned");
+        recent.push_back((now(), outcome));
+        while recent.front().is_some_and(|(t, _)| *t + 60 < now()) {
+            recent.pop_front();
+        }
+    }
     let label = format!("{outcome:?}").to_lowercase();
     s.counters.audits.with_label_values(&[label.as_str()]).inc();
     if outcome != AuditOutcome::Success {

@@ -137,6 +137,8 @@ struct State {
     audits: Table<AuditRecord>,
     /// (file id, segment) pairs waiting for or under repair.
     repair_queue: Mutex<HashSet<(String, usize)>>,
+    /// Outcomes of the last minute's audits, for the dashboard (the stored history is per peer).
+    recent_audits: Mutex<std::collections::VecDeque<(u64, AuditOutcome)>>,
     /// Uploads from browsers in progress.
     browser_uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<browser::Upload>>>>,
     http: http::Client,
@@ -222,6 +224,7 @@ pub async fn spawn(config: Config, data_dir: PathBuf, bind: SocketAddr) -> Resul
         audits: Table::open(&db, "audits").map_err(db_err)?,
         repair_queue: Mutex::new(HashSet::new()),
         browser_uploads: Mutex::new(HashMap::new()),
+        recent_audits: Mutex::new(std::collections::VecDeque::new()),
         http: http::Client::default(),
         counters: Counters::new(&metrics),
         metrics: metrics.clone(),

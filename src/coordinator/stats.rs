@@ -35,9 +35,10 @@ pub(super) fn compute(s: &State) -> NetworkStats {
     }
     st.health = health.into_iter().collect();
     let since = now().saturating_sub(60);
-    let recent: Vec<AuditRecord> = s.audits.all().into_iter().map(|(_, a)| a).filter(|a| a.time >= since).collect();
+    let recent: Vec<AuditOutcome> =
+        s.recent_audits.lock().expect("not poisoned").iter().filter(|(t, _)| *t >= since).map(|(_, o)| *o).collect();
     st.audits_last_minute = recent.len() as u64;
-    let passed = recent.iter().filter(|a| a.outcome == AuditOutcome::Success).count();
+    let passed = recent.iter().filter(|o| **o == AuditOutcome::Success).count();
     st.audit_pass_rate = if recent.is_empty() { 1.0 } else { passed as f64 / recent.len() as f64 };
     st.repair_queue = s.repair_queue.lock().expect("not poisoned").len() as u64;
     st.repaired_shards = s.counters.repaired_shards.get();
