@@ -8,7 +8,7 @@ const P2P = (() => {
     const b = new Uint8Array(buf), d = new DataView(buf);
     if (String.fromCharCode(...b.slice(0, 4)) !== "P2PS") throw new Error("not a p2pstore manifest");
     const version = d.getUint16(4);
-    if (version !== 1) throw new Error(`unsupported manifest version ${version}`);
+    if (version !== 2) throw new Error(`unsupported manifest version ${version}`);
     const size = Number(d.getBigUint64(6)), segmentSize = d.getUint32(14), k = b[18], n = b[19];
     const iterations = d.getUint32(21), salt = b.slice(25, 41), metaLen = d.getUint32(41);
     return { size, segmentSize, k, n, iterations, salt, sealedMeta: b.slice(45, 45 + metaLen) };

@@ -287,7 +287,19 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(BenchCommand::Codec { .. }) | Command::Config => {}
         other => {
-            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            // Threads named by role, so `top -H` and profiles tell the roles apart.
+            let role = match &other {
+                Command::Coordinator { .. } => "coordinator",
+                Command::Node { .. } => "node",
+                Command::Devnet { .. } => "devnet",
+                Command::Bench(_) => "bench",
+                _ => "client",
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name(role)
+                .build()
+                .context("starting the async runtime")?;
             return rt.block_on(run_network(other, config));
         }
     }

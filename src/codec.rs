@@ -55,8 +55,8 @@ impl EncodedSegment {
         let sealed_len = sealed.len();
         let shard_len = shape.shard_len(sealed_len);
         sealed.resize(shape.k() * shard_len, 0);
-        // Hash the data shards while Reed-Solomon computes the recovery shards: the two
-        // stages cost about the same, so this keeps both cores busy.
+        // Hash the data shards while Reed-Solomon computes the recovery shards, so both
+        // cores are busy.
         let (recovery, mut ids) = rayon::join(
             || rs.recovery(&sealed, shard_len).into_iter().map(Bytes::from).collect::<Vec<_>>(),
             || shard_ids(&sealed.chunks_exact(shard_len).collect::<Vec<_>>()),

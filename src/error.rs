@@ -15,7 +15,9 @@ pub enum CodecError {
     NotEnoughShards { segment: u32, have: usize, need: usize },
     #[error("shard {index} of segment {segment} does not match its id (corrupted or wrong shard)")]
     ShardMismatch { segment: u32, index: usize },
-    #[error("unsupported manifest version {found} (this p2pstore reads version {supported}); upgrade p2pstore")]
+    #[error(
+        "unsupported manifest version {found}: this p2pstore reads version {supported} only; use the p2pstore version that uploaded the file"
+    )]
     UnsupportedVersion { found: u16, supported: u16 },
     #[error("malformed manifest: {0}")]
     Malformed(String),

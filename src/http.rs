@@ -115,10 +115,19 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
 }
 
 /// Reads a body of at most `limit` bytes into one page-aligned buffer: the single copy out of
-/// hyper's read buffers, after which the disk can take the bytes without another.
-pub async fn read_body_aligned(req: Request<Incoming>, limit: usize) -> Result<AlignedBuf, ApiError> {
+/// hyper's read buffers, after which the disk can take the bytes without another. `inspect`
+/// sees every piece as it arrives, while it is still in cache (to hash it, say).
+pub async fn read_body_aligned(
+    req: Request<Incoming>,
+    limit: usize,
+    mut inspect: impl FnMut(&[u8]),
+) -> Result<AlignedBuf, ApiError> {
     let mut buf = AlignedBuf::with_capacity(DIRECT_ALIGN, declared_len(&req).unwrap_or(0).min(limit as u64) as usize);
-    read_frames(req, limit, |d| buf.extend_from_slice(d)).await?;
+    read_frames(req, limit, |d| {
+        inspect(d);
+        buf.extend_from_slice(d)
+    })
+    .await?;
     Ok(buf)
 }
 

@@ -14,7 +14,7 @@ use crate::error::CodecError;
 use crate::merkle::ShardId;
 
 pub const MAGIC: &[u8; 4] = b"P2PS";
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// KDF algorithm code 1: PBKDF2-HMAC-SHA256.
 pub const KDF_PBKDF2_SHA256: u8 = 1;
 pub const MIN_SEGMENT_SIZE: u32 = 4096;
@@ -274,9 +274,13 @@ mod tests {
         extra.push(0);
         assert!(Manifest::from_bytes(&extra).is_err());
 
-        let mut v2 = b.clone();
-        v2[5] = 2;
-        assert!(matches!(Manifest::from_bytes(&v2), Err(CodecError::UnsupportedVersion { found: 2, .. })));
+        // Version 1 (SHA-256 shard ids) and a future version are both refused by name.
+        for version in [1, FORMAT_VERSION + 1] {
+            let mut other = b.clone();
+            other[4..6].copy_from_slice(&version.to_be_bytes());
+            let r = Manifest::from_bytes(&other);
+            assert!(matches!(r, Err(CodecError::UnsupportedVersion { found, .. }) if found == version));
+        }
 
         // A dropped last segment no longer matches the plaintext size.
         let mut dropped = m.clone();
