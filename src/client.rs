@@ -3,6 +3,7 @@
 //! data shards, atomic output), info, ls, peers, rm.
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::http::{self, request};
 use crate::identity::Signed;
 use crate::manifest::{FileId, FileMeta, Manifest};
 use crate::proto::*;
+use crate::store::DirectWriter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -207,7 +209,7 @@ impl Client {
         let target = path.clone();
         blocking(move || {
             write_atomically(&target, overwrite, |file| -> Result<(), ClientError> {
-                let mut written = 0u64;
+                let mut out = DirectWriter::new(file);
                 let count = dec.manifest().segments.len() as u32;
                 let mut ahead = VecDeque::new();
                 for i in 0..count {
@@ -223,15 +225,12 @@ impl Client {
                     }
                     let shards = joined(rt.block_on(ahead.pop_front().expect("queued")))?;
                     let plain = dec.decode_segment(i, &shards)?;
-                    std::io::Write::write_all(file, &plain).map_err(CodecError::Write)?;
-                    // Start writing this segment to disk now, so the final sync finds little left.
-                    crate::store::start_writeback(file, written, plain.len() as u64);
-                    written += plain.len() as u64;
+                    out.write_all(&plain).map_err(CodecError::Write)?;
                     if let Some(p) = &progress {
                         p.inc(plain.len() as u64)
                     }
                 }
-                Ok(())
+                Ok(out.finish().map_err(CodecError::Write)?)
             })
         })
         .await?;

@@ -43,14 +43,83 @@ pub fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-/// Asks the kernel to start writing a range of `file` to disk without waiting for it; a
-/// later sync then has little left to do. Advisory: failures are ignored.
-pub fn start_writeback(file: &fs::File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: sync_file_range only reads its integer arguments; the fd is open for the call.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
+/// Writes a long stream to a file past the page cache: bytes gather in an aligned buffer
+/// that goes out in whole blocks with O_DIRECT, and the unaligned tail through the cache at
+/// [`DirectWriter::finish`]. Measured here, copying a 1 GiB download into the page cache took
+/// half of the client's CPU. Filesystems without O_DIRECT (tmpfs) get plain writes.
+pub struct DirectWriter<'a> {
+    file: &'a fs::File,
+    buf: AlignedBuf,
+    direct: bool,
+}
+
+/// Bytes per direct write: large enough that each costs one disk round trip per segment.
+const DIRECT_BLOCK: usize = 8 << 20;
+
+impl<'a> DirectWriter<'a> {
+    /// Starts writing at the beginning of `file`, which must be empty.
+    pub fn new(file: &'a fs::File) -> DirectWriter<'a> {
+        let direct = set_direct(file, true).is_ok();
+        DirectWriter { file, buf: AlignedBuf::with_capacity(DIRECT_ALIGN, DIRECT_BLOCK), direct }
     }
+
+    /// Writes what is still buffered and leaves the file in normal (cached) mode.
+    pub fn finish(mut self) -> io::Result<()> {
+        if self.direct {
+            set_direct(self.file, false)?;
+            self.direct = false;
+        }
+        self.file.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    fn write_block(&mut self) -> io::Result<()> {
+        match self.file.write_all(&self.buf) {
+            // Some filesystems accept the flag and refuse the write: go on without it.
+            Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                set_direct(self.file, false)?;
+                self.direct = false;
+                self.file.write_all(&self.buf)?;
+            }
+            r => r?,
+        }
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl Write for DirectWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(DIRECT_BLOCK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == DIRECT_BLOCK {
+            self.write_block()?;
+        }
+        Ok(n)
+    }
+
+    /// Only whole blocks can leave early; the rest waits for `finish`.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Turns O_DIRECT on or off for an open file.
+fn set_direct(file: &fs::File, on: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we hold open, with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = if on { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Reads a whole file; page-aligned sizes bypass the page cache, as they were written.
@@ -329,16 +398,37 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
 mod tests {
     use super::*;
 
+    /// A directory on the disk and, where there is one, on tmpfs, which refuses O_DIRECT and
+    /// so takes the fallback paths.
+    fn disk_and_tmpfs() -> Vec<tempfile::TempDir> {
+        let shm = Path::new("/dev/shm");
+        [tempfile::tempdir().ok(), shm.is_dir().then(|| tempfile::tempdir_in(shm).ok()).flatten()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn direct_writer_writes_every_byte_in_order() {
+        for dir in &disk_and_tmpfs() {
+            // Pieces of awkward sizes crossing block boundaries, like 8 MiB segments minus tags.
+            for total in [0, 1, DIRECT_ALIGN, DIRECT_BLOCK, DIRECT_BLOCK + 1, 2 * DIRECT_BLOCK + 12345] {
+                let data: Vec<u8> = (0..total).map(|i| (i * 7 % 251) as u8).collect();
+                let p = dir.path().join(format!("out-{total}"));
+                let f = fs::File::create(&p).unwrap();
+                let mut w = DirectWriter::new(&f);
+                for piece in data.chunks(DIRECT_BLOCK - 16) {
+                    w.write_all(piece).unwrap();
+                }
+                w.finish().unwrap();
+                assert!(fs::read(&p).unwrap() == data, "{} {total}", dir.path().display());
+            }
+        }
+    }
+
     #[test]
     fn direct_and_buffered_writes_read_back() {
-        // /dev/shm (tmpfs) refuses O_DIRECT, so it takes the fallback path.
-        let shm = Path::new("/dev/shm");
-        let dirs: Vec<tempfile::TempDir> =
-            [tempfile::tempdir().ok(), shm.is_dir().then(|| tempfile::tempdir_in(shm).ok()).flatten()]
-                .into_iter()
-                .flatten()
-                .collect();
-        for dir in &dirs {
+        for dir in &disk_and_tmpfs() {
             let mut aligned = AlignedBuf::with_capacity(DIRECT_ALIGN, 3 * DIRECT_ALIGN);
             aligned.extend_from_slice(&[5u8; 3 * DIRECT_ALIGN]);
             for (name, data) in [("a", &aligned[..]), ("b", &[6u8; 100][..]), ("c", &aligned[1..])] {
