@@ -14,6 +14,7 @@ use crate::erasure::{self, Shape};
 use crate::error::CodecError;
 use crate::manifest::{FileMeta, MAX_META_LEN, Manifest, SegmentEntry, check_segment_size, plain_per_segment};
 use crate::merkle::{self, ShardId};
+use crate::pool::Buf;
 
 /// Default sealed segment size: 8 MiB. Measured here (docs/ARCHITECTURE.md, README), it is
 /// the fastest end to end: 1 MiB segments multiply per-shard costs on nodes, 32 MiB ones
@@ -44,25 +45,26 @@ pub struct EncodedSegment {
     pub sealed_len: u32,
     pub shard_len: usize,
     data: Bytes,
-    recovery: Vec<Bytes>,
+    recovery: Bytes,
     pub ids: Vec<ShardId>,
 }
 
 impl EncodedSegment {
     /// Erasure-codes one sealed segment (ciphertext and tag) into shards with ids. This is
     /// all that needs no key: the coordinator does it for browsers, which seal themselves.
-    pub fn code(index: u32, mut sealed: Vec<u8>, shape: Shape, rs: &mut erasure::Encoder) -> EncodedSegment {
+    pub fn code(index: u32, mut sealed: Buf, shape: Shape, rs: &mut erasure::Encoder) -> EncodedSegment {
         let sealed_len = sealed.len();
         let shard_len = shape.shard_len(sealed_len);
         sealed.resize(shape.k() * shard_len, 0);
         // Hash the data shards while Reed-Solomon computes the recovery shards, so both
         // cores are busy.
         let (recovery, mut ids) = rayon::join(
-            || rs.recovery(&sealed, shard_len).into_iter().map(Bytes::from).collect::<Vec<_>>(),
+            || rs.recovery(&sealed, shard_len),
             || shard_ids(&sealed.chunks_exact(shard_len).collect::<Vec<_>>()),
         );
-        ids.extend(shard_ids(&recovery.iter().map(|r| &r[..]).collect::<Vec<_>>()));
-        EncodedSegment { index, sealed_len: sealed_len as u32, shard_len, data: Bytes::from(sealed), recovery, ids }
+        ids.extend(shard_ids(&recovery.chunks_exact(shard_len).collect::<Vec<_>>()));
+        let (data, recovery) = (sealed.into_bytes(), recovery.into_bytes());
+        EncodedSegment { index, sealed_len: sealed_len as u32, shard_len, data, recovery, ids }
     }
 
     /// The manifest's row for this segment.
@@ -72,7 +74,8 @@ impl EncodedSegment {
 
     pub fn shard(&self, i: usize) -> Bytes {
         let k = self.data.len() / self.shard_len;
-        if i < k { self.data.slice(i * self.shard_len..(i + 1) * self.shard_len) } else { self.recovery[i - k].clone() }
+        let (buf, j) = if i < k { (&self.data, i) } else { (&self.recovery, i - k) };
+        buf.slice(j * self.shard_len..(j + 1) * self.shard_len)
     }
 
     /// The sealed segment (ciphertext and tag), before padding and coding.
@@ -96,7 +99,7 @@ pub struct Encoder<R> {
     keys: FileKeys,
     params: EncodeParams,
     rs: erasure::Encoder,
-    lookahead: Option<Vec<u8>>,
+    lookahead: Option<Buf>,
     done: bool,
     plaintext_size: u64,
     segments: Vec<SegmentEntry>,
@@ -124,11 +127,20 @@ impl<R: Read> Encoder<R> {
     }
 
     /// Reads up to one segment of plaintext, into a buffer with room for tag and padding.
-    fn read_block(&mut self) -> Result<Vec<u8>, CodecError> {
-        let plain = plain_per_segment(self.params.segment_size);
+    fn read_block(&mut self) -> Result<Buf, CodecError> {
+        let plain = plain_per_segment(self.params.segment_size) as usize;
         let cap = self.params.shape.k() * self.params.shape.shard_len(self.params.segment_size as usize);
-        let mut buf = Vec::with_capacity(cap);
-        (&mut self.reader).take(plain).read_to_end(&mut buf).map_err(CodecError::Read)?;
+        let mut buf = Buf::with_len(cap);
+        let mut filled = 0;
+        while filled < plain {
+            match self.reader.read(&mut buf[filled..plain]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CodecError::Read(e)),
+            }
+        }
+        buf.truncate(filled);
         Ok(buf)
     }
 
@@ -152,6 +164,8 @@ impl<R: Read> Encoder<R> {
         let index = u32::try_from(self.segments.len())
             .map_err(|_| CodecError::InvalidParams("file too large: over 2^32 segments".into()))?;
         self.plaintext_size += buf.len() as u64;
+        let len = buf.len();
+        buf.resize(len + TAG_LEN, 0);
         self.keys.seal_segment(index, last, &mut buf);
         let seg = EncodedSegment::code(index, buf, self.params.shape, &mut self.rs);
         self.segments.push(seg.entry());
@@ -197,7 +211,7 @@ impl VerifiedShard {
 
 impl Manifest {
     /// The sealed segment `index` (still encrypted) from at least k verified shards of it.
-    pub fn sealed_segment(&self, index: u32, shards: &[VerifiedShard]) -> Result<Vec<u8>, CodecError> {
+    pub fn sealed_segment(&self, index: u32, shards: &[VerifiedShard]) -> Result<Buf, CodecError> {
         let k = self.shape.k();
         let mut seen = vec![false; self.shape.n()];
         let distinct: Vec<(usize, &[u8])> = shards
@@ -254,10 +268,11 @@ impl Decoder {
     }
 
     /// The plaintext of segment `index` from at least k verified shards of it.
-    pub fn decode_segment(&self, index: u32, shards: &[VerifiedShard]) -> Result<Vec<u8>, CodecError> {
+    pub fn decode_segment(&self, index: u32, shards: &[VerifiedShard]) -> Result<Buf, CodecError> {
         let mut buf = self.manifest.sealed_segment(index, shards)?;
         let last = index as usize + 1 == self.manifest.segments.len();
-        self.keys.open_segment(index, last, &mut buf)?;
+        let len = self.keys.open_segment(index, last, &mut buf)?;
+        buf.truncate(len);
         Ok(buf)
     }
 
@@ -442,7 +457,7 @@ mod tests {
                 idx.rotate_left(rot);
                 if seed % 2 == 0 { idx.reverse() }
                 let v = verified(&m, seg as u32, &shards[seg], &idx[..k as usize]);
-                out.extend(d.decode_segment(seg as u32, &v).unwrap());
+                out.extend_from_slice(&d.decode_segment(seg as u32, &v).unwrap());
                 let short = verified(&m, seg as u32, &shards[seg], &idx[..k as usize - 1]);
                 let is_not_enough = matches!(d.decode_segment(seg as u32, &short), Err(CodecError::NotEnoughShards { .. }));
                 prop_assert!(is_not_enough);

@@ -97,22 +97,25 @@ impl FileKeys {
         self.owner_token
     }
 
-    /// Seals `buf` in place (appends the tag) as segment `index`; `last` marks the final one.
-    pub fn seal_segment(&self, index: u32, last: bool, buf: &mut Vec<u8>) {
-        self.segment
-            .seal_in_place_append_tag(segment_nonce(index, last), Aad::from(&self.salt.0), buf)
+    /// Seals segment `index` in place: `buf` holds the plaintext and then `TAG_LEN` bytes of
+    /// room for the tag. `last` marks the final segment.
+    pub fn seal_segment(&self, index: u32, last: bool, buf: &mut [u8]) {
+        let (plain, room) = buf.split_at_mut(buf.len().checked_sub(TAG_LEN).expect("room for the tag"));
+        let tag = self
+            .segment
+            .seal_in_place_separate_tag(segment_nonce(index, last), Aad::from(&self.salt.0), plain)
             .expect("a segment is far below AES-GCM's length limit");
+        room.copy_from_slice(tag.as_ref());
     }
 
-    /// Opens a sealed segment in place; on success `buf` holds the plaintext.
-    pub fn open_segment(&self, index: u32, last: bool, buf: &mut Vec<u8>) -> Result<(), CodecError> {
-        let len = self
+    /// Opens a sealed segment in place; on success the plaintext is the start of `buf`, and
+    /// its length is returned.
+    pub fn open_segment(&self, index: u32, last: bool, buf: &mut [u8]) -> Result<usize, CodecError> {
+        Ok(self
             .segment
             .open_in_place(segment_nonce(index, last), Aad::from(&self.salt.0), buf)
             .map_err(|_| CodecError::SegmentAuth { segment: index })?
-            .len();
-        buf.truncate(len);
-        Ok(())
+            .len())
     }
 
     /// Seals the file's metadata. The metadata key seals exactly one message, so a fixed
@@ -162,13 +165,13 @@ mod tests {
     fn segment_round_trip_and_position_binding() {
         let k = keys("pw", 1);
         let mut buf = b"hello world".to_vec();
+        buf.resize(11 + TAG_LEN, 0);
         k.seal_segment(3, false, &mut buf);
-        assert_eq!(buf.len(), 11 + TAG_LEN);
         let sealed = buf.clone();
 
         let mut ok = sealed.clone();
-        k.open_segment(3, false, &mut ok).unwrap();
-        assert_eq!(ok, b"hello world");
+        assert_eq!(k.open_segment(3, false, &mut ok).unwrap(), 11);
+        assert_eq!(&ok[..11], b"hello world");
 
         // Reordered (other index) or truncated-stream (claimed last) opens fail.
         for (i, last) in [(2, false), (3, true), (4, false)] {

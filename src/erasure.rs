@@ -5,6 +5,7 @@
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
 use crate::error::CodecError;
+use crate::pool::Buf;
 
 /// The k and n of a file: any `k` of its `n` shards rebuild a segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,8 +52,8 @@ impl Encoder {
     }
 
     /// `data` holds the sealed segment zero-padded to k × shard_len bytes. Returns the n − k
-    /// recovery shards.
-    pub fn recovery(&mut self, data: &[u8], shard_len: usize) -> Vec<Vec<u8>> {
+    /// recovery shards, one after the other.
+    pub fn recovery(&mut self, data: &[u8], shard_len: usize) -> Buf {
         let (k, m) = (self.shape.k(), self.shape.n() - self.shape.k());
         debug_assert_eq!(data.len(), k * shard_len);
         let rs = match &mut self.rs {
@@ -68,15 +69,20 @@ impl Encoder {
             rs.add_original_shard(chunk).expect("exactly k shards of equal length");
         }
         let out = rs.encode().expect("all original shards were added");
-        out.recovery_iter().map(<[u8]>::to_vec).collect()
+        let mut recovery = Buf::with_len(m * shard_len);
+        for (dst, shard) in recovery.chunks_exact_mut(shard_len).zip(out.recovery_iter()) {
+            dst.copy_from_slice(shard);
+        }
+        recovery
     }
 }
 
 /// Rebuilds the sealed segment (k × shard_len bytes, padding included) from any k shards,
 /// given as (index, bytes). The caller has checked every shard against its id.
-pub fn reconstruct(shape: Shape, shard_len: usize, shards: &[(usize, &[u8])]) -> Result<Vec<u8>, String> {
+pub fn reconstruct(shape: Shape, shard_len: usize, shards: &[(usize, &[u8])]) -> Result<Buf, String> {
     let k = shape.k();
-    let mut data = vec![0u8; k * shard_len];
+    // Every byte is overwritten: by a data shard, or by the one decoding restores.
+    let mut data = Buf::with_len(k * shard_len);
     let mut missing = vec![true; k];
     for &(i, s) in shards.iter().filter(|(i, _)| *i < k) {
         data[i * shard_len..(i + 1) * shard_len].copy_from_slice(s);
@@ -101,7 +107,7 @@ pub fn reconstruct(shape: Shape, shard_len: usize, shards: &[(usize, &[u8])]) ->
 pub fn all_shards(shape: Shape, shard_len: usize, shards: &[(usize, &[u8])]) -> Result<Vec<Vec<u8>>, String> {
     let data = reconstruct(shape, shard_len, shards)?;
     let recovery = Encoder::new(shape).recovery(&data, shard_len);
-    Ok(data.chunks_exact(shard_len).map(<[u8]>::to_vec).chain(recovery).collect())
+    Ok(data.chunks_exact(shard_len).chain(recovery.chunks_exact(shard_len)).map(<[u8]>::to_vec).collect())
 }
 
 #[cfg(test)]
@@ -133,10 +139,10 @@ mod tests {
         let shard_len = 10;
         let data: Vec<u8> = (0..30).collect();
         let rec = Encoder::new(shape).recovery(&data, shard_len);
-        let all: Vec<Vec<u8>> = data.chunks(10).map(|c| c.to_vec()).chain(rec).collect();
+        let all: Vec<Vec<u8>> = data.chunks(10).chain(rec.chunks(10)).map(|c| c.to_vec()).collect();
         for pick in [[0, 1, 2], [3, 4, 5], [0, 4, 5], [2, 3, 1]] {
             let given: Vec<(usize, &[u8])> = pick.iter().map(|&i| (i, &all[i][..])).collect();
-            assert_eq!(reconstruct(shape, shard_len, &given).unwrap(), data);
+            assert_eq!(&reconstruct(shape, shard_len, &given).unwrap()[..], &data[..]);
             assert_eq!(all_shards(shape, shard_len, &given).unwrap(), all);
         }
         let two: Vec<(usize, &[u8])> = [4usize, 5].iter().map(|&i| (i, &all[i][..])).collect();

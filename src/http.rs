@@ -22,8 +22,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::metrics::Metrics;
+use crate::pool::Buf;
 use crate::proto::ErrorBody;
-use crate::store::{AlignedBuf, DIRECT_ALIGN};
 
 pub type Body = Full<Bytes>;
 
@@ -121,8 +121,8 @@ pub async fn read_body_aligned(
     req: Request<Incoming>,
     limit: usize,
     mut inspect: impl FnMut(&[u8]),
-) -> Result<AlignedBuf, ApiError> {
-    let mut buf = AlignedBuf::with_capacity(DIRECT_ALIGN, declared_len(&req).unwrap_or(0).min(limit as u64) as usize);
+) -> Result<Buf, ApiError> {
+    let mut buf = Buf::with_capacity(declared_len(&req).unwrap_or(0).min(limit as u64) as usize);
     read_frames(req, limit, |d| {
         inspect(d);
         buf.extend_from_slice(d)
@@ -242,6 +242,9 @@ where
     ServerHandle { addr, shutdown: tx, task }
 }
 
+/// A reply's declared length reserves at most this much before its bytes arrive.
+const MAX_PREALLOCATED: usize = 64 << 20;
+
 /// A pooled HTTP/1 client with per-request timeouts.
 #[derive(Clone)]
 pub struct Client {
@@ -291,8 +294,17 @@ impl Client {
         let fut = async {
             let resp = self.inner.request(req).await.map_err(|e| format!("{uri}: {e}"))?;
             let status = resp.status();
-            let body = resp.into_body().collect().await.map_err(|e| format!("{uri}: {e}"))?.to_bytes();
-            Ok(Reply { status, body })
+            // Straight into one pooled buffer: shards are megabytes, fetched by the thousand.
+            let declared =
+                resp.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+            let mut buf = Buf::with_capacity(declared.unwrap_or(0).min(MAX_PREALLOCATED));
+            let mut body = resp.into_body();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.map_err(|e| format!("{uri}: {e}"))?.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Ok(Reply { status, body: buf.into_bytes() })
         };
         tokio::time::timeout(self.timeout, fut)
             .await

@@ -11,18 +11,12 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aligned_vec::{AVec, ConstAlign};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::merkle::ShardId;
-
-/// Alignment of buffer address and length that lets I/O bypass the page cache.
-pub const DIRECT_ALIGN: usize = 4096;
-
-/// A buffer aligned for direct I/O.
-pub type AlignedBuf = AVec<u8, ConstAlign<DIRECT_ALIGN>>;
+use crate::pool::{Buf, DIRECT_ALIGN};
 
 fn is_aligned(data: &[u8]) -> bool {
     !data.is_empty() && data.len().is_multiple_of(DIRECT_ALIGN) && (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
@@ -49,7 +43,7 @@ pub fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
 /// half of the client's CPU. Filesystems without O_DIRECT (tmpfs) get plain writes.
 pub struct DirectWriter<'a> {
     file: &'a fs::File,
-    buf: AlignedBuf,
+    buf: Buf,
     direct: bool,
 }
 
@@ -60,7 +54,7 @@ impl<'a> DirectWriter<'a> {
     /// Starts writing at the beginning of `file`, which must be empty.
     pub fn new(file: &'a fs::File) -> DirectWriter<'a> {
         let direct = set_direct(file, true).is_ok();
-        DirectWriter { file, buf: AlignedBuf::with_capacity(DIRECT_ALIGN, DIRECT_BLOCK), direct }
+        DirectWriter { file, buf: Buf::with_capacity(DIRECT_BLOCK), direct }
     }
 
     /// Writes what is still buffered and leaves the file in normal (cached) mode.
@@ -134,10 +128,9 @@ fn read_whole(path: &Path) -> io::Result<Bytes> {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return fs::read(path).map(Bytes::from),
         r => r?,
     };
-    let mut buf = AlignedBuf::with_capacity(DIRECT_ALIGN, len);
-    buf.resize(len, 0);
+    let mut buf = Buf::with_len(len);
     f.read_exact(&mut buf)?;
-    Ok(Bytes::from_owner(buf))
+    Ok(buf.into_bytes())
 }
 
 fn write_synced(path: &Path, data: &[u8], flags: i32) -> io::Result<()> {
@@ -397,6 +390,7 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::AlignedBuf;
 
     /// A directory on the disk and, where there is one, on tmpfs, which refuses O_DIRECT and
     /// so takes the fallback paths.

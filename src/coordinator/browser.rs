@@ -5,7 +5,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +15,7 @@ use crate::erasure::{self, Shape};
 use crate::http::{self, ApiError, ApiResult, ok, read_body};
 use crate::identity::Signed;
 use crate::manifest::{FileId, Manifest, SegmentEntry, plain_per_segment};
+use crate::pool::Buf;
 use crate::proto::*;
 
 pub(super) struct Upload {
@@ -87,7 +87,7 @@ pub(super) async fn put_segment(s: &Arc<State>, id: &str, index: usize, req: hyp
     }
     let shape = up.shape;
     let seg = tokio::task::spawn_blocking(move || {
-        EncodedSegment::code(index as u32, sealed.to_vec(), shape, &mut erasure::Encoder::new(shape))
+        EncodedSegment::code(index as u32, Buf::copy_of(&sealed), shape, &mut erasure::Encoder::new(shape))
     })
     .await
     .map_err(ApiError::internal)?;
@@ -154,5 +154,5 @@ pub(super) async fn sealed_segment(s: &State, id: &str, index: u32) -> ApiResult
         .await
         .map_err(|e| ApiError::new(hyper::StatusCode::BAD_GATEWAY, e.to_string()))?;
     let sealed = m.sealed_segment(index, &shards).map_err(ApiError::internal)?;
-    Ok(http::bytes("application/octet-stream", Bytes::from(sealed)))
+    Ok(http::bytes("application/octet-stream", sealed.into_bytes()))
 }

@@ -144,6 +144,7 @@ async fn browser_upload_and_download_endpoints() {
     assert_eq!(put(0, vec![1, 2, 3]).await.status, 400);
     for i in 0..count {
         let mut seg = data[i * per..((i + 1) * per).min(data.len())].to_vec();
+        seg.resize(seg.len() + p2pstore::crypto::TAG_LEN, 0);
         keys.seal_segment(i as u32, i + 1 == count, &mut seg);
         assert_eq!(put(i, seg).await.status, 200);
     }
@@ -166,13 +167,13 @@ async fn browser_upload_and_download_endpoints() {
     let cli = c.client.upload(&c.write("cli.bin", &data), b"cli pw", params(3, 5), None).await.unwrap();
     let m = c.client.manifest(&cli).await.unwrap();
     let keys = FileKeys::derive(b"cli pw", m.salt, m.iterations).unwrap();
-    let mut back = Vec::new();
+    let mut back: Vec<u8> = Vec::new();
     for i in 0..m.segments.len() {
         let r = h.get(&format!("{base}/v1/files/{cli}/segments/{i}")).await.unwrap();
         assert_eq!(r.status, 200);
         let mut seg = r.body.to_vec();
-        keys.open_segment(i as u32, i + 1 == m.segments.len(), &mut seg).unwrap();
-        back.extend(seg);
+        let len = keys.open_segment(i as u32, i + 1 == m.segments.len(), &mut seg).unwrap();
+        back.extend(&seg[..len]);
     }
     assert!(back == data);
     assert_eq!(h.get(&format!("{base}/v1/files/{cli}/segments/99")).await.unwrap().status, 404);
