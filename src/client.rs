@@ -209,7 +209,7 @@ impl Client {
         let target = path.clone();
         blocking(move || {
             write_atomically(&target, overwrite, |file| -> Result<(), ClientError> {
-                let mut out = DirectWriter::new(file);
+                let mut out = DirectWriter::new(file).map_err(CodecError::Write)?;
                 let count = dec.manifest().segments.len() as u32;
                 let mut ahead = VecDeque::new();
                 for i in 0..count {

@@ -210,8 +210,11 @@ impl Children {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `n` distinct ports free right now: all are held until all are chosen, so the OS cannot
+/// hand out one of them twice.
+fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    let held = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// Uploads and downloads a `size`-byte file through a local network of real processes (this
@@ -222,7 +225,8 @@ pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: Enc
     use anyhow::Context;
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().context("finding the p2pstore executable")?;
-    let url = format!("http://127.0.0.1:{}", free_port()?);
+    let ports = free_ports(nodes + 1)?;
+    let url = format!("http://127.0.0.1:{}", ports[0]);
     let spawn = |args: Vec<String>| {
         Command::new(&exe)
             .args(["--coordinator", &url, "-q"])
@@ -234,11 +238,10 @@ pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: Enc
             .context("starting a benchmark process")
     };
     let d = |name: String| dir.join(name).display().to_string();
-    let port = url.rsplit(':').next().unwrap_or_default().to_owned();
     let mut children = Children(vec![spawn(vec![
         "coordinator".into(),
         "--port".into(),
-        port,
+        ports[0].to_string(),
         "--data-dir".into(),
         d("coordinator".into()),
     ])?]);
@@ -248,7 +251,7 @@ pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: Enc
         let args = [
             "node",
             "--port",
-            &free_port()?.to_string(),
+            &ports[i + 1].to_string(),
             "--max-storage-gb",
             "1000000",
             "--data-dir",
@@ -259,6 +262,9 @@ pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: Enc
     let deadline = Instant::now() + Duration::from_secs(60);
     while client.peers().await.map(|p| p.len()).unwrap_or(0) < nodes {
         anyhow::ensure!(Instant::now() < deadline, "the benchmark network did not come up within 60 s");
+        if let Some(status) = children.0.iter_mut().find_map(|c| c.try_wait().ok().flatten()) {
+            anyhow::bail!("a benchmark process exited during start-up ({status})");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
