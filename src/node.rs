@@ -2,9 +2,10 @@
 //! checks them against their ids, answers with signed receipts, serves them back, and sends
 //! signed heartbeats. It pins the coordinator's key on first registration.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -42,6 +43,9 @@ struct State {
     coordinator_key: OnceCell<String>,
     http: http::Client,
     metrics: Arc<Metrics>,
+    /// Put orders already checked, by their exact header: one order covers every shard an
+    /// upload sends here, and a P-256 check per shard was a tenth of a node's CPU.
+    orders: Mutex<HashMap<String, PutOrder>>,
     bytes_in: IntCounter,
     bytes_out: IntCounter,
     gauges: IntGaugeVec,
@@ -74,6 +78,7 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         key_file,
         coordinator_key: pinned,
         http: http::Client::new(Duration::from_secs(10)),
+        orders: Mutex::new(HashMap::new()),
         bytes_in: metrics.add(IntCounter::new("shard_bytes_in_total", "Shard bytes stored").expect("valid")),
         bytes_out: metrics.add(IntCounter::new("shard_bytes_out_total", "Shard bytes served").expect("valid")),
         gauges: metrics.add(
@@ -188,9 +193,7 @@ async fn put_shard(s: &Arc<State>, id: ShardId, req: Request<Incoming>) -> ApiRe
         .get(ORDER_HEADER)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ApiError::forbidden(format!("a shard PUT needs a signed put order in {ORDER_HEADER}")))?;
-    let signed: Signed<PutOrder> =
-        serde_json::from_str(header).map_err(|e| ApiError::forbidden(format!("malformed put order: {e}")))?;
-    let order = addressed_to_me(s, &signed, "put order")?;
+    let order = put_order(s, header)?;
     let limit = usize::try_from(order.max_shard_len).unwrap_or(usize::MAX);
     // Hashed as it arrives (BLAKE3 runs at ~6 GB/s, so no frame holds a thread for long).
     let mut hasher = blake3::Hasher::new();
@@ -214,6 +217,37 @@ async fn put_shard(s: &Arc<State>, id: ShardId, req: Request<Incoming>) -> ApiRe
     let receipt = Receipt { upload_id: order.upload_id, shard_id: id, len, peer_id: s.identity.peer_id() };
     ok(&s.identity.sign(&receipt))
 }
+
+/// The put order in `header`, checked by [`addressed_to_me`] once and remembered until it
+/// expires.
+fn put_order(s: &State, header: &str) -> Result<PutOrder, ApiError> {
+    let known = s.orders.lock().expect("not poisoned").get(header).cloned();
+    let order = match known {
+        Some(o) => o,
+        None => {
+            let signed: Signed<PutOrder> =
+                serde_json::from_str(header).map_err(|e| ApiError::forbidden(format!("malformed put order: {e}")))?;
+            let o = addressed_to_me(s, &signed, "put order")?;
+            let mut orders = s.orders.lock().expect("not poisoned");
+            if orders.len() >= MAX_KNOWN_ORDERS {
+                let t = now();
+                orders.retain(|_, o| o.valid_until() >= t);
+                if orders.len() >= MAX_KNOWN_ORDERS {
+                    orders.clear();
+                }
+            }
+            orders.insert(header.to_owned(), o.clone());
+            o
+        }
+    };
+    if order.valid_until() < now() {
+        return Err(ApiError::forbidden("the put order has expired"));
+    }
+    Ok(order)
+}
+
+/// Put orders remembered at once: far more than uploads running at the same time.
+const MAX_KNOWN_ORDERS: usize = 1024;
 
 /// Opens a message only if this node's coordinator signed it, for this peer, and it is
 /// still valid: every instruction a node acts on passes here.

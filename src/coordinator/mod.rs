@@ -11,6 +11,7 @@ mod gc;
 mod repair;
 mod stats;
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ use crate::proto::*;
 use crate::reputation::Beta;
 use crate::store::Table;
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts};
+use rayon::prelude::*;
 
 /// Spare peers planned per segment beyond n, for shards whose first peer fails.
 const SPARES: usize = 3;
@@ -469,19 +471,38 @@ async fn commit(s: &State, upload_id: &str, c: Commit) -> ApiResult {
     if c.owner_hash.len() != 64 || hex::decode(&c.owner_hash).is_err() {
         return Err(ApiError::bad_request("owner_hash must be 64 hex digits"));
     }
-    // Every valid receipt: (shard id, peer) pairs vouched for by the peer's own key.
-    let allowed: HashSet<&String> = up.peers.iter().collect();
-    let mut stored: HashSet<(ShardId, String)> = HashSet::new();
+    // Every valid receipt: (shard id, peer) pairs vouched for by the peer's own key. A 1 GiB
+    // upload brings 2,560 P-256 signatures: checked on all cores, off the async threads.
+    let mut keys = HashMap::new();
     for r in &c.receipts {
-        let peer = s.peers.get(&r.signer_id()).map_err(ApiError::internal)?;
-        let rec = peer
-            .and_then(|p| r.open_by(&p.public_key))
-            .ok_or_else(|| ApiError::forbidden("a receipt is not signed by a registered peer"))?;
-        if rec.upload_id != upload_id || rec.peer_id != r.signer_id() || !allowed.contains(&rec.peer_id) {
-            return Err(ApiError::forbidden(format!("receipt from {} is not for this upload's orders", rec.peer_id)));
+        if let Entry::Vacant(e) = keys.entry(r.signer_id()) {
+            let peer = s.peers.get(e.key()).map_err(ApiError::internal)?;
+            e.insert(peer.map(|p| p.public_key));
         }
-        stored.insert((rec.shard_id, rec.peer_id));
     }
+    let allowed: HashSet<String> = up.peers.iter().cloned().collect();
+    let (receipts, upload) = (c.receipts, upload_id.to_owned());
+    let stored = tokio::task::spawn_blocking(move || {
+        receipts
+            .par_iter()
+            .map(|r| {
+                let signer = r.signer_id();
+                let rec = keys
+                    .get(&signer)
+                    .and_then(|k| r.open_by(k.as_deref()?))
+                    .ok_or_else(|| ApiError::forbidden("a receipt is not signed by a registered peer"))?;
+                if rec.upload_id != upload || rec.peer_id != signer || !allowed.contains(&rec.peer_id) {
+                    return Err(ApiError::forbidden(format!(
+                        "receipt from {} is not for this upload's orders",
+                        rec.peer_id
+                    )));
+                }
+                Ok((rec.shard_id, rec.peer_id))
+            })
+            .collect::<Result<HashSet<(ShardId, String)>, ApiError>>()
+    })
+    .await
+    .map_err(ApiError::internal)??;
     if c.placements.len() != m.segments.len() {
         return Err(ApiError::bad_request("placements must list every segment"));
     }
