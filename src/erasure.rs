@@ -91,22 +91,46 @@ pub fn reconstruct(shape: Shape, shard_len: usize, shards: &[(usize, &[u8])]) ->
     if !missing.contains(&true) {
         return Ok(data); // all data shards arrived: no decoding needed
     }
-    let mut rs = ReedSolomonDecoder::new(k, shape.n() - k, shard_len).map_err(|e| e.to_string())?;
-    for &(i, s) in shards {
-        let r = if i < k { rs.add_original_shard(i, s) } else { rs.add_recovery_shard(i - k, s) };
-        r.map_err(|e| e.to_string())?;
+    // One decoder per thread, reset for each segment: a new one allocates (and faults in)
+    // tens of MiB of working memory, which measured as most of a degraded read's time.
+    thread_local! {
+        static DECODER: std::cell::RefCell<Option<ReedSolomonDecoder>> = const { std::cell::RefCell::new(None) };
     }
-    let restored = rs.decode().map_err(|e| e.to_string())?;
-    for (i, s) in restored.restored_original_iter() {
-        data[i * shard_len..(i + 1) * shard_len].copy_from_slice(s);
-    }
-    Ok(data)
+    DECODER.with_borrow_mut(|slot| {
+        let m = shape.n() - k;
+        let rs = match slot {
+            Some(rs) => {
+                rs.reset(k, m, shard_len).map_err(|e| e.to_string())?;
+                rs
+            }
+            None => slot.insert(ReedSolomonDecoder::new(k, m, shard_len).map_err(|e| e.to_string())?),
+        };
+        for &(i, s) in shards {
+            let r = if i < k { rs.add_original_shard(i, s) } else { rs.add_recovery_shard(i - k, s) };
+            r.map_err(|e| e.to_string())?;
+        }
+        let restored = rs.decode().map_err(|e| e.to_string())?;
+        for (i, s) in restored.restored_original_iter() {
+            data[i * shard_len..(i + 1) * shard_len].copy_from_slice(s);
+        }
+        Ok(data)
+    })
 }
 
 /// All n shards from any k: the repair path, which must recreate recovery shards too.
 pub fn all_shards(shape: Shape, shard_len: usize, shards: &[(usize, &[u8])]) -> Result<Vec<Vec<u8>>, String> {
     let data = reconstruct(shape, shard_len, shards)?;
-    let recovery = Encoder::new(shape).recovery(&data, shard_len);
+    // Kept per thread for the same reason as the decoder (repairs rebuild segment after segment).
+    thread_local! {
+        static ENCODER: std::cell::RefCell<Option<Encoder>> = const { std::cell::RefCell::new(None) };
+    }
+    let recovery = ENCODER.with_borrow_mut(|slot| {
+        let enc = match slot {
+            Some(e) if e.shape == shape => e,
+            slot => slot.insert(Encoder::new(shape)),
+        };
+        enc.recovery(&data, shard_len)
+    });
     Ok(data.chunks_exact(shard_len).chain(recovery.chunks_exact(shard_len)).map(<[u8]>::to_vec).collect())
 }
 

@@ -192,6 +192,21 @@ pub(crate) fn cpu_seconds(pid: &str) -> f64 {
     (tick(11) + tick(12)) / 100.0
 }
 
+/// Bytes a process has caused to be written to storage, from /proc/<pid>/io.
+fn disk_written(pid: &str) -> f64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let line = io.lines().find_map(|l| l.strip_prefix("write_bytes:"));
+    line.and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// What each role has used so far: CPU seconds and bytes written to disk.
+#[derive(Clone, Copy)]
+struct Usage {
+    at: Instant,
+    cpu: [f64; 3],
+    disk: [f64; 3],
+}
+
 /// Child processes killed when dropped, so a failed benchmark leaves nothing running.
 struct Children(Vec<std::process::Child>);
 
@@ -205,8 +220,11 @@ impl Drop for Children {
 }
 
 impl Children {
-    fn cpu(&self, range: std::ops::Range<usize>) -> f64 {
-        self.0[range].iter().map(|c| cpu_seconds(&c.id().to_string())).sum()
+    /// Usage of the client (this process), the coordinator (the first child) and the nodes.
+    fn usage(&self) -> Usage {
+        let pids: Vec<String> = self.0.iter().map(|c| c.id().to_string()).collect();
+        let sum = |f: fn(&str) -> f64| [f("self"), f(&pids[0]), pids[1..].iter().map(|p| f(p)).sum()];
+        Usage { at: Instant::now(), cpu: sum(cpu_seconds), disk: sum(disk_written) }
     }
 }
 
@@ -280,25 +298,29 @@ pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: Enc
         params.shape.n,
         params.segment_size >> 20
     );
-    let snapshot = |c: &Children| (Instant::now(), cpu_seconds("self"), c.cpu(0..1), c.cpu(1..nodes + 1));
-    let report = |name: &str, before: (Instant, f64, f64, f64), after: (Instant, f64, f64, f64)| {
-        let secs = (after.0 - before.0).as_secs_f64();
+    let report = |name: &str, before: Usage, after: Usage| {
+        let secs = (after.at - before.at).as_secs_f64();
+        let cpu = |i: usize| after.cpu[i] - before.cpu[i];
+        let gb = |i: usize| (after.disk[i] - before.disk[i]) / 1e9;
         format!(
-            "{name:<9} {:>6.0} MB/s  ({secs:.2} s; CPU-s: client {:.1}, nodes {:.1}, coordinator {:.2})\n",
+            "{name:<9} {:>6.0} MB/s  ({secs:.2} s; CPU-s: client {:.1}, nodes {:.1}, coordinator {:.2}; \
+             GB to disk: client {:.2}, nodes {:.2})\n",
             size as f64 / 1e6 / secs,
-            after.1 - before.1,
-            after.3 - before.3,
-            after.2 - before.2
+            cpu(0),
+            cpu(2),
+            cpu(1),
+            gb(0),
+            gb(2),
         )
     };
-    let before = snapshot(&children);
+    let before = children.usage();
     let id = client.upload(&src, b"bench", params, None).await?;
-    let after = snapshot(&children);
+    let after = children.usage();
     out += &report("upload", before, after);
     let dst = dir.join("output.bin");
-    let before = snapshot(&children);
+    let before = children.usage();
     client.download(&id, b"bench", Some(&dst), true, None).await?;
-    let after = snapshot(&children);
+    let after = children.usage();
     out += &report("download", before, after);
     let peak = peak_rss();
     let t = Instant::now();
