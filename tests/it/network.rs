@@ -172,6 +172,15 @@ async fn forged_orders_and_receipts_are_refused() {
     // The valid put works and returns a receipt signed by the node.
     let r = h.send(request("PUT", &url, &[(ORDER_HEADER, &good)], body.clone()).unwrap()).await.unwrap();
     assert_eq!(r.status, 200);
+    // Nodes remember checked orders, but not past their expiry.
+    let brief = serde_json::to_string(&coord.sign(&PutOrder { expires: now() + 1, ..order.clone() })).unwrap();
+    let put_other = |bytes: &'static [u8]| {
+        let url = format!("{}/v1/shards/{}", target.address, p2pstore::merkle::root(bytes));
+        request("PUT", &url, &[(ORDER_HEADER, &brief)], Bytes::from_static(bytes)).unwrap()
+    };
+    assert_eq!(h.send(put_other(b"first")).await.unwrap().status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await; // until the order has expired
+    assert_eq!(h.send(put_other(b"second")).await.unwrap().status, 403);
 
     // Commits: a receipt from the wrong key, and a missing receipt, are refused.
     let plan = c.plan(10, 2, 4).await;
