@@ -196,12 +196,13 @@ impl Client {
             p.set_length(manifest.plaintext_size);
         }
         let password = password.to_vec();
-        let decoder = blocking(move || Ok(Decoder::new(manifest, &password)?)).await?;
+        // The key derivation (0.1 s by design) and the placements query overlap.
+        let (decoder, view) = tokio::join!(blocking(move || Ok(Decoder::new(manifest, &password)?)), self.info(id));
+        let (decoder, view) = (decoder?, Arc::new(view?));
         let path = match out {
             Some(p) => p.to_owned(),
             None => safe_name(&decoder.meta().name)?,
         };
-        let view = Arc::new(self.info(id).await?);
         let problems = Arc::new(Mutex::new(Vec::new()));
         let manifest = Arc::new(decoder.manifest().clone());
         let (http, probs, dec) = (self.http.clone(), problems.clone(), decoder);

@@ -192,19 +192,28 @@ pub(crate) fn cpu_seconds(pid: &str) -> f64 {
     (tick(11) + tick(12)) / 100.0
 }
 
-/// Bytes a process has caused to be written to storage, from /proc/<pid>/io.
-fn disk_written(pid: &str) -> f64 {
+/// A counter of /proc/<pid>/io: bytes a process made storage read or write.
+fn io_bytes(pid: &str, counter: &str) -> f64 {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
-    let line = io.lines().find_map(|l| l.strip_prefix("write_bytes:"));
+    let line = io.lines().find_map(|l| l.strip_prefix(counter)?.strip_prefix(':'));
     line.and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
 }
 
-/// What each role has used so far: CPU seconds and bytes written to disk.
+fn disk_read(pid: &str) -> f64 {
+    io_bytes(pid, "read_bytes")
+}
+
+fn disk_written(pid: &str) -> f64 {
+    io_bytes(pid, "write_bytes")
+}
+
+/// What each role has used so far: CPU seconds, bytes read from and written to disk.
 #[derive(Clone, Copy)]
 struct Usage {
     at: Instant,
     cpu: [f64; 3],
-    disk: [f64; 3],
+    read: [f64; 3],
+    written: [f64; 3],
 }
 
 /// Child processes killed when dropped, so a failed benchmark leaves nothing running.
@@ -224,7 +233,7 @@ impl Children {
     fn usage(&self) -> Usage {
         let pids: Vec<String> = self.0.iter().map(|c| c.id().to_string()).collect();
         let sum = |f: fn(&str) -> f64| [f("self"), f(&pids[0]), pids[1..].iter().map(|p| f(p)).sum()];
-        Usage { at: Instant::now(), cpu: sum(cpu_seconds), disk: sum(disk_written) }
+        Usage { at: Instant::now(), cpu: sum(cpu_seconds), read: sum(disk_read), written: sum(disk_written) }
     }
 }
 
@@ -301,10 +310,13 @@ pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: Enc
     let report = |name: &str, before: Usage, after: Usage| {
         let secs = (after.at - before.at).as_secs_f64();
         let cpu = |i: usize| after.cpu[i] - before.cpu[i];
-        let gb = |i: usize| (after.disk[i] - before.disk[i]) / 1e9;
+        let gb = |i: usize| {
+            let [r, w] = [(after.read[i] - before.read[i]), (after.written[i] - before.written[i])];
+            format!("{:.2}/{:.2}", r / 1e9, w / 1e9)
+        };
         format!(
             "{name:<9} {:>6.0} MB/s  ({secs:.2} s; CPU-s: client {:.1}, nodes {:.1}, coordinator {:.2}; \
-             GB to disk: client {:.2}, nodes {:.2})\n",
+             disk GB read/written: client {}, nodes {})\n",
             size as f64 / 1e6 / secs,
             cpu(0),
             cpu(2),
