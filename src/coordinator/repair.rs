@@ -17,6 +17,7 @@ use futures::StreamExt;
 use super::{FileRecord, PeerRecord, State};
 use crate::client::{fetch_shard, store_shard};
 use crate::erasure;
+use crate::manifest::Manifest;
 use crate::merkle;
 use crate::placement;
 use crate::proto::*;
@@ -53,8 +54,15 @@ fn healthy(s: &State, p: Option<&PeerRecord>, id: &merkle::ShardId) -> bool {
 }
 
 /// Indices of a segment's shards that are not healthy.
-pub(super) fn unhealthy(s: &State, peers: &HashMap<String, PeerRecord>, f: &FileRecord, seg: usize) -> Vec<usize> {
-    let Some(m) = f.parsed() else { return Vec::new() };
+/// `m` is `f`'s manifest, parsed once by the caller: parsing it per segment made every
+/// health query quadratic in the file's segments.
+pub(super) fn unhealthy(
+    s: &State,
+    peers: &HashMap<String, PeerRecord>,
+    m: &Manifest,
+    f: &FileRecord,
+    seg: usize,
+) -> Vec<usize> {
     m.segments[seg]
         .shard_ids
         .iter()
@@ -67,12 +75,13 @@ pub(super) fn unhealthy(s: &State, peers: &HashMap<String, PeerRecord>, f: &File
 
 pub(super) fn file_health(s: &State, file_id: &str, f: &FileRecord) -> Vec<SegmentHealth> {
     let peers: HashMap<String, PeerRecord> = s.peers.all().into_iter().collect();
+    let Some(m) = f.parsed() else { return Vec::new() };
     let queue = s.repair_queue.lock().expect("not poisoned");
     (0..f.placements.len())
         .map(|i| {
             let total = f.placements[i].len() as u32;
             SegmentHealth {
-                healthy: total - unhealthy(s, &peers, f, i).len() as u32,
+                healthy: total - unhealthy(s, &peers, &m, f, i).len() as u32,
                 total,
                 repair_queued: queue.contains(&(file_id.to_owned(), i)),
             }
@@ -97,7 +106,7 @@ async fn check(s: &Arc<State>) {
         let (k, n) = (m.shape.k(), m.shape.n());
         let threshold = (k + s.config.repair.threshold as usize).min(n - 1);
         for seg in 0..f.placements.len() {
-            let bad = unhealthy(s, &peers, &f, seg);
+            let bad = unhealthy(s, &peers, &m, &f, seg);
             let leaving =
                 f.placements[seg].iter().any(|p| peers.get(p).is_some_and(|p| p.status == PeerStatus::Exiting));
             if !bad.is_empty() && (n - bad.len() <= threshold || leaving) {
@@ -141,7 +150,7 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
     let m = f.parsed().ok_or("stored manifest does not parse")?;
     let peers_all = s.peers.all();
     let peers: HashMap<String, PeerRecord> = peers_all.iter().cloned().collect();
-    let bad = unhealthy(s, &peers, &f, seg);
+    let bad = unhealthy(s, &peers, &m, &f, seg);
     if bad.is_empty() {
         return Ok(0);
     }

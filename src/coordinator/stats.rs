@@ -29,7 +29,7 @@ pub(super) fn compute(s: &State) -> NetworkStats {
         st.files += 1;
         st.stored_bytes += m.plaintext_size;
         for seg in 0..f.placements.len() {
-            let healthy = (f.placements[seg].len() - repair::unhealthy(s, &peers, &f, seg).len()) as u32;
+            let healthy = (f.placements[seg].len() - repair::unhealthy(s, &peers, &m, &f, seg).len()) as u32;
             *health.entry(healthy).or_default() += 1;
         }
     }
