@@ -355,9 +355,15 @@ pub(crate) async fn store_shard(
     }
 }
 
-/// A shard's bytes from the node at `addr`, not yet checked against the id.
-pub(crate) async fn fetch_shard(http: &http::Client, addr: &str, id: &crate::merkle::ShardId) -> Result<Bytes, String> {
-    match http.get(&format!("{addr}/v1/shards/{id}")).await? {
+/// A shard's bytes from the node at `addr`, not yet checked against the id. A node that
+/// sends more than the shard's `len` bytes is cut off.
+pub(crate) async fn fetch_shard(
+    http: &http::Client,
+    addr: &str,
+    id: &crate::merkle::ShardId,
+    len: usize,
+) -> Result<Bytes, String> {
+    match http.get_limited(&format!("{addr}/v1/shards/{id}"), len).await? {
         r if r.status.is_success() => Ok(r.body),
         r => Err(r.error_message()),
     }
@@ -390,7 +396,7 @@ pub(crate) async fn fetch_segment(
         let id = m.segments[i as usize].shard_ids[j];
         pending.push(async move {
             let Some(addr) = addr else { return (j, peer, Err("peer unknown to the coordinator".to_string())) };
-            let r = match fetch_shard(&http, &addr, &id).await {
+            let r = match fetch_shard(&http, &addr, &id, m2.shard_len(i as usize)).await {
                 Ok(b) => b,
                 Err(e) => return (j, peer, Err(e)),
             };

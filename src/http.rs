@@ -242,8 +242,10 @@ where
     ServerHandle { addr, shutdown: tx, task }
 }
 
-/// A reply's declared length reserves at most this much before its bytes arrive.
-const MAX_PREALLOCATED: usize = 64 << 20;
+/// Replies larger than this are refused unless a request says otherwise: enough for the
+/// manifest of a file of several TB, and a bound on what a misbehaving server can make a
+/// client hold.
+const MAX_REPLY: usize = 256 << 20;
 
 /// A pooled HTTP/1 client with per-request timeouts.
 #[derive(Clone)]
@@ -253,6 +255,7 @@ pub struct Client {
 }
 
 /// What a request came back with.
+#[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,
     pub body: Bytes,
@@ -290,17 +293,29 @@ impl Client {
     }
 
     pub async fn send(&self, req: Request<Body>) -> Result<Reply, String> {
+        self.send_limited(req, MAX_REPLY).await
+    }
+
+    /// Sends `req`; a reply body over `limit` bytes is an error, and is not read further.
+    pub async fn send_limited(&self, req: Request<Body>, limit: usize) -> Result<Reply, String> {
         let uri = req.uri().clone();
+        let too_big = || format!("{uri}: the reply is over {limit} bytes");
         let fut = async {
             let resp = self.inner.request(req).await.map_err(|e| format!("{uri}: {e}"))?;
             let status = resp.status();
             // Straight into one pooled buffer: shards are megabytes, fetched by the thousand.
-            let declared =
+            let declared: Option<usize> =
                 resp.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
-            let mut buf = Buf::with_capacity(declared.unwrap_or(0).min(MAX_PREALLOCATED));
+            if declared.is_some_and(|d| d > limit) {
+                return Err(too_big());
+            }
+            let mut buf = Buf::with_capacity(declared.unwrap_or(0));
             let mut body = resp.into_body();
             while let Some(frame) = body.frame().await {
                 if let Ok(data) = frame.map_err(|e| format!("{uri}: {e}"))?.into_data() {
+                    if buf.len() + data.len() > limit {
+                        return Err(too_big());
+                    }
                     buf.extend_from_slice(&data);
                 }
             }
@@ -309,6 +324,11 @@ impl Client {
         tokio::time::timeout(self.timeout, fut)
             .await
             .map_err(|_| format!("{uri}: no answer within {:?}", self.timeout))?
+    }
+
+    /// GET with a bound on the reply, for peers that may send anything.
+    pub async fn get_limited(&self, url: &str, limit: usize) -> Result<Reply, String> {
+        self.send_limited(request("GET", url, &[], Bytes::new())?, limit).await
     }
 
     pub async fn get(&self, url: &str) -> Result<Reply, String> {
@@ -327,4 +347,45 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Bytes) -
         b = b.header(*k, *v);
     }
     b.body(Full::new(body)).map_err(|e| format!("bad request to {url}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers every connection with `head` and then `chunks` chunks of 64 KiB
+    /// (chunked encoding, so no length is declared up front), as a misbehaving peer might.
+    async fn raw_server(head: &'static str, chunks: usize) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut req = [0u8; 4096];
+                    let _ = s.read(&mut req).await;
+                    s.write_all(head.as_bytes()).await?;
+                    for _ in 0..chunks {
+                        s.write_all(format!("{:x}\r\n", 64 << 10).as_bytes()).await?;
+                        s.write_all(&[7u8; 64 << 10]).await?;
+                        s.write_all(b"\r\n").await?;
+                    }
+                    s.write_all(b"0\r\n\r\n").await
+                });
+            }
+        });
+        format!("http://{addr}/v1/shards/x")
+    }
+
+    #[tokio::test]
+    async fn replies_over_the_limit_are_refused() {
+        let c = Client::default();
+        // Declared too long: refused before reading.
+        let url = raw_server("HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\r\n", 0).await;
+        assert!(c.get_limited(&url, 1 << 20).await.unwrap_err().contains("over 1048576 bytes"));
+        // Streamed without a length: cut off once past the limit.
+        let url = raw_server("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", 32).await;
+        assert!(c.get_limited(&url, 1 << 20).await.unwrap_err().contains("over 1048576 bytes"));
+        assert_eq!(c.get_limited(&url, 2 << 20).await.unwrap().body.len(), 2 << 20);
+    }
 }

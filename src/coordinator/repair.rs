@@ -169,10 +169,11 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
         if batch.is_empty() {
             return Err(format!("only {} of the {k} shards needed could be fetched", got.len()));
         }
+        let len = m.shard_len(seg);
         let fetched = futures::future::join_all(batch.into_iter().map(|j| {
             let addr = peers.get(&holders[j]).map(|p| p.address.clone()).unwrap_or_default();
             let id = ids[j];
-            async move { (j, fetch_shard(&s.http, &addr, &id).await) }
+            async move { (j, fetch_shard(&s.http, &addr, &id, len).await) }
         }))
         .await;
         for (j, r) in fetched {
