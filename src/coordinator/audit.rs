@@ -1,7 +1,8 @@
 //! Proofs of retrievability. Every `[audit] interval` (a quarter of it while a peer is being
 //! vetted, ±25% jitter) each online peer is asked for random chunks of random shards it
 //! should hold, with a fresh nonce and a deadline; it answers with Merkle proofs signed by
-//! its key, checked against the shard ids alone. Every challenged chunk is one outcome for
+//! its key, checked against the shard ids alone. A peer without recent heartbeats is not
+//! asked; each audit it misses lowers its online score. Every challenged chunk is one outcome for
 //! the peer's reputation, so a peer that lost much data falls as fast as the evidence comes
 //! in; a challenge that timed out is asked again, and repeated timeouts count as failures.
 
@@ -60,13 +61,24 @@ pub(super) async fn run(s: Arc<State>) {
             if running.len() >= CONCURRENCY {
                 break;
             }
-            let eligible = s.is_online(p) && !matches!(p.status, PeerStatus::Disqualified | PeerStatus::Exited);
-            if !eligible || running.contains(id) || due.get(id).is_some_and(|t| *t > now_i) {
+            let gone = matches!(p.status, PeerStatus::Disqualified | PeerStatus::Exited);
+            if gone || running.contains(id) || due.get(id).is_some_and(|t| *t > now_i) {
                 continue;
             }
             let base = s.config.audit.interval as f64 / if p.status == PeerStatus::Vetting { 4.0 } else { 1.0 };
             let jitter = 0.75 + (random_u64() % 1000) as f64 / 2000.0;
             due.insert(id.clone(), now_i + Duration::from_secs_f64((base * jitter).max(0.5)));
+            if !s.is_online(p) {
+                // A peer whose heartbeats stopped is not asked, but each audit it misses counts
+                // against its online score, as an unanswered one would.
+                let _ = s.peers.update(id, |old| {
+                    old.map(|mut p| {
+                        p.online.record(false);
+                        p
+                    })
+                });
+                continue;
+            }
             let Some(shards) = held.get(id).filter(|v| !v.is_empty()) else { continue }; // nothing to prove yet
             running.insert(id.clone());
             tasks.spawn(audit_peer(s.clone(), id.clone(), p.clone(), shards.clone()));

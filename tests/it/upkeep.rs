@@ -79,6 +79,18 @@ async fn a_cheating_peer_is_disqualified_and_its_shards_repaired() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_heartbeats_lower_the_online_score() {
+    let mut c = Cluster::start_with(4, fast_config()).await;
+    let peer = c.client.peers().await.unwrap()[0].peer_id.clone();
+    let score = |peers: Vec<p2pstore::proto::PeerView>| peers.iter().find(|p| p.peer_id == peer).unwrap().online_score;
+    assert!(score(c.client.peers().await.unwrap()) > 0.99);
+    c.net.stop_node(c.node_of(&peer)).await;
+    // One missed audit a second: 0.9 per miss with the default forgetting.
+    until("its online score falls", 30, || async { score(c.client.peers().await.unwrap()) < 0.8 }).await;
+    c.net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_outages_are_not_repaired_long_ones_are() {
     let mut config = fast_config();
     config.repair.grace_period = 4;
