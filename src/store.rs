@@ -356,12 +356,24 @@ impl ShardStore {
 /// A sled tree of JSON values under string keys: the coordinator's record store.
 pub struct Table<T> {
     tree: sled::Tree,
+    changes: AtomicU64,
     _t: PhantomData<T>,
 }
 
 impl<T: Serialize + DeserializeOwned> Table<T> {
     pub fn open(db: &sled::Db, name: &str) -> sled::Result<Table<T>> {
-        Ok(Table { tree: db.open_tree(name)?, _t: PhantomData })
+        Ok(Table { tree: db.open_tree(name)?, changes: AtomicU64::new(0), _t: PhantomData })
+    }
+
+    /// Counts the writes made through this table: whoever derives something from all of it
+    /// can keep that until the count moves (read the count first, then the records).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
+    }
+
+    fn changed<R>(&self, r: R) -> R {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        r
     }
 
     pub fn get(&self, key: &str) -> sled::Result<Option<T>> {
@@ -370,6 +382,7 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
 
     pub fn insert(&self, key: &str, value: &T) -> sled::Result<()> {
         self.tree.insert(key, serde_json::to_vec(value).expect("records serialize"))?;
+        self.changed(());
         Ok(())
     }
 
@@ -380,7 +393,7 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
             let old = old.and_then(|v| serde_json::from_slice(v).ok());
             f(old).map(|v| serde_json::to_vec(&v).expect("records serialize"))
         })?;
-        Ok(new.and_then(|v| serde_json::from_slice(&v).ok()))
+        Ok(self.changed(new.and_then(|v| serde_json::from_slice(&v).ok())))
     }
 
     /// Records whose keys start with `prefix`, in key order.
@@ -393,7 +406,8 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
     }
 
     pub fn remove(&self, key: &str) -> sled::Result<Option<T>> {
-        Ok(self.tree.remove(key)?.and_then(|v| serde_json::from_slice(&v).ok()))
+        let old = self.tree.remove(key)?;
+        Ok(self.changed(old.and_then(|v| serde_json::from_slice(&v).ok())))
     }
 
     pub fn all(&self) -> Vec<(String, T)> {
@@ -461,6 +475,18 @@ mod tests {
                 assert_eq!(&read_whole(&p).unwrap()[..], data, "{} {name}", dir.path().display());
             }
         }
+    }
+
+    #[test]
+    fn table_counts_its_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let t: Table<u32> = Table::open(&db, "t").unwrap();
+        t.insert("a", &1).unwrap();
+        t.update("a", |v| v.map(|v| v + 1)).unwrap();
+        assert_eq!((t.get("a").unwrap(), t.all().len(), t.changes()), (Some(2), 1, 2), "reads count nothing");
+        t.remove("a").unwrap();
+        assert_eq!(t.changes(), 3);
     }
 
     #[test]

@@ -39,15 +39,20 @@ pub(super) async fn run(s: Arc<State>) {
     let mut running: HashSet<String> = HashSet::new();
     let mut tasks = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    // Peers and what they hold are re-read on each tick, not on each finished audit: both
-    // cost time in proportion to the network's size.
+    // Peers are re-read on each tick, not on each finished audit; who holds what (every
+    // placement of every file) only when the files changed.
     let mut peers: Vec<(String, PeerRecord)> = Vec::new();
     let mut held: HashMap<String, Vec<(ShardId, usize)>> = HashMap::new();
+    let mut held_at = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 peers = s.peers.all();
-                held = s.shards_by_peer();
+                let changes = s.files.changes();
+                if held_at != Some(changes) {
+                    held = s.shards_by_peer();
+                    held_at = Some(changes);
+                }
             }
             Some(Ok(done)) = tasks.join_next(), if !tasks.is_empty() => {
                 running.remove(&done);
