@@ -371,9 +371,8 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
         self.changes.load(Ordering::SeqCst)
     }
 
-    fn changed<R>(&self, r: R) -> R {
+    fn changed(&self) {
         self.changes.fetch_add(1, Ordering::SeqCst);
-        r
     }
 
     pub fn get(&self, key: &str) -> sled::Result<Option<T>> {
@@ -382,7 +381,7 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
 
     pub fn insert(&self, key: &str, value: &T) -> sled::Result<()> {
         self.tree.insert(key, serde_json::to_vec(value).expect("records serialize"))?;
-        self.changed(());
+        self.changed();
         Ok(())
     }
 
@@ -393,7 +392,8 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
             let old = old.and_then(|v| serde_json::from_slice(v).ok());
             f(old).map(|v| serde_json::to_vec(&v).expect("records serialize"))
         })?;
-        Ok(self.changed(new.and_then(|v| serde_json::from_slice(&v).ok())))
+        self.changed();
+        Ok(new.and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
     /// Records whose keys start with `prefix`, in key order.
@@ -407,7 +407,8 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
 
     pub fn remove(&self, key: &str) -> sled::Result<Option<T>> {
         let old = self.tree.remove(key)?;
-        Ok(self.changed(old.and_then(|v| serde_json::from_slice(&v).ok())))
+        self.changed();
+        Ok(old.and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
     pub fn all(&self) -> Vec<(String, T)> {
