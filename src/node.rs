@@ -146,7 +146,6 @@ async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
     let path = http::path_segments(&req);
     let p: Vec<&str> = path.iter().map(String::as_str).collect();
     match (req.method().clone(), p.as_slice()) {
-        (Method::GET, ["healthz"]) => ok(&"ok"),
         (Method::GET, ["metrics"]) => {
             s.gauges.with_label_values(&["shards"]).set(s.store.count() as i64);
             s.gauges.with_label_values(&["used_bytes"]).set(s.store.used() as i64);

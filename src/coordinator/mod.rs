@@ -246,7 +246,6 @@ async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
     let path = http::path_segments(&req);
     let p: Vec<&str> = path.iter().map(String::as_str).collect();
     match (req.method().clone(), p.as_slice()) {
-        (Method::GET, ["healthz"]) => ok(&"ok"),
         (Method::GET, ["metrics"]) => {
             stats::refresh_gauges(&s);
             Ok(http::metrics_text(&s.metrics))
