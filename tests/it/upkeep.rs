@@ -30,6 +30,14 @@ async fn fully_healthy(c: &Cluster, id: &FileId) -> bool {
     c.client.info(id).await.unwrap().health.iter().all(|h| h.healthy == h.total)
 }
 
+/// Waits until repair has moved every shard off `peer` and the file is fully healthy, then
+/// checks it downloads byte-identical.
+async fn rebuilt_elsewhere(c: &Cluster, id: &FileId, peer: &str, bytes: &[u8], name: &str) {
+    until("its shards moved to other peers", 60, || async { placed_on(c, id, peer).await == 0 }).await;
+    until("every segment healthy again", 60, || fully_healthy(c, id)).await;
+    downloads_intact(c, id, bytes, name).await;
+}
+
 async fn status(c: &Cluster, peer: &str) -> PeerStatus {
     c.client.peers().await.unwrap().into_iter().find(|p| p.peer_id == peer).unwrap().status
 }
@@ -72,9 +80,7 @@ async fn a_cheating_peer_is_disqualified_and_its_shards_repaired() {
     let rep = c.client.peers().await.unwrap().into_iter().find(|p| p.peer_id == cheater).unwrap().reputation;
     assert!(rep < 0.3, "{rep}");
     assert!(c.client.audits(Some(&cheater), 500).await.unwrap().iter().any(|a| a.outcome == AuditOutcome::Failure));
-    until("its shards moved to other peers", 60, || async { placed_on(&c, &id, &cheater).await == 0 }).await;
-    until("every segment healthy again", 60, || fully_healthy(&c, &id)).await;
-    downloads_intact(&c, &id, &bytes, "f.out").await;
+    rebuilt_elsewhere(&c, &id, &cheater, &bytes, "f.out").await;
     c.net.shutdown().await;
 }
 
@@ -114,9 +120,7 @@ async fn short_outages_are_not_repaired_long_ones_are() {
 
     // Offline for good: its shards are rebuilt elsewhere.
     c.net.stop_node(node).await;
-    until("its shards moved", 60, || async { placed_on(&c, &id, &peer).await == 0 }).await;
-    until("every segment healthy again", 60, || fully_healthy(&c, &id)).await;
-    downloads_intact(&c, &id, &bytes, "g.out").await;
+    rebuilt_elsewhere(&c, &id, &peer, &bytes, "g.out").await;
     c.net.shutdown().await;
 }
 
