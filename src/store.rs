@@ -24,10 +24,10 @@ fn is_aligned(data: &[u8]) -> bool {
 }
 
 /// Writes `path` so that after return it is on disk whole or not at all: a temporary file,
-/// synced, then renamed, and the directory synced. Page-aligned data goes with O_DIRECT: measured here, copying cold
-/// shard bytes into the page cache cost over half of a node's CPU during uploads, and a
-/// node never reads a shard back soon enough for the cache to pay (audits read a few
-/// chunks). Filesystems without O_DIRECT (tmpfs) get the buffered path.
+/// synced, then renamed, and the directory synced. Page-aligned data goes with O_DIRECT:
+/// measured here, copying cold shard bytes into the page cache cost over half of a node's
+/// CPU during uploads, and a node never reads a shard back soon enough for the cache to pay
+/// (audits read a few chunks). Filesystems without O_DIRECT (tmpfs) get the buffered path.
 pub fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let aligned = is_aligned(data);
