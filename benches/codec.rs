@@ -4,6 +4,6 @@
 
 fn main() {
     let mib: u64 = std::env::var("P2PSTORE_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
-    let params = p2pstore::codec::EncodeParams::default();
+    let params = p2pstore::core::codec::EncodeParams::default();
     print!("{}", p2pstore::bench::codec_report(mib << 20, 2 * (mib << 20), params));
 }

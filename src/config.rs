@@ -7,13 +7,23 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::DEFAULT_SEGMENT_SIZE;
-use crate::crypto::{DEFAULT_ITERATIONS, MAX_ITERATIONS, MIN_ITERATIONS};
-use crate::error::ConfigError;
-use crate::manifest::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
+use crate::core::codec::DEFAULT_SEGMENT_SIZE;
+use crate::core::crypto::{DEFAULT_ITERATIONS, MAX_ITERATIONS, MIN_ITERATIONS};
+use crate::core::manifest::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
 
 /// Where the configuration came from, for error messages.
 pub const BUILT_IN: &str = "built-in defaults";
+
+/// Errors in the configuration, always naming the file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {origin}: `{key}` {message}")]
+    Invalid { origin: String, key: &'static str, message: String },
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -234,6 +244,9 @@ impl Config {
         }
         if k >= n {
             return bad("node.shards_required", format!("({k}) must be less than node.shards_total ({n})"));
+        }
+        if self.coordinator.host.parse::<std::net::IpAddr>().is_err() {
+            return bad("coordinator.host", format!("`{}` is not an IP address", self.coordinator.host));
         }
         if self.coordinator.port == 0 {
             return bad("coordinator.port", "must not be 0: clients need a fixed port to reach it".into());

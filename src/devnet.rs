@@ -8,12 +8,15 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::coordinator;
-use crate::http::{ServerError, ServerHandle};
+use crate::net::server::{ServerError, ServerHandle};
 use crate::node::{self, NodeOptions};
+use crate::sys::clock::Clock;
 
 pub struct Devnet {
     pub dir: PathBuf,
     pub config: Config,
+    /// The clock every server of this network reads (the system's, or a test's manual one).
+    pub clock: Clock,
     coordinator_addr: SocketAddr,
     coordinator: Option<ServerHandle>,
     node_addrs: Vec<SocketAddr>,
@@ -24,11 +27,24 @@ impl Devnet {
     /// Starts the coordinator on `host:port` (0: any free port) and `nodes` nodes on free
     /// ports; returns when every node has registered.
     pub async fn start(config: Config, dir: &Path, port: u16, nodes: usize) -> Result<Devnet, ServerError> {
+        Devnet::start_with_clock(config, dir, port, nodes, Clock::system()).await
+    }
+
+    /// As [`Devnet::start`], with every server reading time from `clock`.
+    pub async fn start_with_clock(
+        config: Config,
+        dir: &Path,
+        port: u16,
+        nodes: usize,
+        clock: Clock,
+    ) -> Result<Devnet, ServerError> {
         let host = config.coordinator.host.parse().unwrap_or([127, 0, 0, 1].into());
-        let c = coordinator::spawn(config.clone(), dir.join("coordinator"), SocketAddr::new(host, port)).await?;
+        let bind = SocketAddr::new(host, port);
+        let c = coordinator::spawn(config.clone(), dir.join("coordinator"), bind, clock.clone()).await?;
         let mut net = Devnet {
             dir: dir.to_owned(),
             config,
+            clock,
             coordinator_addr: c.addr,
             coordinator: Some(c),
             node_addrs: Vec::new(),
@@ -62,6 +78,7 @@ impl Devnet {
             coordinator: self.url(),
             capacity: (self.config.node.max_storage_gb * 1e9) as u64,
             heartbeat_interval: Duration::from_secs(self.config.node.heartbeat_interval),
+            clock: self.clock.clone(),
         })
         .await
     }
@@ -90,7 +107,8 @@ impl Devnet {
     pub async fn start_coordinator(&mut self) -> Result<(), ServerError> {
         if self.coordinator.is_none() {
             let dir = self.dir.join("coordinator");
-            self.coordinator = Some(coordinator::spawn(self.config.clone(), dir, self.coordinator_addr).await?);
+            let c = coordinator::spawn(self.config.clone(), dir, self.coordinator_addr, self.clock.clone()).await?;
+            self.coordinator = Some(c);
         }
         Ok(())
     }

@@ -8,32 +8,32 @@
 //! data. The manifest that lists all of this is sealed where it names the file, and its
 //! SHA-256 is the file id.
 //!
-//! Module map: the pure core (no sockets, files or clocks) is `crypto`, `erasure`,
-//! `merkle`, `manifest`, `codec`, `placement`, the wire types in `proto` and the buffer
-//! `pool` they share with the I/O shell; the I/O shell
-//! is `store`, `http`, `identity`, `coordinator`, `node`, `client` and `devnet`; `config`
-//! and `cli` are the edges; `bench` measures.
-//! docs/ARCHITECTURE.md has the bird's eye view, docs/FORMAT.md the byte layouts.
+//! The layers, each a folder, bottom to top; a module uses only the layers below it (the
+//! test `tests/it/layers.rs` checks it):
+//! - `sys`: the clock, durable and direct file writes, the buffer pool.
+//! - `core`: the pure core (crypto, erasure, merkle, manifest, codec, placement, reputation,
+//!   key pairs): no files, sockets or clock.
+//! - `proto`: every wire type and `Signed<T>`.
+//! - `store` (on-disk state: versioned tables, shard files, key files) and `net` (HTTP
+//!   server and client, shard transfer, metrics).
+//! - the roles: `node`, `coordinator`, `client`; then `devnet` (a network in one process),
+//!   `bench` (measurements) and `cli` (the command line).
+//!
+//! docs/ARCHITECTURE.md has the bird's eye view, docs/FORMAT.md the byte layouts and
+//! docs/PROTOCOL.md the wire protocol.
 
 pub mod bench;
 pub mod cli;
 pub mod client;
-pub mod codec;
 pub mod config;
-pub mod coordinator;
-pub mod crypto;
+pub(crate) mod coordinator;
+pub mod core;
 pub mod devnet;
-pub mod erasure;
-pub mod error;
-pub mod http;
-pub mod identity;
-pub mod manifest;
-pub mod merkle;
-pub mod metrics;
+pub mod net;
 pub mod node;
-pub mod placement;
-pub mod pool;
 pub mod proto;
-pub mod reputation;
 pub mod store;
-pub mod web;
+pub mod sys;
+
+pub use client::Client;
+pub use devnet::Devnet;

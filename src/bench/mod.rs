@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::codec::{Decoder, EncodeParams, Encoder, shard_ids};
-use crate::crypto::{FileKeys, Salt};
-use crate::erasure;
-use crate::manifest::{FileMeta, Manifest};
+use crate::core::codec::{Decoder, EncodeParams, Encoder, shard_ids};
+use crate::core::crypto::{FileKeys, Salt};
+use crate::core::erasure;
+use crate::core::manifest::{FileMeta, Manifest};
 
 /// An endless-looking input of `len` bytes that costs nothing to produce (the encryption
 /// makes its repetition irrelevant to every later stage).

@@ -14,14 +14,17 @@ use tokio::net::TcpListener;
 
 use super::{PatternReader, cpu_seconds};
 use crate::client::Client;
-use crate::codec::EncodeParams;
 use crate::config::Config;
+use crate::core::codec::EncodeParams;
+use crate::core::erasure::Shape;
+use crate::core::identity::Identity;
+use crate::core::merkle::{self, ShardId};
 use crate::devnet::Devnet;
-use crate::erasure::Shape;
-use crate::http::{self, ApiError, read_body, read_json};
-use crate::identity::{Identity, Signed};
-use crate::merkle::{self, ShardId};
+use crate::net::client as http;
+use crate::net::server::{self, ApiError, read_body, read_json};
 use crate::proto::*;
+use crate::store::identity as keyfile;
+use crate::sys::clock::Clock;
 
 /// Config for a network whose workers run every second.
 fn brisk(mut c: Config) -> Config {
@@ -51,7 +54,7 @@ pub async fn repair(nodes: usize, stop: usize, size: u64, dir: &std::path::Path)
     let client = Client::new(&net.url());
     let src = dir.join("input.bin");
     write_input(&src, size)?;
-    let mut params = EncodeParams { iterations: crate::crypto::MIN_ITERATIONS, ..EncodeParams::default() };
+    let mut params = EncodeParams { iterations: crate::core::crypto::MIN_ITERATIONS, ..EncodeParams::default() };
     params.shape = Shape::new(8, 20)?;
     let id = client.upload(&src, b"bench", params, None).await?;
     let before = client.info(&id).await?;
@@ -62,7 +65,7 @@ pub async fn repair(nodes: usize, stop: usize, size: u64, dir: &std::path::Path)
         if stopped.len() == stop {
             break;
         }
-        let id = Identity::load_or_create(&net.node_dir(i))?.peer_id();
+        let id = keyfile::load_or_create(&net.node_dir(i))?.peer_id();
         if peer_ids.contains(&id) {
             net.stop_node(i).await;
             stopped.push(id);
@@ -104,9 +107,9 @@ struct Simulated {
     shards: Mutex<HashMap<ShardId, Bytes>>,
 }
 
-async fn simulated_route(sim: Arc<Simulated>, req: hyper::Request<hyper::body::Incoming>) -> http::ApiResult {
-    let path = http::path_segments(&req);
-    let p: Vec<&str> = path.iter().map(String::as_str).collect();
+async fn simulated_route(sim: Arc<Simulated>, req: hyper::Request<hyper::body::Incoming>) -> server::ApiResult {
+    let path = req.uri().path().to_owned();
+    let p: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let who = |i: &str| {
         i.parse::<usize>().ok().filter(|i| *i < sim.ids.len()).ok_or_else(|| ApiError::not_found("no such peer"))
     };
@@ -118,7 +121,7 @@ async fn simulated_route(sim: Arc<Simulated>, req: hyper::Request<hyper::body::I
             let shards = sim.shards.lock().expect("not poisoned");
             let proofs =
                 c.items.iter().map(|it| shards.get(&it.shard_id).and_then(|b| merkle::prove(b, it.chunk))).collect();
-            http::ok(&me.sign(&AuditAnswer { nonce: c.nonce, proofs }))
+            server::ok(&me.sign(&AuditAnswer { nonce: c.nonce, proofs }))
         }
         (Method::PUT, ["p", i, "v1", "shards", id]) => {
             let me = &sim.ids[who(i)?];
@@ -135,9 +138,9 @@ async fn simulated_route(sim: Arc<Simulated>, req: hyper::Request<hyper::body::I
             }
             let len = body.len() as u64;
             sim.shards.lock().expect("not poisoned").insert(id, body);
-            http::ok(&me.sign(&Receipt { upload_id: order.upload_id, shard_id: id, len, peer_id: me.peer_id() }))
+            server::ok(&me.sign(&Receipt { upload_id: order.upload_id, shard_id: id, len, peer_id: me.peer_id() }))
         }
-        (Method::POST, ["p", _, "v1", "gc"]) => http::ok(&serde_json::json!({ "removed": 0 })),
+        (Method::POST, ["p", _, "v1", "gc"]) => server::ok(&Removed { removed: 0 }),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no route")),
     }
 }
@@ -150,7 +153,8 @@ pub async fn audits(peers: usize, segments: u64, secs: u64, dir: &std::path::Pat
     config.coordinator.heartbeat_timeout = 120;
     config.audit.interval = 1; // ask as often as the coordinator can
     config.repair.check_interval = 3600;
-    let coordinator = crate::coordinator::spawn(config, dir.join("coordinator"), ([127, 0, 0, 1], 0).into()).await?;
+    let bind = ([127, 0, 0, 1], 0).into();
+    let coordinator = crate::coordinator::spawn(config, dir.join("coordinator"), bind, Clock::system()).await?;
     let url = format!("http://{}", coordinator.addr);
     let sim = Arc::new(Simulated {
         ids: (0..peers).map(|_| Identity::generate()).collect(),
@@ -159,16 +163,18 @@ pub async fn audits(peers: usize, segments: u64, secs: u64, dir: &std::path::Pat
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let s2 = sim.clone();
-    let server = http::serve(
+    let server = server::serve(
         listener,
-        crate::metrics::Metrics::new("simulated"),
+        crate::net::metrics::Metrics::new("simulated"),
         move |req| simulated_route(s2.clone(), req),
+        server::shutdown_signal(),
         Vec::new(),
     );
     let h = http::Client::default();
     let registered = futures::stream::iter(0..peers)
         .map(|i| {
-            let hb = Heartbeat { address: format!("{base}/p/{i}"), capacity: 1 << 40, used: 0, shards: 0, time: now() };
+            let time = Clock::system().now();
+            let hb = Heartbeat { address: format!("{base}/p/{i}"), capacity: 1 << 40, used: 0, shards: 0, time };
             let signed = sim.ids[i].sign(&hb);
             let (h, url) = (h.clone(), url.clone());
             async move { h.post_json(&format!("{url}/v1/heartbeat"), &signed).await.map(|r| r.status.is_success()) }
@@ -183,22 +189,17 @@ pub async fn audits(peers: usize, segments: u64, secs: u64, dir: &std::path::Pat
     let src = dir.join("input.bin");
     write_input(&src, segments * 4080)?;
     let params =
-        EncodeParams { shape: Shape::new(8, 20)?, segment_size: 4096, iterations: crate::crypto::MIN_ITERATIONS };
+        EncodeParams { shape: Shape::new(8, 20)?, segment_size: 4096, iterations: crate::core::crypto::MIN_ITERATIONS };
     Client::new(&url).upload(&src, b"bench", params, None).await.context("storing the audited file")?;
     let stored = segments * 20;
 
     // Measure over a window once audits are flowing.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let count = |a: &[AuditRecord], from: u64| a.iter().filter(|r| r.time >= from).count();
-    let t0 = now();
+    let t0 = Clock::system().now();
     let cpu0 = cpu_seconds("self");
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let all: Vec<AuditRecord> = h
-        .get(&format!("{url}/v1/audits?limit=100000000"))
-        .await
-        .map_err(anyhow::Error::msg)?
-        .json()
-        .map_err(anyhow::Error::msg)?;
+    let all: Vec<AuditRecord> = h.get(&format!("{url}/v1/audits?limit=100000000")).await?.json()?;
     let done = count(&all, t0 + 1);
     let failed = all.iter().filter(|r| r.time > t0 && r.outcome != AuditOutcome::Success).count();
     let cpu = cpu_seconds("self") - cpu0;

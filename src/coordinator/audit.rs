@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::task::JoinSet;
 
-use super::{PeerRecord, State};
-use crate::http;
-use crate::identity::Signed;
-use crate::merkle::{self, ShardId};
+use super::state::{PeerRecord, State};
+use crate::core::merkle::{self, ShardId};
+use crate::net::client as http;
+use crate::net::server::Shutdown;
 use crate::proto::*;
 
 /// Audits running at once.
@@ -34,7 +34,7 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-pub(super) async fn run(s: Arc<State>) {
+pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
     let mut due: HashMap<String, Instant> = HashMap::new();
     let mut running: HashSet<String> = HashSet::new();
     let mut tasks = JoinSet::new();
@@ -46,11 +46,12 @@ pub(super) async fn run(s: Arc<State>) {
     let mut held_at = None;
     loop {
         tokio::select! {
+            _ = shutdown.wait() => break,
             _ = tick.tick() => {
-                peers = s.peers.all();
+                peers = s.peers.readable();
                 let changes = s.files.changes();
                 if held_at != Some(changes) {
-                    held = s.shards_by_peer();
+                    held = s.shards_by_peer(&s.files.readable());
                     held_at = Some(changes);
                 }
             }
@@ -91,7 +92,7 @@ pub(super) async fn run(s: Arc<State>) {
     }
 }
 
-fn new_challenge(peer: &str, shards: &[(ShardId, usize)], timeout: u64) -> Challenge {
+fn new_challenge(peer: &str, shards: &[(ShardId, usize)], deadline: u64) -> Challenge {
     let items = (0..ITEMS.min(shards.len()))
         .map(|_| {
             let (id, len) = shards[(random_u64() % shards.len() as u64) as usize];
@@ -102,7 +103,7 @@ fn new_challenge(peer: &str, shards: &[(ShardId, usize)], timeout: u64) -> Chall
         peer_id: peer.to_owned(),
         nonce: format!("{:016x}{:016x}", random_u64(), random_u64()),
         items,
-        deadline: now() + timeout,
+        deadline,
     }
 }
 
@@ -187,17 +188,20 @@ async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<(Shard
     let timeout = s.config.audit.timeout;
     let lens: HashMap<ShardId, usize> = shards.iter().copied().collect();
     // A challenge that went unanswered is asked again, as long as the shards are still there.
+    let deadline = s.now() + timeout;
     let challenge = match p.pending.clone() {
-        Some(c) if c.items.iter().all(|i| lens.contains_key(&i.shard_id)) => {
-            Challenge { deadline: now() + timeout, ..c }
-        }
-        _ => new_challenge(&id, &shards, timeout),
+        Some(c) if c.items.iter().all(|i| lens.contains_key(&i.shard_id)) => Challenge { deadline, ..c },
+        _ => new_challenge(&id, &shards, deadline),
     };
     let client = http::Client::new(Duration::from_secs(timeout));
     let url = format!("{}/v1/audit", p.address);
     let (outcome, failed, detail) = match client.post_json(&url, &s.identity.sign(&challenge)).await {
-        Err(e) => (AuditOutcome::Offline, Vec::new(), e),
-        Ok(r) => match r.json::<Signed<AuditAnswer>>().and_then(|a| check(&p, &challenge, &lens, &a)) {
+        Err(e) => (AuditOutcome::Offline, Vec::new(), e.to_string()),
+        Ok(r) => match r
+            .json::<Signed<AuditAnswer>>()
+            .map_err(|e| e.to_string())
+            .and_then(|a| check(&p, &challenge, &lens, &a))
+        {
             Ok(failed) if failed.is_empty() => (AuditOutcome::Success, failed, String::new()),
             Ok(failed) => {
                 let detail = format!("{} of {} chunks missing or wrong", failed.len(), challenge.items.len());
@@ -216,8 +220,9 @@ async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<(Shard
     let Ok(Some(rec)) = updated else { return id };
     {
         let mut recent = s.recent_audits.lock().expect("not poisoned");
-        recent.push_back((now(), outcome));
-        while recent.front().is_some_and(|(t, _)| *t + 60 < now()) {
+        let now = s.now();
+        recent.push_back((now, outcome));
+        while recent.front().is_some_and(|(t, _)| *t + 60 < now) {
             recent.pop_front();
         }
     }
@@ -231,14 +236,14 @@ async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<(Shard
     }
     let record = AuditRecord {
         peer_id: id.clone(),
-        time: now(),
+        time: s.now(),
         outcome,
         shards: challenge.items.len(),
         detail,
         reputation: rec.audit.score(),
     };
     let _ = s.audits.insert(&format!("{id}/{:020}/{}", record.time, challenge.nonce), &record);
-    let mine = s.audits.with_prefix(&format!("{id}/"));
+    let mine = s.audits.scan_prefix(&format!("{id}/")).map(|scan| scan.records).unwrap_or_default();
     for (key, _) in mine.iter().take(mine.len().saturating_sub(HISTORY)) {
         let _ = s.audits.remove(key);
     }
@@ -247,13 +252,9 @@ async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<(Shard
 
 /// The newest `limit` audits, of one peer or of all.
 pub(super) fn history(s: &State, peer: Option<&str>, limit: usize) -> Vec<AuditRecord> {
-    let mut all: Vec<AuditRecord> = match peer {
-        Some(p) => s.audits.with_prefix(&format!("{p}/")),
-        None => s.audits.all(),
-    }
-    .into_iter()
-    .map(|(_, r)| r)
-    .collect();
+    let scan = s.audits.scan_prefix(&peer.map(|p| format!("{p}/")).unwrap_or_default());
+    let mut all: Vec<AuditRecord> =
+        scan.map(|scan| scan.records).unwrap_or_default().into_iter().map(|(_, r)| r).collect();
     all.sort_by_key(|a| std::cmp::Reverse(a.time));
     all.truncate(limit);
     all

@@ -5,18 +5,19 @@
 
 use std::sync::{Arc, Mutex};
 
+use hyper::StatusCode;
 use hyper::body::Incoming;
-use serde::{Deserialize, Serialize};
 
-use super::{State, commit as commit_receipts, file_view, make_plan};
-use crate::codec::EncodedSegment;
-use crate::crypto::{SALT_LEN, Salt, TAG_LEN};
-use crate::erasure::{self, Shape};
-use crate::http::{self, ApiError, ApiResult, ok, read_body};
-use crate::identity::Signed;
-use crate::manifest::{FileId, Manifest, SegmentEntry, plain_per_segment};
-use crate::pool::Buf;
+use super::state::State;
+use super::{files, uploads};
+use crate::core::codec::EncodedSegment;
+use crate::core::crypto::{SALT_LEN, Salt, TAG_LEN};
+use crate::core::erasure::{self, Shape};
+use crate::core::manifest::{FileId, Manifest, SegmentEntry, plain_per_segment};
+use crate::net::server::{self, ApiError, ApiResult, ok, read_body};
+use crate::net::transfer;
 use crate::proto::*;
+use crate::sys::pool::Buf;
 
 pub(super) struct Upload {
     plan: Arc<Plan>,
@@ -28,33 +29,19 @@ pub(super) struct Upload {
     receipts: Vec<Signed<Receipt>>,
 }
 
-#[derive(Serialize, Deserialize)]
-pub struct Started {
-    pub upload_id: String,
-    pub segments: usize,
-}
-
-/// What only the browser can make: the sealed metadata, and the key parameters.
-#[derive(Serialize, Deserialize)]
-pub struct BrowserCommit {
-    pub salt: String,
-    pub iterations: u32,
-    pub sealed_meta: String,
-    pub owner_hash: String,
-}
-
 pub(super) fn start(s: &State, req: PlanRequest) -> ApiResult {
     let shape = Shape::new(req.k, req.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let (size, segment_size) = (req.size, req.segment_size);
-    let plan = make_plan(s, req)?;
+    let plan = uploads::plan(s, req)?;
     let count = plan.segments.len();
     let upload_id = plan.upload_id.clone();
     let upload =
         Upload { plan: Arc::new(plan), size, shape, segment_size, segments: vec![None; count], receipts: Vec::new() };
     let mut uploads = s.browser_uploads.lock().expect("not poisoned");
-    uploads.retain(|_, u| u.try_lock().map_or(true, |u| u.plan.expires >= now()));
+    let now = s.now();
+    uploads.retain(|_, u| u.try_lock().map_or(true, |u| u.plan.expires >= now));
     uploads.insert(upload_id.clone(), Arc::new(tokio::sync::Mutex::new(upload)));
-    ok(&Started { upload_id, segments: count })
+    ok(&BrowserStarted { upload_id, segments: count })
 }
 
 fn upload(s: &State, id: &str) -> Result<Arc<tokio::sync::Mutex<Upload>>, ApiError> {
@@ -92,12 +79,12 @@ pub(super) async fn put_segment(s: &Arc<State>, id: &str, index: usize, req: hyp
     .await
     .map_err(ApiError::internal)?;
     let entry = seg.entry();
-    let (peers, receipts, _) = crate::client::put_segment(s.http.clone(), up.plan.clone(), seg)
+    let stored = transfer::put_segment(s.http.clone(), up.plan.clone(), seg)
         .await
-        .map_err(|e| ApiError::new(hyper::StatusCode::BAD_GATEWAY, e.to_string()))?;
-    up.receipts.extend(receipts);
-    up.segments[index] = Some((entry, peers));
-    ok(&serde_json::json!({ "stored": index }))
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    up.receipts.extend(stored.receipts);
+    up.segments[index] = Some((entry, stored.peers));
+    ok(&BrowserStored { stored: index })
 }
 
 /// Builds the manifest from the stored segments and the browser's sealed metadata, and
@@ -135,7 +122,7 @@ pub(super) async fn commit(s: &State, id: &str, c: BrowserCommit) -> ApiResult {
         receipts: up.receipts.clone(),
     };
     drop(up);
-    let reply = commit_receipts(s, id, commit).await?;
+    let reply = uploads::commit(s, id, commit).await?;
     s.browser_uploads.lock().expect("not poisoned").remove(id);
     Ok(reply)
 }
@@ -143,16 +130,16 @@ pub(super) async fn commit(s: &State, id: &str, c: BrowserCommit) -> ApiResult {
 /// Segment `index` of a file, rebuilt from verified shards but still sealed.
 pub(super) async fn sealed_segment(s: &State, id: &str, index: u32) -> ApiResult {
     FileId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let view = Arc::new(file_view(s, id)?);
-    let rec = super::file_record(s, id)?;
-    let m = Arc::new(rec.parsed().ok_or_else(|| ApiError::internal("stored manifest does not parse"))?);
+    let view = Arc::new(files::view(s, id)?);
+    let rec = files::record(s, id)?;
+    let m = Arc::new(rec.parsed().ok_or_else(|| ApiError::internal(files::BadManifest))?);
     if index as usize >= m.segments.len() {
         return Err(ApiError::not_found(format!("file {id} has {} segments", m.segments.len())));
     }
     let problems = Arc::new(Mutex::new(Vec::new()));
-    let shards = crate::client::fetch_segment(s.http.clone(), m.clone(), view, problems, index)
+    let shards = transfer::fetch_segment(s.http.clone(), m.clone(), view, problems, index)
         .await
-        .map_err(|e| ApiError::new(hyper::StatusCode::BAD_GATEWAY, e.to_string()))?;
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
     let sealed = m.sealed_segment(index, &shards).map_err(ApiError::internal)?;
-    Ok(http::bytes("application/octet-stream", sealed.into_bytes()))
+    Ok(server::bytes("application/octet-stream", sealed.into_bytes()))
 }

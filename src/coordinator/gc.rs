@@ -3,35 +3,42 @@
 //! not listed and older than `keep_newer_than`: the shards of deleted files, of uploads never
 //! committed, and of shards repair moved away. Anything younger than an upload may take is
 //! kept, so no upload or repair in progress loses a shard.
+//!
+//! Nodes delete by absence from the list, so a list must be complete: a round in which any
+//! file record cannot be read is skipped, with an error, rather than sent without its shards.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::State;
+use super::state::State;
+use crate::net::server::Shutdown;
 use crate::proto::*;
+use crate::store::RecordError;
 
-pub(super) async fn run(s: Arc<State>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(s.config.coordinator.gc_interval));
-    tick.tick().await; // the first round waits a full interval
-    loop {
-        tick.tick().await;
-        collect(&s).await;
+pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
+    let interval = Duration::from_secs(s.config.coordinator.gc_interval);
+    while !shutdown.sleep(interval).await {
+        if let Err(e) = collect(&s).await {
+            tracing::error!(error = %e, "garbage collection skipped this round: nothing was deleted");
+        }
     }
 }
 
-async fn collect(s: &State) {
-    let t = now();
+/// One round; an error when the files cannot all be read (then no node is told anything).
+pub(super) async fn collect(s: &State) -> Result<(), RecordError> {
+    let files = s.files.all()?;
+    let t = s.now();
     let mut oldest_pending = t;
-    for (id, u) in s.uploads.all() {
+    for (id, u) in s.uploads.all()? {
         if u.expires < t {
-            let _ = s.uploads.remove(&id);
+            s.uploads.remove(&id)?;
         } else {
             oldest_pending = oldest_pending.min(u.created);
         }
     }
     let keep_newer_than = t.saturating_sub(s.config.coordinator.upload_expiry).min(oldest_pending);
-    let held = s.shards_by_peer();
-    for (id, p) in s.peers.all() {
+    let held = s.shards_by_peer(&files);
+    for (id, p) in s.peers.readable() {
         if !s.is_online(&p) {
             continue;
         }
@@ -47,4 +54,5 @@ async fn collect(s: &State) {
             Err(e) => tracing::warn!(peer = %id, error = %e, "garbage collection failed"),
         }
     }
+    Ok(())
 }

@@ -14,74 +14,98 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{FileRecord, PeerRecord, State};
-use crate::client::{fetch_shard, store_shard};
-use crate::erasure;
-use crate::manifest::Manifest;
-use crate::merkle;
-use crate::placement;
+use super::state::{FileRecord, PeerRecord, State};
+use crate::core::erasure;
+use crate::core::manifest::Manifest;
+use crate::core::merkle::{self, ShardId};
+use crate::core::placement;
+use crate::net::server::Shutdown;
+use crate::net::transfer::{TransferError, fetch_shard, store_shard};
 use crate::proto::*;
+use crate::store::RecordError;
 
 /// Spare peers asked per repair, for targets that fail.
 const SPARES: usize = 3;
 
-/// What the shard `id` on peer `p` is worth now.
-pub(super) fn classify(s: &State, p: Option<&PeerRecord>, id: &merkle::ShardId) -> ShardState {
-    let Some(p) = p else { return ShardState::Lost };
-    match p.status {
-        PeerStatus::Disqualified | PeerStatus::Exited => return ShardState::Lost,
-        PeerStatus::Exiting => return ShardState::Leaving,
-        PeerStatus::Vetting | PeerStatus::Active => {}
+/// What decides a shard's state: the time, and how long silence is tolerated.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Rules {
+    pub now: u64,
+    pub heartbeat_timeout: u64,
+    pub grace_period: u64,
+}
+
+impl Rules {
+    pub fn of(s: &State) -> Rules {
+        Rules {
+            now: s.now(),
+            heartbeat_timeout: s.config.coordinator.heartbeat_timeout,
+            grace_period: s.config.repair.grace_period,
+        }
     }
-    if p.failed_shards.contains(id) {
-        return ShardState::Failed;
+
+    /// What the shard `id` on peer `p` is worth now.
+    pub fn classify(&self, p: Option<&PeerRecord>, id: &ShardId) -> ShardState {
+        let Some(p) = p else { return ShardState::Lost };
+        match p.status {
+            PeerStatus::Disqualified | PeerStatus::Exited => return ShardState::Lost,
+            PeerStatus::Exiting => return ShardState::Leaving,
+            PeerStatus::Vetting | PeerStatus::Active => {}
+        }
+        if p.failed_shards.contains(id) {
+            return ShardState::Failed;
+        }
+        let silent = self.now.saturating_sub(p.last_heartbeat);
+        if silent > self.heartbeat_timeout + self.grace_period {
+            ShardState::Lost
+        } else if silent > self.heartbeat_timeout {
+            ShardState::Offline
+        } else {
+            ShardState::Healthy
+        }
     }
-    let silent = now().saturating_sub(p.last_heartbeat);
-    let timeout = s.config.coordinator.heartbeat_timeout;
-    if silent > timeout + s.config.repair.grace_period {
-        ShardState::Lost
-    } else if silent > timeout {
-        ShardState::Offline
-    } else {
-        ShardState::Healthy
+
+    /// Healthy: on a peer in good standing, not failed in its last audit, and online or
+    /// offline for less than the grace period.
+    fn healthy(&self, p: Option<&PeerRecord>, id: &ShardId) -> bool {
+        matches!(self.classify(p, id), ShardState::Healthy | ShardState::Offline)
+    }
+
+    /// Indices of a segment's shards that are not healthy. `m` is `f`'s manifest, parsed once
+    /// by the caller: parsing it per segment made every health query quadratic in the file's
+    /// segments.
+    pub fn unhealthy(
+        &self,
+        peers: &HashMap<String, PeerRecord>,
+        m: &Manifest,
+        f: &FileRecord,
+        seg: usize,
+    ) -> Vec<usize> {
+        m.segments[seg]
+            .shard_ids
+            .iter()
+            .zip(&f.placements[seg])
+            .enumerate()
+            .filter(|(_, (id, peer))| !self.healthy(peers.get(*peer), id))
+            .map(|(j, _)| j)
+            .collect()
     }
 }
 
-/// Healthy: on a peer in good standing, not failed in its last audit, and online or offline
-/// for less than the grace period.
-fn healthy(s: &State, p: Option<&PeerRecord>, id: &merkle::ShardId) -> bool {
-    matches!(classify(s, p, id), ShardState::Healthy | ShardState::Offline)
-}
-
-/// Indices of a segment's shards that are not healthy.
-/// `m` is `f`'s manifest, parsed once by the caller: parsing it per segment made every
-/// health query quadratic in the file's segments.
-pub(super) fn unhealthy(
+pub(super) fn file_health(
     s: &State,
     peers: &HashMap<String, PeerRecord>,
-    m: &Manifest,
+    file_id: &str,
     f: &FileRecord,
-    seg: usize,
-) -> Vec<usize> {
-    m.segments[seg]
-        .shard_ids
-        .iter()
-        .zip(&f.placements[seg])
-        .enumerate()
-        .filter(|(_, (id, peer))| !healthy(s, peers.get(*peer), id))
-        .map(|(j, _)| j)
-        .collect()
-}
-
-pub(super) fn file_health(s: &State, file_id: &str, f: &FileRecord) -> Vec<SegmentHealth> {
-    let peers: HashMap<String, PeerRecord> = s.peers.all().into_iter().collect();
+) -> Vec<SegmentHealth> {
     let Some(m) = f.parsed() else { return Vec::new() };
+    let rules = Rules::of(s);
     let queue = s.repair_queue.lock().expect("not poisoned");
     (0..f.placements.len())
         .map(|i| {
             let total = f.placements[i].len() as u32;
             SegmentHealth {
-                healthy: total - unhealthy(s, &peers, &m, f, i).len() as u32,
+                healthy: total - rules.unhealthy(peers, &m, f, i).len() as u32,
                 total,
                 repair_queued: queue.contains(&(file_id.to_owned(), i)),
             }
@@ -89,24 +113,24 @@ pub(super) fn file_health(s: &State, file_id: &str, f: &FileRecord) -> Vec<Segme
         .collect()
 }
 
-pub(super) async fn run(s: Arc<State>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(s.config.repair.check_interval));
-    loop {
-        tick.tick().await;
+pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
+    let interval = Duration::from_secs(s.config.repair.check_interval);
+    while !shutdown.sleep(interval).await {
         check(&s).await;
     }
 }
 
 /// One round: find endangered segments, repair them, and let drained leaving peers go.
 async fn check(s: &Arc<State>) {
-    let peers: HashMap<String, PeerRecord> = s.peers.all().into_iter().collect();
+    let peers: HashMap<String, PeerRecord> = s.peers.readable().into_iter().collect();
+    let rules = Rules::of(s);
     let mut queue = Vec::new();
-    for (file_id, f) in s.files.all() {
+    for (file_id, f) in s.files.readable() {
         let Some(m) = f.parsed() else { continue };
         let (k, n) = (m.shape.k(), m.shape.n());
         let threshold = (k + s.config.repair.threshold as usize).min(n - 1);
         for seg in 0..f.placements.len() {
-            let bad = unhealthy(s, &peers, &m, &f, seg);
+            let bad = rules.unhealthy(&peers, &m, &f, seg);
             let leaving =
                 f.placements[seg].iter().any(|p| peers.get(p).is_some_and(|p| p.status == PeerStatus::Exiting));
             if !bad.is_empty() && (n - bad.len() <= threshold || leaving) {
@@ -130,7 +154,7 @@ async fn check(s: &Arc<State>) {
         })
         .await;
     // A leaving peer that holds nothing any more has left.
-    let placed = super::placed_counts(s);
+    let placed = s.placed_counts();
     for (id, p) in &peers {
         if p.status == PeerStatus::Exiting && !placed.contains_key(id) {
             let _ = s.peers.update(id, |r| {
@@ -144,13 +168,36 @@ async fn check(s: &Arc<State>) {
     }
 }
 
+/// Why a segment was not repaired this round.
+#[derive(Debug, thiserror::Error)]
+enum RepairError {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("the stored manifest does not parse")]
+    BadManifest,
+    #[error("only {got} of the {k} shards needed could be fetched")]
+    TooFewSources { got: usize, k: usize },
+    #[error("rebuilding the segment")]
+    Rebuild(#[from] crate::core::erasure::ErasureError),
+    #[error("rebuilt shard {0} does not match its id: refusing to place it")]
+    Mismatch(usize),
+    #[error("fewer than {0} peers can take the rebuilt shards")]
+    NoTargets(usize),
+    #[error("no peer accepted rebuilt shard {shard}: {last}")]
+    Refused { shard: usize, last: TransferError },
+    #[error("a worker task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Db(#[from] crate::store::DbError),
+}
+
 /// Rebuilds and re-places the unhealthy shards of one segment; returns how many.
-async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usize, String> {
-    let Some(f) = s.files.get(file_id).map_err(|e| e.to_string())? else { return Ok(0) };
-    let m = f.parsed().ok_or("stored manifest does not parse")?;
-    let peers_all = s.peers.all();
+async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usize, RepairError> {
+    let Some(f) = s.files.get(file_id)? else { return Ok(0) };
+    let m = f.parsed().ok_or(RepairError::BadManifest)?;
+    let peers_all = s.peers.readable();
     let peers: HashMap<String, PeerRecord> = peers_all.iter().cloned().collect();
-    let bad = unhealthy(s, &peers, &m, &f, seg);
+    let bad = Rules::of(s).unhealthy(&peers, &m, &f, seg);
     if bad.is_empty() {
         return Ok(0);
     }
@@ -167,7 +214,7 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
     while got.len() < k {
         let batch: Vec<usize> = next.by_ref().take(k - got.len()).collect();
         if batch.is_empty() {
-            return Err(format!("only {} of the {k} shards needed could be fetched", got.len()));
+            return Err(RepairError::TooFewSources { got: got.len(), k });
         }
         let len = m.shard_len(seg);
         let fetched = futures::future::join_all(batch.into_iter().map(|j| {
@@ -177,10 +224,8 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
         }))
         .await;
         for (j, r) in fetched {
-            if let Ok(v) =
-                r.map_err(|e| e.to_string()).and_then(|b| m.verify_shard(seg as u32, j, b).map_err(|e| e.to_string()))
-            {
-                got.push(v);
+            if let Ok(v) = r.map(|b| m.verify_shard(seg as u32, j, b)) {
+                got.extend(v);
             }
         }
     }
@@ -189,11 +234,10 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
         let refs: Vec<(usize, &[u8])> = got.iter().map(|v| (v.index(), &v.bytes()[..])).collect();
         erasure::all_shards(shape, shard_len, &refs)
     })
-    .await
-    .map_err(|e| e.to_string())??;
+    .await??;
     for &j in &bad {
         if merkle::root(&rebuilt[j]) != ids[j] {
-            return Err(format!("rebuilt shard {j} does not match its id: refusing to place it"));
+            return Err(RepairError::Mismatch(j));
         }
     }
 
@@ -202,7 +246,7 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
     let candidates = s.candidates(&peers_all, &exclude);
     let mut targets = placement::plan(&candidates, 1, bad.len(), SPARES, shard_len as u64)
         .and_then(|mut p| p.pop())
-        .ok_or_else(|| format!("fewer than {} peers can take the rebuilt shards", bad.len()))?
+        .ok_or(RepairError::NoTargets(bad.len()))?
         .into_iter();
     let upload_id = format!("repair-{file_id}-{seg}");
     let put = |j: usize, target: String| {
@@ -210,7 +254,7 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
             upload_id: upload_id.clone(),
             peer_id: target.clone(),
             max_shard_len: shard_len as u64,
-            expires: now() + 600,
+            expires: s.now() + 600,
         });
         let addr = peers.get(&target).map(|p| p.address.clone()).unwrap_or_default();
         let data = Bytes::from(rebuilt[j].clone());
@@ -226,26 +270,24 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
         while let Err(e) = result {
             tracing::warn!(peer = %target, error = %e, "repair target refused a shard");
             let Some(spare) = targets.next() else {
-                return Err(format!("no peer accepted rebuilt shard {j}"));
+                return Err(RepairError::Refused { shard: j, last: e });
             };
             (_, target, result) = put(j, spare).await;
         }
         moved.push((j, holders[j].clone(), target));
     }
     // Placements change only now, and only where nobody else changed them meanwhile.
-    s.files
-        .update(file_id, |r| {
-            r.map(|mut r| {
-                for (j, old, new) in &moved {
-                    if r.placements.get(seg).and_then(|p| p.get(*j)) == Some(old) {
-                        r.placements[seg][*j] = new.clone();
-                    }
+    s.files.update(file_id, |r| {
+        r.map(|mut r| {
+            for (j, old, new) in &moved {
+                if r.placements.get(seg).and_then(|p| p.get(*j)) == Some(old) {
+                    r.placements[seg][*j] = new.clone();
                 }
-                r
-            })
+            }
+            r
         })
-        .map_err(|e| e.to_string())?;
-    s.files.flush().await.map_err(|e| e.to_string())?;
+    })?;
+    s.files.flush().await?;
     s.counters.repaired_shards.inc_by(moved.len() as u64);
     Ok(moved.len())
 }

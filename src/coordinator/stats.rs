@@ -4,11 +4,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use prometheus::{IntGaugeVec, Opts};
 
-use super::{PeerRecord, State, repair};
+use super::repair::Rules;
+use super::state::{PeerRecord, State};
 use crate::proto::*;
 
 pub(super) fn compute(s: &State) -> NetworkStats {
-    let peers: HashMap<String, PeerRecord> = s.peers.all().into_iter().collect();
+    let peers: HashMap<String, PeerRecord> = s.peers.readable().into_iter().collect();
+    let rules = Rules::of(s);
     let mut st = NetworkStats::default();
     for p in peers.values() {
         match p.status {
@@ -24,17 +26,17 @@ pub(super) fn compute(s: &State) -> NetworkStats {
         }
     }
     let mut health: BTreeMap<u32, u64> = BTreeMap::new();
-    for (_, f) in s.files.all() {
+    for (_, f) in s.files.readable() {
         let Some(m) = f.parsed() else { continue };
         st.files += 1;
         st.stored_bytes += m.plaintext_size;
         for seg in 0..f.placements.len() {
-            let healthy = (f.placements[seg].len() - repair::unhealthy(s, &peers, &m, &f, seg).len()) as u32;
+            let healthy = (f.placements[seg].len() - rules.unhealthy(&peers, &m, &f, seg).len()) as u32;
             *health.entry(healthy).or_default() += 1;
         }
     }
     st.health = health.into_iter().collect();
-    let since = now().saturating_sub(60);
+    let since = s.now().saturating_sub(60);
     let recent: Vec<AuditOutcome> =
         s.recent_audits.lock().expect("not poisoned").iter().filter(|(t, _)| *t >= since).map(|(_, o)| *o).collect();
     st.audits_last_minute = recent.len() as u64;
@@ -62,6 +64,14 @@ pub(super) fn refresh_gauges(s: &State) {
     g.with_label_values(&["files", ""]).set(st.files as i64);
     g.with_label_values(&["stored_bytes", ""]).set(st.stored_bytes as i64);
     g.with_label_values(&["repair_queue", ""]).set(st.repair_queue as i64);
+    for (table, errors) in [
+        (s.peers.name(), s.peers.decode_errors()),
+        (s.files.name(), s.files.decode_errors()),
+        (s.uploads.name(), s.uploads.decode_errors()),
+        (s.audits.name(), s.audits.decode_errors()),
+    ] {
+        s.counters.undecodable.with_label_values(&[table]).set(errors as i64);
+    }
 }
 
 pub(super) fn gauge_vec() -> IntGaugeVec {

@@ -116,7 +116,7 @@ async fn upload_and_download_in_a_real_browser() {
     fill(&b, "#n", "5").await;
     b.find(Locator::Css("#up")).await.unwrap().click().await.unwrap();
     let id = text(&b, "#newfile").await;
-    let id = p2pstore::manifest::FileId::parse(&id).unwrap();
+    let id = p2pstore::core::manifest::FileId::parse(&id).unwrap();
     let out = c.path("from-page.out");
     c.client.download(&id, b"page password", Some(&out), false, None).await.unwrap();
     assert!(

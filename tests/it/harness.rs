@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use p2pstore::client::Client;
-use p2pstore::codec::EncodeParams;
 use p2pstore::config::Config;
-use p2pstore::crypto::MIN_ITERATIONS;
+use p2pstore::core::codec::EncodeParams;
+use p2pstore::core::crypto::MIN_ITERATIONS;
+use p2pstore::core::erasure::Shape;
 use p2pstore::devnet::Devnet;
-use p2pstore::erasure::Shape;
+use p2pstore::sys::clock::Clock;
 
 /// Small segments so tests cover many segments with little data.
 pub const SEGMENT: u32 = 64 * 1024;
@@ -26,8 +27,13 @@ impl Cluster {
     }
 
     pub async fn start_with(nodes: usize, config: Config) -> Cluster {
+        Cluster::start_with_clock(nodes, config, Clock::system()).await
+    }
+
+    /// A cluster whose servers all read `clock`: a test moves time instead of waiting.
+    pub async fn start_with_clock(nodes: usize, config: Config, clock: Clock) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let net = Devnet::start(config, &dir.path().join("net"), 0, nodes).await.unwrap();
+        let net = Devnet::start_with_clock(config, &dir.path().join("net"), 0, nodes, clock).await.unwrap();
         let client = Client::new(&net.url());
         Cluster { net, client, dir }
     }
@@ -39,7 +45,7 @@ impl Cluster {
     /// The index of the node whose peer id is `peer`.
     pub fn node_of(&self, peer: &str) -> usize {
         (0..self.net.node_count())
-            .find(|&i| p2pstore::identity::Identity::load_or_create(&self.net.node_dir(i)).unwrap().peer_id() == peer)
+            .find(|&i| p2pstore::store::identity::load_or_create(&self.net.node_dir(i)).unwrap().peer_id() == peer)
             .expect("a node of this cluster")
     }
 
@@ -47,7 +53,7 @@ impl Cluster {
     pub async fn plan(&self, size: u64, k: u8, n: u8) -> p2pstore::proto::Plan {
         let req = p2pstore::proto::PlanRequest { size, k, n, segment_size: SEGMENT };
         let url = format!("{}/v1/uploads", self.net.url());
-        p2pstore::http::Client::default().post_json(&url, &req).await.unwrap().json().unwrap()
+        p2pstore::net::client::Client::default().post_json(&url, &req).await.unwrap().json().unwrap()
     }
 
     pub fn write(&self, name: &str, data: &[u8]) -> PathBuf {

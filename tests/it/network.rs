@@ -2,11 +2,13 @@
 
 use bytes::Bytes;
 use p2pstore::client::ClientError;
-use p2pstore::error::CodecError;
-use p2pstore::http::{self, request};
-use p2pstore::identity::Identity;
-use p2pstore::manifest::FileId;
+use p2pstore::core::error::CodecError;
+use p2pstore::core::identity::Identity;
+use p2pstore::core::manifest::FileId;
+use p2pstore::net::client::{self as http, request};
 use p2pstore::proto::*;
+use p2pstore::store::identity::load_or_create;
+use p2pstore::sys::clock::Clock;
 
 use crate::harness::*;
 
@@ -79,9 +81,9 @@ async fn corrupted_shard_is_skipped_and_reported() {
     let view = c.client.info(&id).await.unwrap();
     // Corrupt every shard on the peer holding data shard 0 of segment 0, while it is stopped.
     let victim = view.placements[0][0].clone();
-    let node = (0..5).find(|&i| Identity::load_or_create(&c.net.node_dir(i)).unwrap().peer_id() == victim).unwrap();
+    let node = (0..5).find(|&i| load_or_create(&c.net.node_dir(i)).unwrap().peer_id() == victim).unwrap();
     c.net.stop_node(node).await;
-    let file = p2pstore::store::shard_file(&c.net.node_dir(node), &m.segments[0].shard_ids[0]);
+    let file = p2pstore::store::shards::shard_file(&c.net.node_dir(node), &m.segments[0].shard_ids[0]);
     let mut b = std::fs::read(&file).unwrap();
     b[10] ^= 1;
     std::fs::write(&file, b).unwrap();
@@ -128,27 +130,29 @@ async fn wrong_password_and_rm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_orders_and_receipts_are_refused() {
-    let c = Cluster::start(4).await;
+    // A manual clock: the order's expiry is reached by moving it, not by waiting.
+    let clock = Clock::manual(Clock::system().now());
+    let c = Cluster::start_with_clock(4, p2pstore::config::Config::default(), clock.clone()).await;
+    let now = || clock.now();
     let h = http::Client::default();
     let peers = c.client.peers().await.unwrap();
     let target = &peers[0];
     let body = Bytes::from_static(b"0123456789");
-    let id = p2pstore::merkle::root(&body);
+    let id = p2pstore::core::merkle::root(&body);
     let url = format!("{}/v1/shards/{id}", target.address);
 
     // No order.
     let r = h.send(request("PUT", &url, &[], body.clone()).unwrap()).await.unwrap();
     assert_eq!(r.status, 403);
     // An order signed by someone else.
-    std::fs::create_dir(c.path("mallory")).unwrap();
-    let mallory = Identity::load_or_create(&c.path("mallory")).unwrap();
+    let mallory = Identity::generate();
     let order =
         PutOrder { upload_id: "u".into(), peer_id: target.peer_id.clone(), max_shard_len: 100, expires: now() + 60 };
     let forged = serde_json::to_string(&mallory.sign(&order)).unwrap();
     let r = h.send(request("PUT", &url, &[(ORDER_HEADER, &forged)], body.clone()).unwrap()).await.unwrap();
     assert_eq!(r.status, 403);
     // An expired order, really signed by the coordinator.
-    let coord = Identity::load_or_create(&c.net.dir.join("coordinator")).unwrap();
+    let coord = load_or_create(&c.net.dir.join("coordinator")).unwrap();
     let expired = PutOrder { expires: now() - 1, ..order.clone() };
     let hdr = serde_json::to_string(&coord.sign(&expired)).unwrap();
     let r = h.send(request("PUT", &url, &[(ORDER_HEADER, &hdr)], body.clone()).unwrap()).await.unwrap();
@@ -175,11 +179,11 @@ async fn forged_orders_and_receipts_are_refused() {
     // Nodes remember checked orders, but not past their expiry.
     let brief = serde_json::to_string(&coord.sign(&PutOrder { expires: now() + 1, ..order.clone() })).unwrap();
     let put_other = |bytes: &'static [u8]| {
-        let url = format!("{}/v1/shards/{}", target.address, p2pstore::merkle::root(bytes));
+        let url = format!("{}/v1/shards/{}", target.address, p2pstore::core::merkle::root(bytes));
         request("PUT", &url, &[(ORDER_HEADER, &brief)], Bytes::from_static(bytes)).unwrap()
     };
     assert_eq!(h.send(put_other(b"first")).await.unwrap().status, 200);
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await; // until the order has expired
+    clock.advance(2); // past the order's expiry
     assert_eq!(h.send(put_other(b"second")).await.unwrap().status, 403);
 
     // Commits: a receipt from the wrong key, and a missing receipt, are refused.
@@ -294,7 +298,10 @@ async fn concurrent_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_file_ending_in_zeros() {
     let c = Cluster::start(6).await;
-    let params = p2pstore::codec::EncodeParams { segment_size: p2pstore::codec::DEFAULT_SEGMENT_SIZE, ..params(4, 6) };
+    let params = p2pstore::core::codec::EncodeParams {
+        segment_size: p2pstore::core::codec::DEFAULT_SEGMENT_SIZE,
+        ..params(4, 6)
+    };
     let mut bytes = p2pstore::bench::PatternReader::new(256 << 20);
     let mut v = Vec::new();
     std::io::Read::read_to_end(&mut bytes, &mut v).unwrap();

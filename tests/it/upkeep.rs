@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use p2pstore::manifest::FileId;
+use p2pstore::core::manifest::FileId;
 use p2pstore::proto::*;
 
 use crate::harness::*;
@@ -127,15 +127,15 @@ async fn short_outages_are_not_repaired_long_ones_are() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_uploads_and_deleted_files_are_collected() {
     let c = Cluster::start_with(4, fast_config()).await;
-    let h = p2pstore::http::Client::default();
+    let h = p2pstore::net::client::Client::default();
     // An upload that never commits: one shard stored under a valid order.
     let plan = c.plan(10, 2, 4).await;
     let peer = plan.segments[0][0].clone();
     let body = Bytes::from_static(b"abandoned!");
-    let sid = p2pstore::merkle::root(&body);
+    let sid = p2pstore::core::merkle::root(&body);
     let hdr = serde_json::to_string(&plan.orders[&peer]).unwrap();
     let url = format!("{}/v1/shards/{sid}", plan.addresses[&peer]);
-    let r = h.send(p2pstore::http::request("PUT", &url, &[(ORDER_HEADER, &hdr)], body).unwrap()).await.unwrap();
+    let r = h.send(p2pstore::net::client::request("PUT", &url, &[(ORDER_HEADER, &hdr)], body).unwrap()).await.unwrap();
     assert_eq!(r.status, 200);
     // A committed file stays.
     let (id, bytes) = upload(&c, "kept", PER_SEGMENT + 1, 2, 4).await;
@@ -157,7 +157,7 @@ async fn graceful_exit_moves_every_shard_first() {
     let (id, bytes) = upload(&c, "x", 3 * PER_SEGMENT, 3, 6).await;
     let leaver = c.client.info(&id).await.unwrap().placements[0][2].clone();
     let node = c.node_of(&leaver);
-    let me = p2pstore::node::request_exit(&c.net.node_dir(node), &c.net.url()).await.unwrap();
+    let me = p2pstore::node::request_exit(&c.net.node_dir(node), &c.net.url(), &c.net.clock).await.unwrap();
     assert_eq!(me.status, PeerStatus::Exiting);
     until("the peer has exited", 60, || async { status(&c, &leaver).await == PeerStatus::Exited }).await;
     assert_eq!(placed_on(&c, &id, &leaver).await, 0);
@@ -183,7 +183,7 @@ async fn coordinator_restart_during_repair_leaves_no_dangling_placement() {
     // Every placement points at a peer that really holds the shard.
     let view = c.client.info(&id).await.unwrap();
     let m = c.client.manifest(&id).await.unwrap();
-    let h = p2pstore::http::Client::default();
+    let h = p2pstore::net::client::Client::default();
     for (seg, peers) in view.placements.iter().enumerate() {
         for (j, peer) in peers.iter().enumerate() {
             let sid = m.segments[seg].shard_ids[j];
@@ -211,7 +211,7 @@ async fn churn_thirty_nodes_lose_eighteen() {
         let view = c.client.info(&files[round % files.len()].0).await.unwrap();
         let holder = view.placements.iter().flatten().map(|p| c.node_of(p)).find(|i| !stopped.contains(i));
         let victim = holder.unwrap_or_else(|| (0..30).find(|i| !stopped.contains(i)).unwrap());
-        let victim_id = p2pstore::identity::Identity::load_or_create(&c.net.node_dir(victim)).unwrap().peer_id();
+        let victim_id = p2pstore::store::identity::load_or_create(&c.net.node_dir(victim)).unwrap().peer_id();
         c.net.stop_node(victim).await;
         stopped.insert(victim);
         until("the coordinator sees the node gone", 30, || async {

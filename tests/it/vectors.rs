@@ -2,10 +2,10 @@
 //! sealed segments and shard ids, so the format cannot change by accident. Regenerate only
 //! on purpose, with P2PSTORE_BLESS=1 (and a new format version).
 
-use p2pstore::codec::{EncodeParams, Encoder};
-use p2pstore::crypto::{FileKeys, Salt};
-use p2pstore::erasure::Shape;
-use p2pstore::manifest::{FileMeta, Manifest};
+use p2pstore::core::codec::{EncodeParams, Encoder};
+use p2pstore::core::crypto::{FileKeys, Salt};
+use p2pstore::core::erasure::Shape;
+use p2pstore::core::manifest::{FileMeta, Manifest};
 use ring::digest::{SHA256, digest};
 use serde_json::{Value, json};
 

@@ -1,6 +1,6 @@
 //! The web UI's assets and API, monitoring endpoints, and the browser-side crypto.
 
-use p2pstore::http::Client;
+use p2pstore::net::client::Client;
 
 use crate::harness::*;
 
@@ -112,8 +112,8 @@ eval(fs.readFileSync("{root}/assets/crypto.js", "utf8") + "; globalThis.P2P = P2
 /// upload comes back segment by segment, still sealed, for the page to open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_upload_and_download_endpoints() {
-    use p2pstore::crypto::{FileKeys, MIN_ITERATIONS, Salt};
-    use p2pstore::manifest::{FileMeta, plain_per_segment, segment_count};
+    use p2pstore::core::crypto::{FileKeys, MIN_ITERATIONS, Salt};
+    use p2pstore::core::manifest::{FileMeta, plain_per_segment, segment_count};
     let c = Cluster::start(5).await;
     let h = Client::default();
     let base = c.net.url();
@@ -136,7 +136,9 @@ async fn browser_upload_and_download_endpoints() {
     let put = |i: usize, body: Vec<u8>| {
         let url = format!("{base}/v1/browser/uploads/{up}/segments/{i}");
         let h = h.clone();
-        async move { h.send(p2pstore::http::request("PUT", &url, &[], bytes::Bytes::from(body)).unwrap()).await.unwrap() }
+        async move {
+            h.send(p2pstore::net::client::request("PUT", &url, &[], bytes::Bytes::from(body)).unwrap()).await.unwrap()
+        }
     };
     // A committed-before-complete upload and a wrong-sized segment are refused.
     let early: serde_json::Value = serde_json::json!({"salt": hex::encode(salt.0), "iterations": MIN_ITERATIONS, "sealed_meta": "00", "owner_hash": "00"});
@@ -144,7 +146,7 @@ async fn browser_upload_and_download_endpoints() {
     assert_eq!(put(0, vec![1, 2, 3]).await.status, 400);
     for i in 0..count {
         let mut seg = data[i * per..((i + 1) * per).min(data.len())].to_vec();
-        seg.resize(seg.len() + p2pstore::crypto::TAG_LEN, 0);
+        seg.resize(seg.len() + p2pstore::core::crypto::TAG_LEN, 0);
         keys.seal_segment(i as u32, i + 1 == count, &mut seg);
         assert_eq!(put(i, seg).await.status, 200);
     }
@@ -157,7 +159,7 @@ async fn browser_upload_and_download_endpoints() {
     });
     let done: p2pstore::proto::CommitReply =
         h.post_json(&format!("{base}/v1/browser/uploads/{up}/commit"), &commit).await.unwrap().json().unwrap();
-    let id = p2pstore::manifest::FileId::parse(&done.file_id).unwrap();
+    let id = p2pstore::core::manifest::FileId::parse(&done.file_id).unwrap();
     let out = c.path("from-browser.out");
     c.client.download(&id, b"browser pw", Some(&out), false, None).await.unwrap();
     assert!(std::fs::read(&out).unwrap() == data, "the CLI reads a browser upload byte-identical");

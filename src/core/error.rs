@@ -1,6 +1,4 @@
-//! Typed errors of the library. Each message says what happened and, where it can, what to do.
-
-use std::path::PathBuf;
+//! Errors of the pure core. Each message says what happened and, where it can, what to do.
 
 /// Errors of the codec: keys, sealing, erasure coding, manifests.
 #[derive(Debug, thiserror::Error)]
@@ -21,25 +19,12 @@ pub enum CodecError {
     UnsupportedVersion { found: u16, supported: u16 },
     #[error("malformed manifest: {0}")]
     Malformed(String),
+    #[error("Reed-Solomon decoding of segment {segment} failed")]
+    Erasure { segment: u32, source: reed_solomon_simd::Error },
     #[error("invalid parameters: {0}")]
     InvalidParams(String),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path} already exists; pass --force to overwrite it")]
-    Exists { path: PathBuf },
     #[error("reading the input failed: {0}")]
     Read(std::io::Error),
     #[error("writing the output failed: {0}")]
     Write(std::io::Error),
-}
-
-/// Errors in the configuration, always naming the file and key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config {origin}: `{key}` {message}")]
-    Invalid { origin: String, key: &'static str, message: String },
 }

@@ -2,19 +2,17 @@
 //! segment at a time so memory stays bounded by a few segments whatever the file size.
 //! The network client drives it; it does no networking itself.
 
-use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::Path;
 
 use bytes::Bytes;
 use rayon::prelude::*;
 
-use crate::crypto::{DEFAULT_ITERATIONS, FileKeys, Salt, TAG_LEN};
-use crate::erasure::{self, Shape};
-use crate::error::CodecError;
-use crate::manifest::{FileMeta, MAX_META_LEN, Manifest, SegmentEntry, check_segment_size, plain_per_segment};
-use crate::merkle::{self, ShardId};
-use crate::pool::Buf;
+use crate::core::crypto::{DEFAULT_ITERATIONS, FileKeys, Salt, TAG_LEN};
+use crate::core::erasure::{self, Shape};
+use crate::core::error::CodecError;
+use crate::core::manifest::{FileMeta, MAX_META_LEN, Manifest, SegmentEntry, check_segment_size, plain_per_segment};
+use crate::core::merkle::{self, ShardId};
+use crate::sys::pool::Buf;
 
 /// Default sealed segment size: 8 MiB. Measured here (docs/ARCHITECTURE.md, README), it is
 /// the fastest end to end: 1 MiB segments multiply per-shard costs on nodes, 32 MiB ones
@@ -224,7 +222,7 @@ impl Manifest {
             return Err(CodecError::NotEnoughShards { segment: index, have: distinct.len(), need: k });
         }
         let mut buf = erasure::reconstruct(self.shape, self.shard_len(index as usize), &distinct)
-            .map_err(|e| CodecError::Malformed(format!("segment {index}: {e}")))?;
+            .map_err(|source| CodecError::Erasure { segment: index, source })?;
         buf.truncate(self.segments[index as usize].sealed_len as usize);
         Ok(buf)
     }
@@ -290,38 +288,11 @@ impl Decoder {
     }
 }
 
-/// Writes `path` through a temporary file in the same directory that is renamed into place
-/// only if `write` succeeds and the data reached the disk: a failed or interrupted decode
-/// leaves nothing behind. Refuses to replace an existing file unless `overwrite`.
-pub fn write_atomically<T, E: From<CodecError>>(
-    path: &Path,
-    overwrite: bool,
-    write: impl FnOnce(&mut File) -> Result<T, E>,
-) -> Result<T, E> {
-    let io = |source: io::Error| CodecError::Io { path: path.to_owned(), source };
-    if !overwrite && path.exists() {
-        return Err(CodecError::Exists { path: path.to_owned() }.into());
-    }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new().prefix(".p2pstore-").suffix(".part").tempfile_in(dir).map_err(io)?;
-    let value = write(tmp.as_file_mut())?;
-    tmp.as_file().sync_all().map_err(io)?;
-    if overwrite {
-        tmp.persist(path).map_err(|e| io(e.error))?;
-    } else {
-        tmp.persist_noclobber(path).map_err(|e| io(e.error))?;
-    }
-    Ok(value)
-}
-
 #[cfg(test)]
 #[allow(clippy::needless_range_loop)] // indices name shards and segments here
 mod tests {
     use super::*;
-    use crate::crypto::MIN_ITERATIONS;
+    use crate::core::crypto::MIN_ITERATIONS;
     use proptest::prelude::*;
 
     fn params(k: u8, n: u8) -> EncodeParams {
@@ -422,23 +393,6 @@ mod tests {
         let d = Decoder::new(Manifest::from_bytes(&cut.to_bytes()).unwrap(), b"pw").unwrap();
         let v = verified(&cut, 0, &shards[0], &[0, 1]);
         assert!(matches!(d.decode_segment(0, &v), Err(CodecError::SegmentAuth { segment: 0 })));
-    }
-
-    #[test]
-    fn atomic_write_leaves_nothing_on_failure() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.bin");
-        let r: Result<(), CodecError> = write_atomically(&path, false, |f| {
-            f.write_all(b"partial").unwrap();
-            Err(CodecError::SegmentAuth { segment: 3 })
-        });
-        assert!(r.is_err());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        write_atomically::<_, CodecError>(&path, false, |f| f.write_all(b"x").map_err(CodecError::Read)).unwrap();
-        let again = write_atomically::<_, CodecError>(&path, false, |_| Ok(()));
-        assert!(matches!(again, Err(CodecError::Exists { .. })));
-        write_atomically::<_, CodecError>(&path, true, |f| f.write_all(b"y").map_err(CodecError::Read)).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"y");
     }
 
     proptest! {

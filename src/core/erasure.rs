@@ -2,10 +2,11 @@
 //! lengths: shards 0..k are the segment itself cut in k equal parts (the last zero-padded),
 //! shards k..n are recovery shards. Pure: no I/O.
 
+pub use reed_solomon_simd::Error as ErasureError;
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
-use crate::error::CodecError;
-use crate::pool::Buf;
+use crate::core::error::CodecError;
+use crate::sys::pool::Buf;
 
 /// The k and n of a file: any `k` of its `n` shards rebuild a segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +80,7 @@ impl Encoder {
 
 /// Rebuilds the sealed segment (k × shard_len bytes, padding included) from any k shards,
 /// given as (index, bytes). The caller has checked every shard against its id.
-pub fn reconstruct(shape: Shape, shard_len: usize, shards: &[(usize, &[u8])]) -> Result<Buf, String> {
+pub fn reconstruct(shape: Shape, shard_len: usize, shards: &[(usize, &[u8])]) -> Result<Buf, ErasureError> {
     let k = shape.k();
     // Every byte is overwritten: by a data shard, or by the one decoding restores.
     let mut data = Buf::with_len(k * shard_len);
@@ -100,16 +101,16 @@ pub fn reconstruct(shape: Shape, shard_len: usize, shards: &[(usize, &[u8])]) ->
         let m = shape.n() - k;
         let rs = match slot {
             Some(rs) => {
-                rs.reset(k, m, shard_len).map_err(|e| e.to_string())?;
+                rs.reset(k, m, shard_len)?;
                 rs
             }
-            None => slot.insert(ReedSolomonDecoder::new(k, m, shard_len).map_err(|e| e.to_string())?),
+            None => slot.insert(ReedSolomonDecoder::new(k, m, shard_len)?),
         };
         for &(i, s) in shards {
             let r = if i < k { rs.add_original_shard(i, s) } else { rs.add_recovery_shard(i - k, s) };
-            r.map_err(|e| e.to_string())?;
+            r?;
         }
-        let restored = rs.decode().map_err(|e| e.to_string())?;
+        let restored = rs.decode()?;
         for (i, s) in restored.restored_original_iter() {
             data[i * shard_len..(i + 1) * shard_len].copy_from_slice(s);
         }
@@ -118,7 +119,7 @@ pub fn reconstruct(shape: Shape, shard_len: usize, shards: &[(usize, &[u8])]) ->
 }
 
 /// All n shards from any k: the repair path, which must recreate recovery shards too.
-pub fn all_shards(shape: Shape, shard_len: usize, shards: &[(usize, &[u8])]) -> Result<Vec<Vec<u8>>, String> {
+pub fn all_shards(shape: Shape, shard_len: usize, shards: &[(usize, &[u8])]) -> Result<Vec<Vec<u8>>, ErasureError> {
     let data = reconstruct(shape, shard_len, shards)?;
     // Kept per thread for the same reason as the decoder (repairs rebuild segment after segment).
     thread_local! {

@@ -1,13 +1,15 @@
 //! Every wire type of protocol version 1, in one place (docs/PROTOCOL.md mirrors it).
 //! All routes live under `/v1/`; bodies are JSON unless they are shard or manifest bytes.
-//! Messages that authorise or attest something travel as `Signed<T>`.
+//! Messages that authorise or attest something travel as `Signed<T>`. Pure: no I/O.
+
+mod signed;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::Signed;
-use crate::merkle::{Proof, ShardId};
+use crate::core::merkle::{Proof, ShardId};
+pub use signed::{Sign, Signed};
 
 pub const VERSION: u32 = 1;
 /// Header carrying a `Signed<PutOrder>` (JSON) on a shard PUT.
@@ -299,7 +301,47 @@ for_peer!(Challenge, deadline);
 for_peer!(LiveList, expires);
 for_peer!(DeleteOrder, expires);
 
-/// Unix seconds now.
-pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+/// A node's own view of itself (`GET /v1/status` on a node).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub peer_id: String,
+    pub address: String,
+    pub capacity: u64,
+    pub used: u64,
+    pub shards: u64,
+}
+
+/// How many shards a node removed (delete orders, live lists).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Removed {
+    pub removed: usize,
+}
+
+/// The file a delete removed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Deleted {
+    pub deleted: String,
+}
+
+/// A browser upload has begun: send its `segments` sealed segments.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BrowserStarted {
+    pub upload_id: String,
+    pub segments: usize,
+}
+
+/// A browser's sealed segment is coded and stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BrowserStored {
+    pub stored: usize,
+}
+
+/// What only the browser can make, to end its upload: the sealed metadata and the key
+/// parameters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BrowserCommit {
+    pub salt: String,
+    pub iterations: u32,
+    pub sealed_meta: String,
+    pub owner_hash: String,
 }

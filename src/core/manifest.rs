@@ -8,10 +8,10 @@ use std::fmt;
 use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{MAX_ITERATIONS, MIN_ITERATIONS, SALT_LEN, Salt, TAG_LEN};
-use crate::erasure::Shape;
-use crate::error::CodecError;
-use crate::merkle::ShardId;
+use crate::core::crypto::{MAX_ITERATIONS, MIN_ITERATIONS, SALT_LEN, Salt, TAG_LEN};
+use crate::core::erasure::Shape;
+use crate::core::error::CodecError;
+use crate::core::merkle::ShardId;
 
 pub const MAGIC: &[u8; 4] = b"P2PS";
 pub const FORMAT_VERSION: u16 = 2;

@@ -9,7 +9,7 @@ use ring::aead::{self, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{hkdf, pbkdf2};
 
-use crate::error::CodecError;
+use crate::core::error::CodecError;
 
 /// Bytes of the random per-upload salt.
 pub const SALT_LEN: usize = 16;

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use rust_embed::RustEmbed;
 
-use crate::http::{self, Body};
+use crate::net::server::{self, Body};
 
 #[derive(RustEmbed)]
 #[folder = "assets/"]
@@ -22,8 +22,8 @@ fn content_type(path: &str) -> &'static str {
 }
 
 /// The asset at `path` ("" is the page itself), if there is one.
-pub fn asset(path: &str) -> Option<hyper::Response<Body>> {
+pub(super) fn asset(path: &str) -> Option<hyper::Response<Body>> {
     let path = if path.is_empty() { "index.html" } else { path };
     let file = Assets::get(path)?;
-    Some(http::bytes(content_type(path), Bytes::from(file.data.into_owned())))
+    Some(server::bytes(content_type(path), Bytes::from(file.data.into_owned())))
 }

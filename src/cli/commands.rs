@@ -1,0 +1,281 @@
+//! One function per command. Each takes the validated configuration and its own arguments,
+//! prints what it must (data on stdout, progress and notes on stderr) and returns an error
+//! that `main` prints once.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{BenchCommand, PasswordArgs};
+use crate::bench;
+use crate::client::Client;
+use crate::config::Config;
+use crate::coordinator;
+use crate::core::codec::EncodeParams;
+use crate::core::erasure::Shape;
+use crate::core::manifest::FileId;
+use crate::devnet::Devnet;
+use crate::node::{self, NodeOptions};
+use crate::proto::{Deleted, PeerState, PeerStatus};
+use crate::sys::clock::Clock;
+
+/// Writes to stdout; a closed pipe (`p2pstore ls | head`) ends the program quietly in main.
+macro_rules! outln {
+    ($($t:tt)*) => { writeln!(std::io::stdout(), $($t)*)? };
+}
+macro_rules! out {
+    ($($t:tt)*) => { write!(std::io::stdout(), $($t)*)? };
+}
+
+pub(super) fn print_config(config: &Config) -> anyhow::Result<()> {
+    out!("# from: {}\n{}", config.origin, toml::to_string(config).context("printing the configuration")?);
+    Ok(())
+}
+
+pub(super) fn check_coordinator(config: &Config) -> anyhow::Result<()> {
+    let report = coordinator::check(&config.coordinator.data_dir)?;
+    for line in &report.lines {
+        outln!("{line}");
+    }
+    if report.undecodable > 0 {
+        bail!("{} stored records cannot be read (listed above)", report.undecodable);
+    }
+    Ok(())
+}
+
+async fn wait_for_ctrl_c() -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
+}
+
+pub(super) async fn coordinator(config: Config) -> anyhow::Result<()> {
+    let c = &config.coordinator;
+    let bind = SocketAddr::new(c.host.parse().context("coordinator.host")?, c.port);
+    let h = coordinator::spawn(config.clone(), c.data_dir.clone(), bind, Clock::system()).await?;
+    eprintln!("coordinator listening on http://{}", h.addr);
+    wait_for_ctrl_c().await?;
+    h.shutdown().await;
+    Ok(())
+}
+
+pub(super) async fn node(config: Config, advertise: Option<String>) -> anyhow::Result<()> {
+    let port = config.node.port;
+    let h = node::spawn(NodeOptions {
+        data_dir: config.node_data_dir(port),
+        bind: SocketAddr::from(([127, 0, 0, 1], port)),
+        advertise,
+        coordinator: config.client.coordinator.clone(),
+        capacity: (config.node.max_storage_gb * 1e9) as u64,
+        heartbeat_interval: Duration::from_secs(config.node.heartbeat_interval),
+        clock: Clock::system(),
+    })
+    .await?;
+    eprintln!("node listening on http://{}", h.addr);
+    wait_for_ctrl_c().await?;
+    h.shutdown().await;
+    Ok(())
+}
+
+pub(super) async fn node_exit(config: Config) -> anyhow::Result<()> {
+    let dir = config.node_data_dir(config.node.port);
+    let client = Client::new(&config.client.coordinator);
+    let me = node::request_exit(&dir, &config.client.coordinator, &Clock::system()).await?;
+    eprintln!("exit requested for peer {}; moving its {} shards", me.peer_id, me.placed);
+    loop {
+        let peers = client.peers().await?;
+        let Some(p) = peers.iter().find(|p| p.peer_id == me.peer_id) else { bail!("the coordinator forgot this peer") };
+        match p.status {
+            PeerStatus::Exited => break,
+            PeerStatus::Exiting => eprintln!("{} shards still to move", p.placed),
+            other => bail!("the peer is {other:?}, not exiting"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!("peer {} has exited: it may be stopped", me.peer_id);
+    Ok(())
+}
+
+pub(super) async fn devnet(config: Config, nodes: usize, port: u16, data_dir: PathBuf) -> anyhow::Result<()> {
+    let net = Devnet::start(config, &data_dir, port, nodes).await?;
+    outln!("{}", net.url());
+    eprintln!(
+        "devnet: coordinator {} with {nodes} nodes, data in {}. Try:\n  \
+         p2pstore upload FILE --password\n  p2pstore download FILE_ID --password\nCtrl-C stops it.",
+        net.url(),
+        data_dir.display()
+    );
+    wait_for_ctrl_c().await?;
+    net.shutdown().await;
+    Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal; the client sets its length.
+fn progress() -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
+            .expect("valid template"),
+    );
+    Some(bar)
+}
+
+/// Coding parameters from the configuration, with `-k`/`-n` overrides.
+fn encode_params(config: &Config, k: Option<u8>, n: Option<u8>) -> anyhow::Result<EncodeParams> {
+    Ok(EncodeParams {
+        shape: Shape::new(k.unwrap_or(config.node.shards_required as u8), n.unwrap_or(config.node.shards_total as u8))?,
+        segment_size: config.client.segment_size,
+        iterations: config.client.kdf_iterations,
+    })
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    outln!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub(super) async fn upload(
+    config: Config,
+    file: PathBuf,
+    password: PasswordArgs,
+    k: Option<u8>,
+    n: Option<u8>,
+) -> anyhow::Result<()> {
+    let params = encode_params(&config, k, n)?;
+    let pw = password.get(true)?;
+    let bar = progress();
+    let id = Client::new(&config.client.coordinator).upload(&file, pw.as_bytes(), params, bar.clone()).await?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    outln!("{id}");
+    Ok(())
+}
+
+pub(super) async fn download(
+    config: Config,
+    file_id: String,
+    password: PasswordArgs,
+    output: Option<PathBuf>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let id = FileId::parse(&file_id)?;
+    let pw = password.get(false)?;
+    let bar = progress();
+    let client = Client::new(&config.client.coordinator);
+    let report = client.download(&id, pw.as_bytes(), output.as_deref(), force, bar.clone()).await?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    for p in &report.problems {
+        eprintln!("warning: {p}");
+    }
+    eprintln!("wrote {}", report.path.display());
+    Ok(())
+}
+
+pub(super) async fn info(config: Config, file_id: String, json: bool) -> anyhow::Result<()> {
+    let view = Client::new(&config.client.coordinator).info(&FileId::parse(&file_id)?).await?;
+    if json {
+        return print_json(&view);
+    }
+    let s = &view.summary;
+    outln!("file     {}\nsize     {} bytes\nsegments {}\ncoding   {}-of-{}", s.file_id, s.size, s.segments, s.k, s.n);
+    for (i, (seg, h)) in view.placements.iter().zip(&view.health).enumerate() {
+        let up = seg.iter().filter(|p| view.peers.get(*p).is_some_and(|v| v.state == PeerState::Online)).count();
+        let queued = if h.repair_queued { ", repair queued" } else { "" };
+        outln!("segment {i:>5}: {}/{} healthy, {up} on online peers{queued}", h.healthy, h.total);
+    }
+    Ok(())
+}
+
+pub(super) async fn ls(config: Config, json: bool) -> anyhow::Result<()> {
+    let files = Client::new(&config.client.coordinator).list().await?;
+    if json {
+        return print_json(&files);
+    }
+    for f in files {
+        outln!("{}  {:>14} bytes  {}-of-{}", f.file_id, f.size, f.k, f.n);
+    }
+    Ok(())
+}
+
+fn gb(bytes: u64) -> String {
+    format!("{:.2} GB", bytes as f64 / 1e9)
+}
+
+pub(super) async fn peers(config: Config, json: bool) -> anyhow::Result<()> {
+    let peers = Client::new(&config.client.coordinator).peers().await?;
+    if json {
+        return print_json(&peers);
+    }
+    for p in peers {
+        let state = format!("{:?}/{:?}", p.state, p.status).to_lowercase();
+        outln!(
+            "{}  {:<20}  rep {:.2}  online {:.2}  {:<24}  {} of {} used, {} shards",
+            p.peer_id,
+            state,
+            p.reputation,
+            p.online_score,
+            p.address,
+            gb(p.used),
+            gb(p.capacity),
+            p.shards
+        );
+    }
+    Ok(())
+}
+
+pub(super) async fn rm(config: Config, file_id: String, password: PasswordArgs, json: bool) -> anyhow::Result<()> {
+    let id = FileId::parse(&file_id)?;
+    Client::new(&config.client.coordinator).remove(&id, password.get(false)?.as_bytes()).await?;
+    if json {
+        return print_json(&Deleted { deleted: id.to_string() });
+    }
+    eprintln!("deleted {id}");
+    Ok(())
+}
+
+pub(super) async fn audits(config: Config, peer: Option<String>, limit: usize, json: bool) -> anyhow::Result<()> {
+    let audits = Client::new(&config.client.coordinator).audits(peer.as_deref(), limit).await?;
+    if json {
+        return print_json(&audits);
+    }
+    for a in audits {
+        let outcome = format!("{:?}", a.outcome).to_lowercase();
+        outln!("{}  {}  {:<7}  reputation {:.3}  {}", a.time, a.peer_id, outcome, a.reputation, a.detail);
+    }
+    Ok(())
+}
+
+/// A temporary directory for a benchmark's data inside `dir`, removed afterwards.
+fn bench_dir(dir: &Path) -> anyhow::Result<tempfile::TempDir> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    Ok(tempfile::tempdir_in(dir)?)
+}
+
+pub(super) fn bench(config: Config, b: BenchCommand) -> anyhow::Result<()> {
+    let params = encode_params(&config, None, None)?;
+    let report = match b {
+        BenchCommand::Codec { size_mib, memory_mib } => bench::codec_report(size_mib << 20, memory_mib << 20, params),
+        BenchCommand::Network { size_mib, nodes, dir } => {
+            let tmp = bench_dir(&dir)?;
+            super::on_runtime("bench", bench::network(size_mib << 20, nodes, tmp.path(), params))?
+        }
+        BenchCommand::Repair { size_mib, nodes, stop, dir } => {
+            let tmp = bench_dir(&dir)?;
+            super::on_runtime("bench", bench::repair(nodes, stop, size_mib << 20, tmp.path()))?
+        }
+        BenchCommand::Audits { peers, segments, seconds, dir } => {
+            let tmp = bench_dir(&dir)?;
+            super::on_runtime("bench", bench::audits(peers, segments, seconds.max(2), tmp.path()))?
+        }
+    };
+    out!("{report}");
+    Ok(())
+}

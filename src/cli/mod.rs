@@ -1,0 +1,303 @@
+//! The command line: clap types, logging set-up, and the one dispatch from a command to the
+//! function that runs it (`commands`). Every check of a value lives in `Config::validate`:
+//! command-line overrides are applied to the configuration first, then it is validated once.
+
+mod commands;
+mod password;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+pub use password::PasswordArgs;
+
+#[derive(Parser, Debug)]
+#[command(name = "p2pstore", version, about = "Encrypted, erasure-coded peer-to-peer storage")]
+pub struct Cli {
+    /// Configuration file [default: ./config.toml when present, else built-in defaults]
+    #[arg(long, global = true, env = "P2PSTORE_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors in the log
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Log lines as text or as JSON objects (one per line)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Coordinator URL for client commands [config: client.coordinator]
+    #[arg(long, global = true, env = "P2PSTORE_COORDINATOR", value_name = "URL")]
+    pub coordinator: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the coordinator: tracks peers, plans placements, keeps manifests
+    Coordinator {
+        /// Listen address [config: coordinator.host]
+        #[arg(long)]
+        host: Option<String>,
+        /// Listen port [config: coordinator.port]
+        #[arg(long)]
+        port: Option<u16>,
+        /// State directory [config: coordinator.data_dir]
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<CoordinatorAction>,
+    },
+    /// Run a storage node
+    Node {
+        /// Listen port [config: node.port]
+        #[arg(long)]
+        port: Option<u16>,
+        /// URL clients use to reach this node [default: http://127.0.0.1:PORT]
+        #[arg(long, value_name = "URL")]
+        advertise: Option<String>,
+        /// Shard directory [config: node.data_dir; default ./data/node-PORT]
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Space this node offers, in GB [config: node.max_storage_gb]
+        #[arg(long)]
+        max_storage_gb: Option<f64>,
+        #[command(subcommand)]
+        action: Option<NodeAction>,
+    },
+    /// Recent audits, of all peers or of one
+    Audits {
+        #[arg(long, value_name = "PEER_ID")]
+        peer: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A coordinator and N nodes in one process: a whole local network
+    Devnet {
+        #[arg(long, default_value_t = 20)]
+        nodes: usize,
+        /// Coordinator port
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        #[arg(long, default_value = "./data/devnet")]
+        data_dir: PathBuf,
+    },
+    /// Encrypt, erasure-code and store a file; prints its file id
+    Upload {
+        file: PathBuf,
+        #[command(flatten)]
+        password: PasswordArgs,
+        /// Shards that rebuild a segment [config: node.shards_required]
+        #[arg(short)]
+        k: Option<u8>,
+        /// Shards per segment [config: node.shards_total]
+        #[arg(short)]
+        n: Option<u8>,
+    },
+    /// Fetch, verify and decrypt a file
+    Download {
+        file_id: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+        /// Where to write it [default: its original name in the current directory]
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Replace an existing file
+        #[arg(long)]
+        force: bool,
+    },
+    /// Size, segments, k/n and per-segment shards on online peers
+    Info {
+        file_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List stored files
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List peers and their state
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a file (needs its password)
+    Rm {
+        file_id: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the effective configuration (file, environment and defaults merged) as TOML
+    Config,
+    /// Measure this machine
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CoordinatorAction {
+    /// Read every stored record of the coordinator in --data-dir and list those that cannot
+    /// be read (run it while that coordinator is stopped: the database allows one process)
+    Check,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeAction {
+    /// Leave the network gracefully: the coordinator moves this node's shards elsewhere;
+    /// waits until none is needed here any more (the node must keep running meanwhile)
+    Exit,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Each codec stage alone, the encode and decode pipelines, and encoding's peak memory
+    Codec {
+        /// Bytes to push through each stage, in MiB
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// File size for the peak-memory run, in MiB
+        #[arg(long, default_value_t = 2048)]
+        memory_mib: u64,
+    },
+    /// Repair throughput: stop nodes holding a file and time its rebuild
+    Repair {
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+        #[arg(long, default_value_t = 30)]
+        nodes: usize,
+        #[arg(long, default_value_t = 6)]
+        stop: usize,
+        #[arg(long, default_value = "./data")]
+        dir: PathBuf,
+    },
+    /// Audits per second one coordinator sustains against many simulated peers
+    Audits {
+        #[arg(long, default_value_t = 1000)]
+        peers: usize,
+        /// Segments (20 stored shards each) of the audited file
+        #[arg(long, default_value_t = 500)]
+        segments: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value = "./data")]
+        dir: PathBuf,
+    },
+    /// Upload and download through a local devnet in this process
+    Network {
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        #[arg(long, default_value_t = 20)]
+        nodes: usize,
+        /// Where the nodes keep shards (a temporary directory inside it)
+        #[arg(long, default_value = "./data")]
+        dir: PathBuf,
+    },
+}
+
+fn init_logging(cli: &Cli) {
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        (_, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Text => fmt.try_init(),
+        LogFormat::Json => fmt.json().try_init(),
+    };
+}
+
+/// The configuration with the command line's overrides applied, validated once.
+fn effective_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    let before = config.clone();
+    if let Some(url) = &cli.coordinator {
+        config.client.coordinator = url.clone();
+    }
+    match &cli.command {
+        Command::Coordinator { host, port, data_dir, .. } => {
+            set(&mut config.coordinator.host, host);
+            set(&mut config.coordinator.port, port);
+            set(&mut config.coordinator.data_dir, data_dir);
+        }
+        Command::Node { port, data_dir, max_storage_gb, .. } => {
+            set(&mut config.node.port, port);
+            if data_dir.is_some() {
+                config.node.data_dir = data_dir.clone();
+            }
+            set(&mut config.node.max_storage_gb, max_storage_gb);
+        }
+        _ => {}
+    }
+    if config != before {
+        config.origin = format!("{} with command-line/environment overrides", config.origin);
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn set<T: Clone>(slot: &mut T, value: &Option<T>) {
+    if let Some(v) = value {
+        *slot = v.clone();
+    }
+}
+
+/// Runs `fut` on a runtime whose threads are named by `role`, so `top -H` and profiles tell
+/// the roles apart.
+fn on_runtime<T>(role: &str, fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(role)
+        .build()
+        .context("starting the async runtime")?
+        .block_on(fut)
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let config = effective_config(&cli)?;
+    use commands as c;
+    match cli.command {
+        Command::Config => c::print_config(&config),
+        Command::Coordinator { action: Some(CoordinatorAction::Check), .. } => c::check_coordinator(&config),
+        Command::Coordinator { action: None, .. } => on_runtime("coordinator", c::coordinator(config)),
+        Command::Node { action: Some(NodeAction::Exit), .. } => on_runtime("client", c::node_exit(config)),
+        Command::Node { advertise, action: None, .. } => on_runtime("node", c::node(config, advertise)),
+        Command::Devnet { nodes, port, data_dir } => on_runtime("devnet", c::devnet(config, nodes, port, data_dir)),
+        Command::Upload { file, password, k, n } => on_runtime("client", c::upload(config, file, password, k, n)),
+        Command::Download { file_id, password, output, force } => {
+            on_runtime("client", c::download(config, file_id, password, output, force))
+        }
+        Command::Info { file_id, json } => on_runtime("client", c::info(config, file_id, json)),
+        Command::Ls { json } => on_runtime("client", c::ls(config, json)),
+        Command::Peers { json } => on_runtime("client", c::peers(config, json)),
+        Command::Rm { file_id, password, json } => on_runtime("client", c::rm(config, file_id, password, json)),
+        Command::Audits { peer, limit, json } => on_runtime("client", c::audits(config, peer, limit, json)),
+        Command::Bench(b) => c::bench(config, b),
+    }
+}
+
+/// Whether an error is only stdout's reader going away.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}

@@ -1,0 +1,77 @@
+//! Peers: registration and liveness by signed heartbeats, graceful exit, and the peer list.
+
+use hyper::StatusCode;
+
+use super::state::{PeerRecord, State};
+use crate::net::server::{ApiError, ApiResult, ok};
+use crate::proto::*;
+
+/// Heartbeat clocks may differ from ours by this much.
+const CLOCK_SKEW: u64 = 300;
+
+pub(super) fn views(s: &State) -> Vec<PeerView> {
+    let placed = s.placed_counts();
+    s.peers.readable().iter().map(|(id, p)| s.view(id, p, placed.get(id).copied().unwrap_or(0))).collect()
+}
+
+pub(super) fn exit(s: &State, signed: Signed<ExitRequest>) -> ApiResult {
+    let req = signed.open().ok_or_else(|| ApiError::forbidden("exit request signature does not verify"))?;
+    let id = signed.signer_id();
+    if req.time + CLOCK_SKEW < s.now() {
+        return Err(ApiError::forbidden("stale exit request"));
+    }
+    let updated = s
+        .peers
+        .update(&id, |p| {
+            p.map(|mut p| {
+                if p.public_key == signed.signer && matches!(p.status, PeerStatus::Vetting | PeerStatus::Active) {
+                    p.status = PeerStatus::Exiting;
+                }
+                p
+            })
+        })
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no peer {id}")))?;
+    tracing::info!(peer = %id, status = ?updated.status, "graceful exit requested");
+    ok(&s.view(&id, &updated, s.placed_counts().get(&id).copied().unwrap_or(0)))
+}
+
+pub(super) fn heartbeat(s: &State, signed: Signed<Heartbeat>) -> ApiResult {
+    let hb = signed.open().ok_or_else(|| ApiError::forbidden("heartbeat signature does not verify"))?;
+    let id = signed.signer_id();
+    let t = s.now();
+    if hb.time + CLOCK_SKEW < t || hb.time > t + CLOCK_SKEW {
+        return Err(ApiError::forbidden(format!(
+            "heartbeat time {} is too far from ours ({t}); check the clock",
+            hb.time
+        )));
+    }
+    if !(hb.address.starts_with("http://") || hb.address.starts_with("https://")) {
+        return Err(ApiError::bad_request("address must be an http:// URL"));
+    }
+    // A record that cannot be read is an error here, never a reason to register afresh:
+    // that would undo a disqualification.
+    let old = s.peers.get(&id).map_err(ApiError::internal)?;
+    match &old {
+        Some(o) if hb.time < o.last_time => return Err(ApiError::forbidden("replayed heartbeat")),
+        None if s.peers.len() >= s.config.coordinator.max_peers as usize => {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the coordinator has max_peers peers already"));
+        }
+        None => tracing::info!(peer = %id, address = %hb.address, "peer registered"),
+        _ => {}
+    }
+    // Read-modify-write in one step: the audit worker updates the same record.
+    s.peers
+        .update(&id, |old| {
+            let mut p = old.unwrap_or_else(|| PeerRecord::new(signed.signer.clone()));
+            p.address = hb.address.clone();
+            p.capacity = hb.capacity;
+            p.used = hb.used;
+            p.shards = hb.shards;
+            p.last_heartbeat = t;
+            p.last_time = p.last_time.max(hb.time);
+            Some(p)
+        })
+        .map_err(ApiError::internal)?;
+    ok(&HeartbeatReply { peer_id: id, coordinator_key: s.identity.public_key_hex() })
+}

@@ -1,0 +1,253 @@
+//! The coordinator's state: its key, configuration, clock, tables and in-memory queues, the
+//! records its tables hold, and the questions every handler and worker asks of them (is a
+//! peer online, may it take data, who holds what).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts};
+use serde::{Deserialize, Serialize};
+
+use super::browser;
+use crate::config::Config;
+use crate::core::identity::Identity;
+use crate::core::manifest::Manifest;
+use crate::core::merkle::ShardId;
+use crate::core::placement::Candidate;
+use crate::core::reputation::Beta;
+use crate::net::client as http;
+use crate::net::metrics::Metrics;
+use crate::proto::*;
+use crate::store::{Record, Table};
+use crate::sys::clock::Clock;
+
+/// Everything the coordinator knows of a peer. Version 0 records (before versions) had the
+/// same fields, some missing: they load with their defaults.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct PeerRecord {
+    pub public_key: String,
+    pub address: String,
+    pub capacity: u64,
+    pub used: u64,
+    pub shards: u64,
+    pub last_heartbeat: u64,
+    pub last_time: u64,
+    #[serde(default)]
+    pub status: PeerStatus,
+    #[serde(default)]
+    pub audit: Beta,
+    #[serde(default)]
+    pub online: Beta,
+    #[serde(default)]
+    pub audits_passed: u32,
+    /// Shards whose last audit failed: not counted healthy until a later audit passes them.
+    #[serde(default)]
+    pub failed_shards: Vec<ShardId>,
+    /// A challenge that timed out, asked again so going quiet cannot dodge an audit.
+    #[serde(default)]
+    pub pending: Option<Challenge>,
+    #[serde(default)]
+    pub timeouts: u32,
+}
+
+impl Record for PeerRecord {
+    const VERSION: u32 = 1;
+}
+
+impl PeerRecord {
+    pub fn new(public_key: String) -> PeerRecord {
+        PeerRecord {
+            public_key,
+            address: String::new(),
+            capacity: 0,
+            used: 0,
+            shards: 0,
+            last_heartbeat: 0,
+            last_time: 0,
+            status: PeerStatus::Vetting,
+            audit: Beta::default(),
+            online: Beta::default(),
+            audits_passed: 0,
+            failed_shards: Vec::new(),
+            pending: None,
+            timeouts: 0,
+        }
+    }
+}
+
+/// A planned upload, until it is committed or expires.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct UploadRecord {
+    #[serde(default)]
+    pub created: u64,
+    pub expires: u64,
+    pub size: u64,
+    pub k: u8,
+    pub n: u8,
+    pub segment_size: u32,
+    pub peers: Vec<String>,
+}
+
+impl Record for UploadRecord {
+    const VERSION: u32 = 1;
+}
+
+/// A committed file: its manifest and where each shard is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct FileRecord {
+    pub manifest: String,
+    pub placements: Vec<Vec<String>>,
+    pub owner_hash: String,
+    pub created: u64,
+}
+
+impl Record for FileRecord {
+    const VERSION: u32 = 1;
+}
+
+impl Record for AuditRecord {
+    const VERSION: u32 = 1;
+}
+
+impl FileRecord {
+    pub fn parsed(&self) -> Option<Manifest> {
+        Manifest::from_bytes(&hex::decode(&self.manifest).ok()?).ok()
+    }
+
+    /// Every (shard id, peer) this file has placed.
+    pub fn placed_shards(&self) -> Vec<(ShardId, String)> {
+        let Some(m) = self.parsed() else { return Vec::new() };
+        m.segments
+            .iter()
+            .zip(&self.placements)
+            .flat_map(|(seg, peers)| seg.shard_ids.iter().copied().zip(peers.iter().cloned()))
+            .collect()
+    }
+}
+
+pub(super) struct State {
+    pub identity: Identity,
+    pub config: Config,
+    pub clock: Clock,
+    pub peers: Table<PeerRecord>,
+    pub uploads: Table<UploadRecord>,
+    pub files: Table<FileRecord>,
+    pub audits: Table<AuditRecord>,
+    /// (file id, segment) pairs waiting for or under repair.
+    pub repair_queue: Mutex<HashSet<(String, usize)>>,
+    /// Outcomes of the last minute's audits, for the dashboard (the stored history is per peer).
+    pub recent_audits: Mutex<VecDeque<(u64, AuditOutcome)>>,
+    /// Uploads from browsers in progress.
+    pub browser_uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<browser::Upload>>>>,
+    pub http: http::Client,
+    pub metrics: Arc<Metrics>,
+    pub counters: Counters,
+}
+
+/// What the workers count, for /metrics and /v1/stats.
+pub(super) struct Counters {
+    pub audits: IntCounterVec,
+    pub repaired_shards: IntCounter,
+    pub network: IntGaugeVec,
+    /// Reads that met a stored record that does not decode, by table.
+    pub undecodable: IntGaugeVec,
+}
+
+impl Counters {
+    pub fn new(m: &Metrics) -> Counters {
+        Counters {
+            audits: m
+                .add(IntCounterVec::new(Opts::new("audits_total", "Audits by outcome"), &["outcome"]).expect("valid")),
+            repaired_shards: m
+                .add(IntCounter::new("repaired_shards_total", "Shards rebuilt and re-placed").expect("valid")),
+            network: m.add(super::stats::gauge_vec()),
+            undecodable: m.add(
+                IntGaugeVec::new(
+                    Opts::new("undecodable_record_reads", "Reads that met a stored record that does not decode"),
+                    &["table"],
+                )
+                .expect("valid"),
+            ),
+        }
+    }
+}
+
+impl State {
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    pub fn is_online(&self, p: &PeerRecord) -> bool {
+        is_online(p, self.now(), self.config.coordinator.heartbeat_timeout)
+    }
+
+    /// Whether a peer may receive new shards: online, in good standing, not leaving.
+    pub fn accepts_data(&self, p: &PeerRecord) -> bool {
+        self.is_online(p)
+            && matches!(p.status, PeerStatus::Vetting | PeerStatus::Active)
+            && p.audit.score() >= self.config.security.min_reputation
+    }
+
+    /// Every shard each peer should hold, with its length, over the files that can be read
+    /// (damaged records are reported by the scan).
+    pub fn shards_by_peer(&self, files: &[(String, FileRecord)]) -> HashMap<String, Vec<(ShardId, usize)>> {
+        let mut held: HashMap<String, Vec<(ShardId, usize)>> = HashMap::new();
+        for (_, f) in files {
+            let Some(m) = f.parsed() else { continue };
+            for (i, (seg, peers)) in m.segments.iter().zip(&f.placements).enumerate() {
+                let len = m.shard_len(i);
+                for (id, peer) in seg.shard_ids.iter().zip(peers) {
+                    held.entry(peer.clone()).or_default().push((*id, len));
+                }
+            }
+        }
+        held
+    }
+
+    /// Placement candidates. A peer still being vetted offers a quarter of its free space,
+    /// so it holds only a limited share of new data until it has proven itself.
+    pub fn candidates(&self, peers: &[(String, PeerRecord)], exclude: &HashSet<&String>) -> Vec<Candidate> {
+        peers
+            .iter()
+            .filter(|(id, p)| self.accepts_data(p) && !exclude.contains(id))
+            .map(|(id, p)| {
+                let free = p.capacity.saturating_sub(p.used);
+                Candidate { peer_id: id.clone(), free: if p.status == PeerStatus::Vetting { free / 4 } else { free } }
+            })
+            .collect()
+    }
+
+    /// A peer as clients and the web UI see it.
+    pub fn view(&self, id: &str, p: &PeerRecord, placed: u64) -> PeerView {
+        PeerView {
+            peer_id: id.to_owned(),
+            address: p.address.clone(),
+            state: if self.is_online(p) { PeerState::Online } else { PeerState::Offline },
+            status: p.status,
+            reputation: p.audit.score(),
+            online_score: p.online.score(),
+            audits_passed: p.audits_passed,
+            placed,
+            capacity: p.capacity,
+            used: p.used,
+            shards: p.shards,
+            last_heartbeat: p.last_heartbeat,
+        }
+    }
+
+    /// Shards placed per peer, over every readable file.
+    pub fn placed_counts(&self) -> HashMap<String, u64> {
+        let mut counts = HashMap::new();
+        for (_, f) in self.files.readable() {
+            for peer in f.placements.into_iter().flatten() {
+                *counts.entry(peer).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+}
+
+/// Whether a peer last heard of at `p.last_heartbeat` counts as online at `now`.
+pub(super) fn is_online(p: &PeerRecord, now: u64, heartbeat_timeout: u64) -> bool {
+    now.saturating_sub(p.last_heartbeat) <= heartbeat_timeout
+}

@@ -1,0 +1,290 @@
+//! Uploads: placement plans with signed put orders, and commits. A commit is checked by the
+//! pure [`verify_commit`] (plan, manifest, receipts and placements in; the file record or the
+//! exact reason out) before the file is recorded.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use hyper::StatusCode;
+use rayon::prelude::*;
+
+use super::state::{FileRecord, State, UploadRecord};
+use crate::core::erasure::Shape;
+use crate::core::error::CodecError;
+use crate::core::manifest::{self, Manifest, segment_count};
+use crate::core::merkle::ShardId;
+use crate::core::placement;
+use crate::net::server::{ApiError, ApiResult, ok};
+use crate::proto::*;
+
+/// Spare peers planned per segment beyond n, for shards whose first peer fails.
+const SPARES: usize = 3;
+
+pub(super) fn plan(s: &State, req: PlanRequest) -> Result<Plan, ApiError> {
+    let shape = Shape::new(req.k, req.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    manifest::check_segment_size(req.segment_size).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let limit = s.config.security.max_upload_size_mb;
+    if limit > 0 && req.size > limit << 20 {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("file of {} bytes is over this network's limit of {limit} MB", req.size),
+        ));
+    }
+    let peers = s.peers.readable();
+    let online = s.candidates(&peers, &HashSet::new());
+    let need = req.n as usize;
+    if online.len() < need {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} peers are online and in good standing, {need} are needed for {}-of-{need} coding",
+                online.len(),
+                req.k
+            ),
+        ));
+    }
+    let segments = segment_count(req.size, req.segment_size);
+    let shard_len = shape.shard_len(req.segment_size as usize) as u64;
+    let layout = placement::plan(&online, segments as usize, need, SPARES, shard_len).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("fewer than {need} online peers have room for this file"),
+        )
+    })?;
+    let upload_id = hex::encode(crate::core::crypto::Salt::random().0);
+    let now = s.now();
+    let expires = now + s.config.coordinator.upload_expiry;
+    let used: HashSet<&String> = layout.iter().flatten().collect();
+    let mut orders = BTreeMap::new();
+    let mut addresses = BTreeMap::new();
+    for (id, p) in &peers {
+        if used.contains(id) {
+            let order =
+                PutOrder { upload_id: upload_id.clone(), peer_id: id.clone(), max_shard_len: shard_len, expires };
+            orders.insert(id.clone(), s.identity.sign(&order));
+            addresses.insert(id.clone(), p.address.clone());
+        }
+    }
+    let rec = UploadRecord {
+        created: now,
+        expires,
+        size: req.size,
+        k: req.k,
+        n: req.n,
+        segment_size: req.segment_size,
+        peers: orders.keys().cloned().collect(),
+    };
+    s.uploads.insert(&upload_id, &rec).map_err(ApiError::internal)?;
+    Ok(Plan { upload_id, expires, orders, addresses, segments: layout })
+}
+
+/// Why a commit was refused.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CommitRefusal {
+    #[error("the upload expired before it was committed; upload again")]
+    Expired,
+    #[error("upload id in the body differs from the path")]
+    WrongUpload,
+    #[error("manifest is not hex")]
+    ManifestNotHex,
+    #[error(transparent)]
+    BadManifest(CodecError),
+    #[error("manifest does not match the planned size, k, n or segment size")]
+    NotAsPlanned,
+    #[error("owner_hash must be 64 hex digits")]
+    BadOwnerHash,
+    #[error("a receipt is not signed by a registered peer")]
+    UnsignedReceipt,
+    #[error("receipt from {0} is not for this upload's orders")]
+    ForeignReceipt(String),
+    #[error("placements must list every segment")]
+    MissingSegments,
+    #[error("segment {0} must sit on {1} distinct peers")]
+    NotDistinct(usize, usize),
+    #[error("no valid receipt for shard {shard} of segment {segment} on peer {peer}")]
+    NoReceipt { segment: usize, shard: usize, peer: String },
+}
+
+impl CommitRefusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            CommitRefusal::Expired => StatusCode::GONE,
+            CommitRefusal::UnsignedReceipt | CommitRefusal::ForeignReceipt(_) | CommitRefusal::NoReceipt { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl From<CommitRefusal> for ApiError {
+    fn from(r: CommitRefusal) -> ApiError {
+        ApiError::new(r.status(), r.to_string())
+    }
+}
+
+/// Checks a commit against its plan: the upload is unexpired, the manifest parses and is the
+/// planned one, every receipt is signed by a planned peer (`keys`: peer id → public key of
+/// registered peers) for this upload, and each segment's n shards have receipts from n
+/// distinct peers. Pure; receipts are checked on all cores.
+pub(super) fn verify_commit(
+    upload_id: &str,
+    up: &UploadRecord,
+    c: Commit,
+    keys: &HashMap<String, String>,
+    now: u64,
+) -> Result<(Manifest, FileRecord), CommitRefusal> {
+    if up.expires < now {
+        return Err(CommitRefusal::Expired);
+    }
+    if c.upload_id != upload_id {
+        return Err(CommitRefusal::WrongUpload);
+    }
+    let bytes = hex::decode(&c.manifest).map_err(|_| CommitRefusal::ManifestNotHex)?;
+    let m = Manifest::from_bytes(&bytes).map_err(CommitRefusal::BadManifest)?;
+    if m.plaintext_size != up.size || m.shape.k != up.k || m.shape.n != up.n || m.segment_size != up.segment_size {
+        return Err(CommitRefusal::NotAsPlanned);
+    }
+    if c.owner_hash.len() != 64 || hex::decode(&c.owner_hash).is_err() {
+        return Err(CommitRefusal::BadOwnerHash);
+    }
+    let allowed: HashSet<&String> = up.peers.iter().collect();
+    let stored = c
+        .receipts
+        .par_iter()
+        .map(|r| {
+            let signer = r.signer_id();
+            let rec = keys.get(&signer).and_then(|k| r.open_by(k)).ok_or(CommitRefusal::UnsignedReceipt)?;
+            if rec.upload_id != upload_id || rec.peer_id != signer || !allowed.contains(&rec.peer_id) {
+                return Err(CommitRefusal::ForeignReceipt(rec.peer_id));
+            }
+            Ok((rec.shard_id, rec.peer_id))
+        })
+        .collect::<Result<HashSet<(ShardId, String)>, CommitRefusal>>()?;
+    if c.placements.len() != m.segments.len() {
+        return Err(CommitRefusal::MissingSegments);
+    }
+    for (i, (seg, peers)) in m.segments.iter().zip(&c.placements).enumerate() {
+        if peers.len() != seg.shard_ids.len() || peers.iter().collect::<HashSet<_>>().len() != peers.len() {
+            return Err(CommitRefusal::NotDistinct(i, seg.shard_ids.len()));
+        }
+        for (j, (id, peer)) in seg.shard_ids.iter().zip(peers).enumerate() {
+            if !stored.contains(&(*id, peer.clone())) {
+                return Err(CommitRefusal::NoReceipt { segment: i, shard: j, peer: peer.clone() });
+            }
+        }
+    }
+    let record = FileRecord { manifest: c.manifest, placements: c.placements, owner_hash: c.owner_hash, created: now };
+    Ok((m, record))
+}
+
+pub(super) async fn commit(s: &State, upload_id: &str, c: Commit) -> ApiResult {
+    let up = s
+        .uploads
+        .get(upload_id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no pending upload {upload_id} (expired or committed)")))?;
+    let mut keys = HashMap::new();
+    for r in &c.receipts {
+        let signer = r.signer_id();
+        if let std::collections::hash_map::Entry::Vacant(e) = keys.entry(signer)
+            && let Some(p) = s.peers.get(e.key()).map_err(ApiError::internal)?
+        {
+            e.insert(p.public_key);
+        }
+    }
+    // A 1 GiB upload brings 2,560 P-256 signatures: checked off the async threads.
+    let (now, id) = (s.now(), upload_id.to_owned());
+    let (m, rec) = tokio::task::spawn_blocking(move || verify_commit(&id, &up, c, &keys, now))
+        .await
+        .map_err(ApiError::internal)??;
+    let file_id = m.file_id().to_string();
+    s.files.insert(&file_id, &rec).map_err(ApiError::internal)?;
+    s.uploads.remove(upload_id).map_err(ApiError::internal)?;
+    s.files.flush().await.map_err(ApiError::internal)?;
+    tracing::info!(file = %file_id, size = m.plaintext_size, segments = m.segments.len(), "file committed");
+    ok(&CommitReply { file_id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::codec::{EncodeParams, Encoder};
+    use crate::core::crypto::{MIN_ITERATIONS, Salt};
+    use crate::core::identity::Identity;
+    use crate::core::manifest::FileMeta;
+
+    /// A two-segment file of 2-of-3 shards, three peers, and a valid commit for it.
+    fn scene() -> (UploadRecord, Commit, HashMap<String, String>, Vec<Identity>) {
+        let params = EncodeParams { shape: Shape::new(2, 3).unwrap(), segment_size: 4096, iterations: MIN_ITERATIONS };
+        let data = vec![7u8; 5000];
+        let mut enc = Encoder::new(&data[..], b"pw", params, Salt([1; 16])).unwrap();
+        let peers: Vec<Identity> = (0..3).map(|_| Identity::generate()).collect();
+        let ids: Vec<String> = peers.iter().map(Identity::peer_id).collect();
+        let mut receipts = Vec::new();
+        while let Some(seg) = enc.next_segment().unwrap() {
+            for (j, sid) in seg.ids.iter().enumerate() {
+                let len = seg.shard_len as u64;
+                let r = Receipt { upload_id: "u".into(), shard_id: *sid, len, peer_id: ids[j].clone() };
+                receipts.push(peers[j].sign(&r));
+            }
+        }
+        let m = enc.finish(&FileMeta { name: "f".into(), content_type: String::new() }).unwrap();
+        let up =
+            UploadRecord { created: 0, expires: 100, size: 5000, k: 2, n: 3, segment_size: 4096, peers: ids.clone() };
+        let commit = Commit {
+            upload_id: "u".into(),
+            manifest: hex::encode(m.to_bytes()),
+            owner_hash: "00".repeat(32),
+            placements: vec![ids.clone(), ids.clone()],
+            receipts,
+        };
+        let keys = peers.iter().map(|p| (p.peer_id(), p.public_key_hex())).collect();
+        (up, commit, keys, peers)
+    }
+
+    #[test]
+    fn a_valid_commit_is_accepted() {
+        let (up, c, keys, _) = scene();
+        let (m, rec) = verify_commit("u", &up, c, &keys, 50).unwrap();
+        assert_eq!(m.segments.len(), 2);
+        assert_eq!(rec.created, 50);
+    }
+
+    #[test]
+    fn each_flaw_is_refused_with_its_reason() {
+        let (up, c, keys, peers) = scene();
+        let refused = |up: &UploadRecord, c: Commit, keys: &HashMap<String, String>, now| {
+            verify_commit("u", up, c, keys, now).unwrap_err()
+        };
+        assert!(matches!(refused(&up, c.clone(), &keys, 101), CommitRefusal::Expired));
+        assert!(matches!(
+            refused(&up, Commit { upload_id: "v".into(), ..c.clone() }, &keys, 0),
+            CommitRefusal::WrongUpload
+        ));
+        let bigger = UploadRecord { size: 5001, ..up.clone() };
+        assert!(matches!(refused(&bigger, c.clone(), &keys, 0), CommitRefusal::NotAsPlanned));
+        assert!(matches!(
+            refused(&up, Commit { owner_hash: "xy".into(), ..c.clone() }, &keys, 0),
+            CommitRefusal::BadOwnerHash
+        ));
+        // A receipt from a key the coordinator does not know.
+        let mut stranger = c.clone();
+        let mallory = Identity::generate();
+        stranger.receipts[0] = mallory.sign(&stranger.receipts[0].open().unwrap());
+        assert!(matches!(refused(&up, stranger, &keys, 0), CommitRefusal::UnsignedReceipt));
+        // A receipt for another upload.
+        let mut other = c.clone();
+        let r = Receipt { upload_id: "w".into(), ..other.receipts[0].open().unwrap() };
+        other.receipts[0] = peers[0].sign(&r);
+        assert!(matches!(refused(&up, other, &keys, 0), CommitRefusal::ForeignReceipt(_)));
+        // A missing receipt, and a segment placed twice on one peer.
+        let mut missing = c.clone();
+        missing.receipts.pop();
+        assert!(matches!(refused(&up, missing, &keys, 0), CommitRefusal::NoReceipt { segment: 1, shard: 2, .. }));
+        let mut twice = c.clone();
+        twice.placements[0][1] = twice.placements[0][0].clone();
+        assert!(matches!(refused(&up, twice, &keys, 0), CommitRefusal::NotDistinct(0, 3)));
+        let short = Commit { placements: vec![c.placements[0].clone()], ..c };
+        assert!(matches!(refused(&up, short, &keys, 0), CommitRefusal::MissingSegments));
+    }
+}

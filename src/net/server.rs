@@ -1,0 +1,308 @@
+//! The HTTP server every role runs: a server is a value (spawn → [`ServerHandle`] with its
+//! address and shutdown), bodies are read with hard limits, replies are JSON or bytes, and
+//! errors are `{"error": sentence}` with a status. One shutdown signal ([`Shutdown`]) reaches
+//! the accept loop, the connections and every background worker; workers finish the step they
+//! are in, connections their requests in flight.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use bytes::BytesMut;
+use futures::future::{BoxFuture, Either};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::metrics::Metrics;
+use crate::proto::ErrorBody;
+use crate::sys::pool::Buf;
+
+pub type Body = Full<Bytes>;
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("data directory {dir}")]
+    DataDir { dir: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("database in {dir} (is another process using this data directory?)")]
+    Db { dir: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
+}
+
+/// An error's message followed by each of its causes: for answers that travel as one sentence.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s = format!("{s}: {c}");
+        cause = c.source();
+    }
+    s
+}
+
+/// The query string as key → value (ids and numbers only: no percent-decoding needed).
+pub fn parse_query(query: Option<&str>) -> std::collections::HashMap<String, String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// An error answer: status and a sentence for the caller.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+    pub fn bad_request(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, m)
+    }
+    pub fn forbidden(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, m)
+    }
+    pub fn not_found(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, m)
+    }
+    /// A failure of the server itself; the message carries the error's whole cause chain.
+    pub fn internal(e: impl std::error::Error) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error_chain(&e))
+    }
+}
+
+pub type ApiResult = Result<Response<Body>, ApiError>;
+
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec(value).expect("wire types serialize");
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response")
+}
+
+pub fn ok<T: Serialize>(value: &T) -> ApiResult {
+    Ok(json(StatusCode::OK, value))
+}
+
+/// The Prometheus text exposition of `m`.
+pub fn metrics_text(m: &Metrics) -> Response<Body> {
+    bytes("text/plain; version=0.0.4", Bytes::from(m.render()))
+}
+
+pub fn bytes(content_type: &str, b: Bytes) -> Response<Body> {
+    Response::builder().header("content-type", content_type).body(Full::new(b)).expect("valid response")
+}
+
+fn error_response(e: ApiError) -> Response<Body> {
+    json(e.status, &ErrorBody { error: e.message })
+}
+
+/// Reads a body of at most `limit` bytes; more is 413, without reading it all.
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let mut buf = BytesMut::new();
+    read_frames(req, limit, |d| buf.extend_from_slice(d)).await?;
+    Ok(buf.freeze())
+}
+
+/// Reads a body of at most `limit` bytes into one page-aligned buffer: the single copy out of
+/// hyper's read buffers, after which the disk can take the bytes without another. `inspect`
+/// sees every piece as it arrives, while it is still in cache (to hash it, say).
+pub async fn read_body_aligned(
+    req: Request<Incoming>,
+    limit: usize,
+    mut inspect: impl FnMut(&[u8]),
+) -> Result<Buf, ApiError> {
+    let mut buf = Buf::with_capacity(declared_len(&req).unwrap_or(0).min(limit as u64) as usize);
+    read_frames(req, limit, |d| {
+        inspect(d);
+        buf.extend_from_slice(d)
+    })
+    .await?;
+    Ok(buf)
+}
+
+fn declared_len<B>(req: &Request<B>) -> Option<u64> {
+    req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+}
+
+/// Bodies up to this size are drained before a 413 answer.
+const DRAIN_LIMIT: u64 = 4 << 20;
+
+/// Feeds the body's bytes to `push`, refusing (413) as soon as more than `limit` arrive.
+async fn read_frames(req: Request<Incoming>, limit: usize, mut push: impl FnMut(&[u8])) -> Result<(), ApiError> {
+    let too_big = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {limit} bytes"));
+    if let Some(len) = declared_len(&req).filter(|l| *l > limit as u64) {
+        // A body a little too large is read and dropped, so the client sees the 413 rather
+        // than a reset connection; a huge one is not read at all.
+        if len <= DRAIN_LIMIT {
+            let _ = Limited::new(req.into_body(), DRAIN_LIMIT as usize).collect().await;
+        }
+        return Err(too_big());
+    }
+    let mut body = req.into_body();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total > limit {
+                return Err(too_big());
+            }
+            push(&data);
+        }
+    }
+    Ok(())
+}
+
+pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>, limit: usize) -> Result<T, ApiError> {
+    let b = read_body(req, limit).await?;
+    serde_json::from_slice(&b).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+}
+
+/// The signal that tells servers and workers to stop; clones share it.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+/// Pulls the trigger of a [`Shutdown`].
+pub struct Trigger(watch::Sender<bool>);
+
+/// A shutdown signal and its trigger.
+pub fn shutdown_signal() -> (Trigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (Trigger(tx), Shutdown(rx))
+}
+
+impl Trigger {
+    pub fn fire(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Shutdown {
+    pub fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once shutdown is asked for (at once if it already was).
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+
+    /// Sleeps `d`, or less if shutdown comes first; true when it came.
+    pub async fn sleep(&mut self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.wait() => true,
+            _ = tokio::time::sleep(d) => self.is_set(),
+        }
+    }
+}
+
+/// How long requests in flight and workers' current steps may take to finish at shutdown.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// A running server: its address, and how to stop it.
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    trigger: Trigger,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// Stops accepting, lets requests in flight and workers' current steps finish (for a few
+    /// seconds at most), and waits until every task has ended.
+    pub async fn shutdown(self) {
+        self.trigger.fire();
+        let _ = self.task.await;
+    }
+}
+
+/// Serves `handler` on `listener` until `trigger` fires. `workers` run beside it (heartbeats,
+/// audits, repair…), watching the same signal, and are waited for when it stops.
+pub fn serve<H, F>(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    handler: H,
+    (trigger, shutdown): (Trigger, Shutdown),
+    workers: Vec<BoxFuture<'static, ()>>,
+) -> ServerHandle
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = ApiResult> + Send + 'static,
+{
+    let addr = listener.local_addr().expect("bound listener has an address");
+    let handler = Arc::new(handler);
+    let mut stop = shutdown.clone();
+    let mut workers: JoinSet<()> = workers.into_iter().collect();
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = stop.wait() => break,
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let h = handler.clone();
+                    let m = metrics.clone();
+                    let mut stop = stop.clone();
+                    conns.spawn(async move {
+                        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                            let (method, path, start) = (req.method().clone(), req.uri().path().to_owned(), Instant::now());
+                            // Every server is healthy while it answers at all.
+                            let fut = if method == hyper::Method::GET && path == "/healthz" {
+                                Either::Left(async { ok(&"ok") })
+                            } else {
+                                Either::Right(h(req))
+                            };
+                            let m = m.clone();
+                            async move {
+                                let resp = fut.await.unwrap_or_else(error_response);
+                                m.observe(method.as_str(), &path, resp.status().as_u16(), start.elapsed().as_secs_f64());
+                                Ok::<_, std::convert::Infallible>(resp)
+                            }
+                        });
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc);
+                        tokio::pin!(conn);
+                        tokio::select! {
+                            _ = conn.as_mut() => {}
+                            _ = stop.wait() => {
+                                conn.as_mut().graceful_shutdown();
+                                let _ = conn.await;
+                            }
+                        }
+                    });
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        drop(listener);
+        let finish = async {
+            while conns.join_next().await.is_some() {}
+            while workers.join_next().await.is_some() {}
+        };
+        if tokio::time::timeout(GRACE, finish).await.is_err() {
+            tracing::warn!("shutdown: requests or workers still busy after {GRACE:?}; stopping them");
+        }
+        conns.shutdown().await;
+        workers.shutdown().await;
+    });
+    ServerHandle { addr, trigger, task }
+}

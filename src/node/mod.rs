@@ -1,0 +1,171 @@
+//! A storage node: stores shards that come with a valid coordinator-signed put order,
+//! checks them against their ids, answers with signed receipts, serves them back, answers
+//! audits, collects garbage on signed live lists, and sends signed heartbeats. It pins the
+//! coordinator's key on first registration. Routes and their handlers are in `routes`.
+
+mod routes;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::OnceCell;
+
+use crate::core::identity::Identity;
+use crate::net::client::{self as http, HttpError};
+use crate::net::metrics::Metrics;
+use crate::net::server::{self, ServerError, ServerHandle, Shutdown};
+use crate::proto::*;
+use crate::store::identity as keyfile;
+use crate::store::shards::{ShardStore, StoreError};
+use crate::sys::clock::Clock;
+use crate::sys::fs::write_durably;
+use prometheus::{IntCounter, IntGaugeVec, Opts};
+
+/// What a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub data_dir: PathBuf,
+    pub bind: SocketAddr,
+    /// Base URL clients use to reach this node; default `http://<bound address>`.
+    pub advertise: Option<String>,
+    pub coordinator: String,
+    pub capacity: u64,
+    pub heartbeat_interval: Duration,
+    pub clock: Clock,
+}
+
+struct State {
+    identity: Identity,
+    store: ShardStore,
+    coordinator: String,
+    address: String,
+    key_file: PathBuf,
+    /// The coordinator's public key (hex), pinned at first registration.
+    coordinator_key: OnceCell<String>,
+    http: http::Client,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    /// Put orders already checked, by their exact header: one order covers every shard an
+    /// upload sends here, and a P-256 check per shard was a tenth of a node's CPU.
+    orders: Mutex<HashMap<String, PutOrder>>,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
+    gauges: IntGaugeVec,
+}
+
+/// Why a heartbeat did not register this node.
+#[derive(Debug, thiserror::Error)]
+enum HeartbeatError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error(
+        "the coordinator at {url} has key {found}, not the {pinned} this node registered with; refusing it \
+         (delete {file} only if the coordinator was replaced on purpose)"
+    )]
+    WrongCoordinator { url: String, found: String, pinned: String, file: PathBuf },
+    #[error("pinning the coordinator's key in {file}")]
+    Pin { file: PathBuf, source: std::io::Error },
+}
+
+/// Starts a node. Returns once it is listening and, if the coordinator answers, registered.
+pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
+    let dir = opts.data_dir.clone();
+    let dir_err = |source: Box<dyn std::error::Error + Send + Sync>| ServerError::DataDir { dir: dir.clone(), source };
+    crate::sys::fs::create_private_dir(&dir).map_err(|e| dir_err(e.into()))?;
+    let identity = keyfile::load_or_create(&dir).map_err(|e| dir_err(e.into()))?;
+    let store = ShardStore::open(&dir, opts.capacity).map_err(|e| match e {
+        StoreError::Db(source) => ServerError::Db { dir: dir.clone(), source: source.into() },
+        other => dir_err(other.into()),
+    })?;
+    let listener =
+        TcpListener::bind(opts.bind).await.map_err(|source| ServerError::Bind { addr: opts.bind, source })?;
+    let addr = listener.local_addr().map_err(|e| dir_err(e.into()))?;
+    let key_file = dir.join("coordinator.pub");
+    let pinned = OnceCell::new();
+    if let Ok(k) = std::fs::read_to_string(&key_file) {
+        let _ = pinned.set(k.trim().to_owned());
+    }
+    let metrics = Metrics::new("node");
+    let state = Arc::new(State {
+        identity,
+        store,
+        coordinator: opts.coordinator.trim_end_matches('/').to_owned(),
+        address: opts.advertise.unwrap_or_else(|| format!("http://{addr}")),
+        key_file,
+        coordinator_key: pinned,
+        http: http::Client::new(Duration::from_secs(10)),
+        clock: opts.clock,
+        orders: Mutex::new(HashMap::new()),
+        bytes_in: metrics.add(IntCounter::new("shard_bytes_in_total", "Shard bytes stored").expect("valid")),
+        bytes_out: metrics.add(IntCounter::new("shard_bytes_out_total", "Shard bytes served").expect("valid")),
+        gauges: metrics.add(
+            IntGaugeVec::new(Opts::new("store", "Shards held and bytes used and offered"), &["what"]).expect("valid"),
+        ),
+        metrics: metrics.clone(),
+    });
+    if let Err(e) = heartbeat(&state).await {
+        tracing::warn!(error = %e, "first heartbeat failed; retrying in the background");
+    }
+    let signal = server::shutdown_signal();
+    let beats = heartbeats(state.clone(), opts.heartbeat_interval, signal.1.clone());
+    tracing::info!(peer = %state.identity.peer_id(), %addr, "node listening");
+    Ok(server::serve(listener, metrics, move |req| routes::route(state.clone(), req), signal, vec![Box::pin(beats)]))
+}
+
+/// Sends a heartbeat every `interval` until shutdown.
+async fn heartbeats(s: Arc<State>, interval: Duration, mut shutdown: Shutdown) {
+    while !shutdown.sleep(interval).await {
+        if let Err(e) = heartbeat(&s).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+    }
+}
+
+/// Sends one signed heartbeat and pins (or checks) the coordinator's key.
+async fn heartbeat(s: &State) -> Result<(), HeartbeatError> {
+    let hb = Heartbeat {
+        address: s.address.clone(),
+        capacity: s.store.capacity(),
+        used: s.store.used(),
+        shards: s.store.count(),
+        time: s.clock.now(),
+    };
+    let reply: HeartbeatReply =
+        s.http.post_json(&format!("{}/v1/heartbeat", s.coordinator), &s.identity.sign(&hb)).await?.json()?;
+    match s.coordinator_key.get() {
+        Some(k) if *k != reply.coordinator_key => Err(HeartbeatError::WrongCoordinator {
+            url: s.coordinator.clone(),
+            found: reply.coordinator_key,
+            pinned: k.clone(),
+            file: s.key_file.clone(),
+        }),
+        Some(_) => Ok(()),
+        None => {
+            write_durably(&s.key_file, reply.coordinator_key.as_bytes())
+                .map_err(|source| HeartbeatError::Pin { file: s.key_file.clone(), source })?;
+            let _ = s.coordinator_key.set(reply.coordinator_key);
+            Ok(())
+        }
+    }
+}
+
+/// Why a node's request to leave was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ExitError {
+    #[error(transparent)]
+    Identity(#[from] keyfile::IdentityError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+}
+
+/// Asks the coordinator to let the node whose identity is in `data_dir` leave: its shards
+/// are moved to other peers, after which it shows as `exited`.
+pub async fn request_exit(data_dir: &Path, coordinator: &str, clock: &Clock) -> Result<PeerView, ExitError> {
+    let identity = keyfile::load_or_create(data_dir)?;
+    let url = format!("{}/v1/peers/exit", coordinator.trim_end_matches('/'));
+    Ok(http::Client::default().post_json(&url, &identity.sign(&ExitRequest { time: clock.now() })).await?.json()?)
+}

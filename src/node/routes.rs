@@ -1,0 +1,225 @@
+//! A node's routes, parsed into [`Route`] before dispatch, and their handlers.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+
+use super::State;
+use crate::core::merkle::{self, ShardId};
+use crate::net::server::{self, ApiError, ApiResult, ok, read_body_aligned, read_json};
+use crate::proto::*;
+use crate::store::shards::StoreError;
+
+/// Every request a node answers (besides `/healthz`, which the server loop answers).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Route {
+    Metrics,
+    Status,
+    PutShard(ShardId),
+    GetShard(ShardId),
+    DeleteShards,
+    Audit,
+    CollectGarbage,
+}
+
+impl Route {
+    /// The route of a request, `Err` with the answer for paths that name none.
+    pub(super) fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
+        let p: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let shard =
+            |hex: &str| ShardId::from_hex(hex).ok_or_else(|| ApiError::bad_request("a shard id is 64 hex digits"));
+        Ok(match (method, p.as_slice()) {
+            (&Method::GET, ["metrics"]) => Route::Metrics,
+            (&Method::GET, ["v1", "status"]) => Route::Status,
+            (&Method::POST, ["v1", "shards", "delete"]) => Route::DeleteShards,
+            (&Method::PUT, ["v1", "shards", id]) => Route::PutShard(shard(id)?),
+            (&Method::GET, ["v1", "shards", id]) => Route::GetShard(shard(id)?),
+            (&Method::POST, ["v1", "audit"]) => Route::Audit,
+            (&Method::POST, ["v1", "gc"]) => Route::CollectGarbage,
+            _ => return Err(ApiError::not_found(format!("no route {method} {path}"))),
+        })
+    }
+}
+
+pub(super) async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
+    match Route::parse(req.method(), req.uri().path())? {
+        Route::Metrics => {
+            s.gauges.with_label_values(&["shards"]).set(s.store.count() as i64);
+            s.gauges.with_label_values(&["used_bytes"]).set(s.store.used() as i64);
+            s.gauges.with_label_values(&["capacity_bytes"]).set(s.store.capacity() as i64);
+            Ok(server::metrics_text(&s.metrics))
+        }
+        Route::Status => ok(&NodeStatus {
+            peer_id: s.identity.peer_id(),
+            address: s.address.clone(),
+            capacity: s.store.capacity(),
+            used: s.store.used(),
+            shards: s.store.count(),
+        }),
+        Route::PutShard(id) => put_shard(&s, id, req).await,
+        Route::GetShard(id) => get_shard(&s, id).await,
+        Route::DeleteShards => delete(&s, read_json(req, MAX_JSON_BODY).await?).await,
+        Route::Audit => audit(&s, read_json(req, 64 * 1024).await?).await,
+        Route::CollectGarbage => collect_garbage(&s, read_json(req, MAX_JSON_BODY).await?).await,
+    }
+}
+
+/// Runs disk- or CPU-bound work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?
+}
+
+fn coordinator_key(s: &State) -> Result<&str, ApiError> {
+    s.coordinator_key.get().map(String::as_str).ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this node has not registered with a coordinator yet")
+    })
+}
+
+async fn get_shard(s: &Arc<State>, id: ShardId) -> ApiResult {
+    let s2 = s.clone();
+    let data = blocking(move || s2.store.get(&id).map_err(ApiError::internal)).await?;
+    let b = data.ok_or_else(|| ApiError::not_found(format!("no shard {id} here")))?;
+    s.bytes_out.inc_by(b.len() as u64);
+    Ok(server::bytes("application/octet-stream", b))
+}
+
+async fn put_shard(s: &Arc<State>, id: ShardId, req: Request<Incoming>) -> ApiResult {
+    let header = req
+        .headers()
+        .get(ORDER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::forbidden(format!("a shard PUT needs a signed put order in {ORDER_HEADER}")))?;
+    let order = put_order(s, header)?;
+    let limit = usize::try_from(order.max_shard_len).unwrap_or(usize::MAX);
+    // Hashed as it arrives (BLAKE3 runs at ~6 GB/s, so no frame holds a thread for long).
+    let mut hasher = blake3::Hasher::new();
+    let body = read_body_aligned(req, limit, |d| {
+        hasher.update(d);
+    })
+    .await?;
+    if ShardId::from(hasher.finalize()) != id {
+        return Err(ApiError::bad_request(format!("the bytes do not hash to shard id {id}")));
+    }
+    let s2 = s.clone();
+    let len = body.len() as u64;
+    let now = s.clock.now();
+    blocking(move || {
+        s2.store.put(&id, &body, now).map_err(|e| match e {
+            StoreError::Full { .. } => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
+            other => ApiError::internal(other),
+        })
+    })
+    .await?;
+    s.bytes_in.inc_by(len);
+    let receipt = Receipt { upload_id: order.upload_id, shard_id: id, len, peer_id: s.identity.peer_id() };
+    ok(&s.identity.sign(&receipt))
+}
+
+/// The put order in `header`, checked by [`addressed_to_me`] once and remembered until it
+/// expires.
+fn put_order(s: &State, header: &str) -> Result<PutOrder, ApiError> {
+    let now = s.clock.now();
+    let known = s.orders.lock().expect("not poisoned").get(header).cloned();
+    let order = match known {
+        Some(o) => o,
+        None => {
+            let signed: Signed<PutOrder> =
+                serde_json::from_str(header).map_err(|e| ApiError::forbidden(format!("malformed put order: {e}")))?;
+            let o = addressed_to_me(s, &signed, "put order")?;
+            let mut orders = s.orders.lock().expect("not poisoned");
+            if orders.len() >= MAX_KNOWN_ORDERS {
+                orders.retain(|_, o| o.valid_until() >= now);
+                if orders.len() >= MAX_KNOWN_ORDERS {
+                    orders.clear();
+                }
+            }
+            orders.insert(header.to_owned(), o.clone());
+            o
+        }
+    };
+    if order.valid_until() < now {
+        return Err(ApiError::forbidden("the put order has expired"));
+    }
+    Ok(order)
+}
+
+/// Put orders remembered at once: far more than uploads running at the same time.
+const MAX_KNOWN_ORDERS: usize = 1024;
+
+/// Opens a message only if this node's coordinator signed it, for this peer, and it is
+/// still valid: every instruction a node acts on passes here.
+fn addressed_to_me<T: serde::de::DeserializeOwned + ForPeer>(
+    s: &State,
+    signed: &Signed<T>,
+    what: &str,
+) -> Result<T, ApiError> {
+    let m = signed
+        .open_by(coordinator_key(s)?)
+        .ok_or_else(|| ApiError::forbidden(format!("the {what} is not signed by this node's coordinator")))?;
+    if m.peer_id() != s.identity.peer_id() {
+        return Err(ApiError::forbidden(format!("the {what} is for another peer")));
+    }
+    if m.valid_until() < s.clock.now() {
+        return Err(ApiError::forbidden(format!("the {what} has expired")));
+    }
+    Ok(m)
+}
+
+/// Answers a coordinator's challenge with a Merkle proof per chunk (None: not held), signed.
+async fn audit(s: &Arc<State>, signed: Signed<Challenge>) -> ApiResult {
+    let c = addressed_to_me(s, &signed, "challenge")?;
+    let s2 = s.clone();
+    let items = c.items.clone();
+    let proofs = blocking(move || {
+        Ok(items
+            .iter()
+            .map(|item| s2.store.get(&item.shard_id).ok().flatten().and_then(|b| merkle::prove(&b, item.chunk)))
+            .collect())
+    })
+    .await?;
+    ok(&s.identity.sign(&AuditAnswer { nonce: c.nonce, proofs }))
+}
+
+/// Drops every shard the coordinator no longer lists, once it is old enough.
+async fn collect_garbage(s: &Arc<State>, signed: Signed<LiveList>) -> ApiResult {
+    let list = addressed_to_me(s, &signed, "live list")?;
+    let s2 = s.clone();
+    let removed = blocking(move || {
+        let live = list.shard_ids.into_iter().collect();
+        s2.store.collect_garbage(&live, list.keep_newer_than).map_err(ApiError::internal)
+    })
+    .await?;
+    if removed > 0 {
+        tracing::info!(removed, "garbage shards deleted");
+    }
+    ok(&Removed { removed })
+}
+
+async fn delete(s: &Arc<State>, signed: Signed<DeleteOrder>) -> ApiResult {
+    let order = addressed_to_me(s, &signed, "delete order")?;
+    let s2 = s.clone();
+    let removed = blocking(move || {
+        Ok(order.shard_ids.iter().map(|id| s2.store.delete(id)).filter(|r| matches!(r, Ok(true))).count())
+    })
+    .await?;
+    ok(&Removed { removed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_before_dispatch() {
+        let id = ShardId([0xab; 32]);
+        let path = format!("/v1/shards/{id}");
+        assert_eq!(Route::parse(&Method::PUT, &path).unwrap(), Route::PutShard(id));
+        assert_eq!(Route::parse(&Method::GET, &path).unwrap(), Route::GetShard(id));
+        assert_eq!(Route::parse(&Method::POST, "/v1/shards/delete").unwrap(), Route::DeleteShards);
+        assert_eq!(Route::parse(&Method::GET, "//metrics").unwrap(), Route::Metrics);
+        assert_eq!(Route::parse(&Method::GET, "/v1/shards/zz").unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(Route::parse(&Method::DELETE, &path).unwrap_err().status, StatusCode::NOT_FOUND);
+        assert_eq!(Route::parse(&Method::GET, "/v1/shards").unwrap_err().status, StatusCode::NOT_FOUND);
+    }
+}
