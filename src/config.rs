@@ -232,38 +232,50 @@ impl Config {
 
     /// Refuses impossible values; call again after applying command-line overrides.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &'static str, message: String| {
-            Err(ConfigError::Invalid { origin: format!("({})", self.origin), key, message })
-        };
+        self.check_roles()?;
+        self.check_upkeep()?;
+        self.check_client()
+    }
+
+    fn invalid(&self, key: &'static str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { origin: format!("({})", self.origin), key, message: message.into() }
+    }
+
+    /// Coding shape, addresses and capacity.
+    fn check_roles(&self) -> Result<(), ConfigError> {
         let (n, k) = (self.node.shards_total, self.node.shards_required);
         if n > 255 {
-            return bad("node.shards_total", format!("is {n}; at most 255 shards per segment"));
+            return Err(self.invalid("node.shards_total", format!("is {n}; at most 255 shards per segment")));
         }
         if k == 0 {
-            return bad("node.shards_required", "must be at least 1".into());
+            return Err(self.invalid("node.shards_required", "must be at least 1"));
         }
         if k >= n {
-            return bad("node.shards_required", format!("({k}) must be less than node.shards_total ({n})"));
+            return Err(
+                self.invalid("node.shards_required", format!("({k}) must be less than node.shards_total ({n})"))
+            );
         }
         if self.coordinator.host.parse::<std::net::IpAddr>().is_err() {
-            return bad("coordinator.host", format!("`{}` is not an IP address", self.coordinator.host));
+            return Err(self.invalid("coordinator.host", format!("`{}` is not an IP address", self.coordinator.host)));
         }
         if self.coordinator.port == 0 {
-            return bad("coordinator.port", "must not be 0: clients need a fixed port to reach it".into());
+            return Err(self.invalid("coordinator.port", "must not be 0: clients need a fixed port to reach it"));
         }
         if self.node.port == 0 {
-            return bad("node.port", "must not be 0".into());
+            return Err(self.invalid("node.port", "must not be 0"));
         }
-        if !(self.node.max_storage_gb > 0.0 && self.node.max_storage_gb.is_finite()) {
-            return bad("node.max_storage_gb", format!("must be a positive number, got {}", self.node.max_storage_gb));
+        let gb = self.node.max_storage_gb;
+        if !(gb > 0.0 && gb.is_finite()) {
+            return Err(self.invalid("node.max_storage_gb", format!("must be a positive number, got {gb}")));
         }
-        if self.coordinator.heartbeat_timeout == 0 {
-            return bad("coordinator.heartbeat_timeout", "must be at least 1 second".into());
-        }
-        if self.node.heartbeat_interval == 0 {
-            return bad("node.heartbeat_interval", "must be at least 1 second".into());
-        }
+        Ok(())
+    }
+
+    /// Intervals, audits, reputation and repair.
+    fn check_upkeep(&self) -> Result<(), ConfigError> {
         for (key, v) in [
+            ("coordinator.heartbeat_timeout", self.coordinator.heartbeat_timeout),
+            ("node.heartbeat_interval", self.node.heartbeat_interval),
             ("audit.interval", self.audit.interval),
             ("audit.timeout", self.audit.timeout),
             ("repair.check_interval", self.repair.check_interval),
@@ -271,52 +283,42 @@ impl Config {
             ("coordinator.gc_interval", self.coordinator.gc_interval),
         ] {
             if v == 0 {
-                return bad(key, "must be at least 1 second".into());
+                return Err(self.invalid(key, "must be at least 1 second"));
             }
         }
         if self.repair.concurrency == 0 {
-            return bad("repair.concurrency", "must be at least 1".into());
+            return Err(self.invalid("repair.concurrency", "must be at least 1"));
         }
-        if !(0.0..1.0).contains(&self.reputation.disqualify_below)
-            || self.reputation.disqualify_below > self.security.min_reputation
-        {
-            return bad(
-                "reputation.disqualify_below",
-                format!(
-                    "must be between 0 and security.min_reputation ({}), got {}",
-                    self.security.min_reputation, self.reputation.disqualify_below
-                ),
-            );
+        let (dq, min) = (self.reputation.disqualify_below, self.security.min_reputation);
+        if !(0.0..1.0).contains(&dq) || dq > min {
+            let message = format!("must be between 0 and security.min_reputation ({min}), got {dq}");
+            return Err(self.invalid("reputation.disqualify_below", message));
         }
-        if !(0.0..=1.0).contains(&self.security.min_reputation) {
-            return bad(
-                "security.min_reputation",
-                format!("must be between 0 and 1, got {}", self.security.min_reputation),
-            );
+        if !(0.0..=1.0).contains(&min) {
+            return Err(self.invalid("security.min_reputation", format!("must be between 0 and 1, got {min}")));
         }
+        Ok(())
+    }
+
+    /// What clients encode with and where they connect.
+    fn check_client(&self) -> Result<(), ConfigError> {
         if !self.security.require_encryption {
-            return bad(
-                "security.require_encryption",
-                "cannot be false: p2pstore always encrypts on the client".into(),
-            );
+            let message = "cannot be false: p2pstore always encrypts on the client";
+            return Err(self.invalid("security.require_encryption", message));
         }
-        if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&self.client.segment_size) {
-            return bad(
-                "client.segment_size",
-                format!(
-                    "must be between {MIN_SEGMENT_SIZE} and {MAX_SEGMENT_SIZE} bytes, got {}",
-                    self.client.segment_size
-                ),
-            );
+        let size = self.client.segment_size;
+        if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&size) {
+            let message = format!("must be between {MIN_SEGMENT_SIZE} and {MAX_SEGMENT_SIZE} bytes, got {size}");
+            return Err(self.invalid("client.segment_size", message));
         }
-        if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&self.client.kdf_iterations) {
-            return bad(
-                "client.kdf_iterations",
-                format!("must be between {MIN_ITERATIONS} and {MAX_ITERATIONS}, got {}", self.client.kdf_iterations),
-            );
+        let it = self.client.kdf_iterations;
+        if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&it) {
+            let message = format!("must be between {MIN_ITERATIONS} and {MAX_ITERATIONS}, got {it}");
+            return Err(self.invalid("client.kdf_iterations", message));
         }
-        if !(self.client.coordinator.starts_with("http://") || self.client.coordinator.starts_with("https://")) {
-            return bad("client.coordinator", format!("must be an http:// URL, got `{}`", self.client.coordinator));
+        let url = &self.client.coordinator;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(self.invalid("client.coordinator", format!("must be an http:// URL, got `{url}`")));
         }
         Ok(())
     }

@@ -244,17 +244,15 @@ fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
     held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
-/// Uploads and downloads a `size`-byte file through a local network of real processes (this
-/// binary as coordinator and `nodes` nodes), with this process as the client, so client
-/// memory and each role's CPU are measured apart.
-pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: EncodeParams) -> anyhow::Result<String> {
-    use crate::client::Client;
+/// This binary as a coordinator process and `nodes` node processes on free ports, all
+/// registered; returns the processes (killed when dropped) and the coordinator's URL.
+async fn start_processes(nodes: usize, dir: &std::path::Path) -> anyhow::Result<(Children, String)> {
     use anyhow::Context;
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().context("finding the p2pstore executable")?;
     let ports = free_ports(nodes + 1)?;
     let url = format!("http://127.0.0.1:{}", ports[0]);
-    let spawn = |args: Vec<String>| {
+    let spawn = |args: &[&str]| {
         Command::new(&exe)
             .args(["--coordinator", &url, "-q"])
             .args(args)
@@ -265,27 +263,20 @@ pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: Enc
             .context("starting a benchmark process")
     };
     let d = |name: String| dir.join(name).display().to_string();
-    let mut children = Children(vec![spawn(vec![
-        "coordinator".into(),
-        "--port".into(),
-        ports[0].to_string(),
-        "--data-dir".into(),
-        d("coordinator".into()),
+    let mut children = Children(vec![spawn(&[
+        "coordinator",
+        "--port",
+        &ports[0].to_string(),
+        "--data-dir",
+        &d("coordinator".into()),
     ])?]);
-    let client = Client::new(&url);
     // Nodes retry registration until the coordinator listens; wait until all are online.
     for i in 0..nodes {
-        let args = [
-            "node",
-            "--port",
-            &ports[i + 1].to_string(),
-            "--max-storage-gb",
-            "1000000",
-            "--data-dir",
-            &d(format!("node-{i:02}")),
-        ];
-        children.0.push(spawn(args.iter().map(|a| a.to_string()).collect())?);
+        let port = ports[i + 1].to_string();
+        let data = d(format!("node-{i:02}"));
+        children.0.push(spawn(&["node", "--port", &port, "--max-storage-gb", "1000000", "--data-dir", &data])?);
     }
+    let client = crate::client::Client::new(&url);
     let deadline = Instant::now() + Duration::from_secs(60);
     while client.peers().await.map(|p| p.len()).unwrap_or(0) < nodes {
         anyhow::ensure!(Instant::now() < deadline, "the benchmark network did not come up within 60 s");
@@ -294,7 +285,35 @@ pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: Enc
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok((children, url))
+}
 
+/// One line of the network report: throughput and what each role spent between two usages.
+fn usage_line(name: &str, size: u64, before: Usage, after: Usage) -> String {
+    let secs = (after.at - before.at).as_secs_f64();
+    let cpu = |i: usize| after.cpu[i] - before.cpu[i];
+    let gb = |i: usize| {
+        let [r, w] = [(after.read[i] - before.read[i]), (after.written[i] - before.written[i])];
+        format!("{:.2}/{:.2}", r / 1e9, w / 1e9)
+    };
+    format!(
+        "{name:<9} {:>6.0} MB/s  ({secs:.2} s; CPU-s: client {:.1}, nodes {:.1}, coordinator {:.2}; \
+         disk GB read/written: client {}, nodes {})\n",
+        size as f64 / 1e6 / secs,
+        cpu(0),
+        cpu(2),
+        cpu(1),
+        gb(0),
+        gb(2),
+    )
+}
+
+/// Uploads and downloads a `size`-byte file through a local network of real processes (this
+/// binary as coordinator and `nodes` nodes), with this process as the client, so client
+/// memory and each role's CPU are measured apart.
+pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: EncodeParams) -> anyhow::Result<String> {
+    let (children, url) = start_processes(nodes, dir).await?;
+    let client = crate::client::Client::new(&url);
     let src = dir.join("input.bin");
     let mut input = std::fs::File::create(&src)?;
     std::io::copy(&mut PatternReader::new(size), &mut input)?;
@@ -307,33 +326,13 @@ pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: Enc
         params.shape.n,
         params.segment_size >> 20
     );
-    let report = |name: &str, before: Usage, after: Usage| {
-        let secs = (after.at - before.at).as_secs_f64();
-        let cpu = |i: usize| after.cpu[i] - before.cpu[i];
-        let gb = |i: usize| {
-            let [r, w] = [(after.read[i] - before.read[i]), (after.written[i] - before.written[i])];
-            format!("{:.2}/{:.2}", r / 1e9, w / 1e9)
-        };
-        format!(
-            "{name:<9} {:>6.0} MB/s  ({secs:.2} s; CPU-s: client {:.1}, nodes {:.1}, coordinator {:.2}; \
-             disk GB read/written: client {}, nodes {})\n",
-            size as f64 / 1e6 / secs,
-            cpu(0),
-            cpu(2),
-            cpu(1),
-            gb(0),
-            gb(2),
-        )
-    };
     let before = children.usage();
     let id = client.upload(&src, b"bench", params, None).await?;
-    let after = children.usage();
-    out += &report("upload", before, after);
+    out += &usage_line("upload", size, before, children.usage());
     let dst = dir.join("output.bin");
     let before = children.usage();
     client.download(&id, b"bench", Some(&dst), true, None).await?;
-    let after = children.usage();
-    out += &report("download", before, after);
+    out += &usage_line("download", size, before, children.usage());
     let peak = peak_rss();
     let t = Instant::now();
     encode_pipeline(size.min(256 << 20), params, 0);

@@ -90,6 +90,8 @@ pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
             tasks.spawn(audit_peer(s.clone(), id.clone(), p.clone(), shards.clone()));
         }
     }
+    // Audits in flight finish and record their outcome.
+    while tasks.join_next().await.is_some() {}
 }
 
 fn new_challenge(peer: &str, shards: &[(ShardId, usize)], deadline: u64) -> Challenge {

@@ -18,9 +18,14 @@ use crate::store::RecordError;
 pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
     let interval = Duration::from_secs(s.config.coordinator.gc_interval);
     while !shutdown.sleep(interval).await {
-        if let Err(e) = collect(&s).await {
-            tracing::error!(error = %e, "garbage collection skipped this round: nothing was deleted");
-        }
+        let outcome = match collect(&s).await {
+            Ok(()) => "done",
+            Err(e) => {
+                tracing::error!(error = %e, "garbage collection skipped this round: nothing was deleted");
+                "skipped"
+            }
+        };
+        s.counters.rounds.with_label_values(&["gc", outcome]).inc();
     }
 }
 

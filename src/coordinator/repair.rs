@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::state::{FileRecord, PeerRecord, State};
+use crate::core::codec::VerifiedShard;
 use crate::core::erasure;
 use crate::core::manifest::Manifest;
 use crate::core::merkle::{self, ShardId};
@@ -117,6 +118,7 @@ pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
     let interval = Duration::from_secs(s.config.repair.check_interval);
     while !shutdown.sleep(interval).await {
         check(&s).await;
+        s.counters.rounds.with_label_values(&["repair", "done"]).inc();
     }
 }
 
@@ -202,80 +204,29 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
         return Ok(0);
     }
     let holders = &f.placements[seg];
-    let ids = &m.segments[seg].shard_ids;
-    let k = m.shape.k();
-
-    // Sources: healthy shards first, then the others (they may still answer); every one is
-    // checked against its id.
-    let mut order: Vec<usize> = (0..holders.len()).filter(|j| !bad.contains(j)).collect();
-    order.extend(&bad);
-    let mut got = Vec::new();
-    let mut next = order.into_iter();
-    while got.len() < k {
-        let batch: Vec<usize> = next.by_ref().take(k - got.len()).collect();
-        if batch.is_empty() {
-            return Err(RepairError::TooFewSources { got: got.len(), k });
-        }
-        let len = m.shard_len(seg);
-        let fetched = futures::future::join_all(batch.into_iter().map(|j| {
-            let addr = peers.get(&holders[j]).map(|p| p.address.clone()).unwrap_or_default();
-            let id = ids[j];
-            async move { (j, fetch_shard(&s.http, &addr, &id, len).await) }
-        }))
-        .await;
-        for (j, r) in fetched {
-            if let Ok(v) = r.map(|b| m.verify_shard(seg as u32, j, b)) {
-                got.extend(v);
-            }
-        }
-    }
+    let got = fetch_sources(s, &peers, &m, holders, seg, &bad).await?;
     let (shape, shard_len) = (m.shape, m.shard_len(seg));
     let rebuilt = tokio::task::spawn_blocking(move || {
         let refs: Vec<(usize, &[u8])> = got.iter().map(|v| (v.index(), &v.bytes()[..])).collect();
         erasure::all_shards(shape, shard_len, &refs)
     })
     .await??;
+    let ids = &m.segments[seg].shard_ids;
     for &j in &bad {
         if merkle::root(&rebuilt[j]) != ids[j] {
             return Err(RepairError::Mismatch(j));
         }
     }
-
     // New homes: peers in good standing that hold no shard of this segment yet.
     let exclude: HashSet<&String> = holders.iter().collect();
     let candidates = s.candidates(&peers_all, &exclude);
-    let mut targets = placement::plan(&candidates, 1, bad.len(), SPARES, shard_len as u64)
+    let targets = placement::plan(&candidates, 1, bad.len(), SPARES, shard_len as u64)
         .and_then(|mut p| p.pop())
-        .ok_or(RepairError::NoTargets(bad.len()))?
-        .into_iter();
+        .ok_or(RepairError::NoTargets(bad.len()))?;
     let upload_id = format!("repair-{file_id}-{seg}");
-    let put = |j: usize, target: String| {
-        let order = s.identity.sign(&PutOrder {
-            upload_id: upload_id.clone(),
-            peer_id: target.clone(),
-            max_shard_len: shard_len as u64,
-            expires: s.now() + 600,
-        });
-        let addr = peers.get(&target).map(|p| p.address.clone()).unwrap_or_default();
-        let data = Bytes::from(rebuilt[j].clone());
-        async move {
-            let r = store_shard(&s.http, &addr, &order, &target, ids[j], data).await;
-            (j, target, r)
-        }
-    };
-    // Every rebuilt shard goes to its own target at once; a refused one tries the spares.
-    let first = futures::future::join_all(bad.iter().map(|&j| put(j, targets.next().unwrap_or_default()))).await;
-    let mut moved = Vec::new();
-    for (j, mut target, mut result) in first {
-        while let Err(e) = result {
-            tracing::warn!(peer = %target, error = %e, "repair target refused a shard");
-            let Some(spare) = targets.next() else {
-                return Err(RepairError::Refused { shard: j, last: e });
-            };
-            (_, target, result) = put(j, spare).await;
-        }
-        moved.push((j, holders[j].clone(), target));
-    }
+    let placed = place_rebuilt(s, &peers, &upload_id, targets, &bad, &rebuilt, ids).await?;
+    let moved: Vec<(usize, String, String)> =
+        placed.into_iter().map(|(j, target)| (j, holders[j].clone(), target)).collect();
     // Placements change only now, and only where nobody else changed them meanwhile.
     s.files.update(file_id, |r| {
         r.map(|mut r| {
@@ -290,4 +241,108 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
     s.files.flush().await?;
     s.counters.repaired_shards.inc_by(moved.len() as u64);
     Ok(moved.len())
+}
+
+/// At least k verified shards of the segment: healthy holders first, then the others (they
+/// may still answer); every one is checked against its id.
+async fn fetch_sources(
+    s: &State,
+    peers: &HashMap<String, PeerRecord>,
+    m: &Manifest,
+    holders: &[String],
+    seg: usize,
+    bad: &[usize],
+) -> Result<Vec<VerifiedShard>, RepairError> {
+    let k = m.shape.k();
+    let mut order: Vec<usize> = (0..holders.len()).filter(|j| !bad.contains(j)).collect();
+    order.extend(bad);
+    let mut got = Vec::new();
+    let mut next = order.into_iter();
+    while got.len() < k {
+        let batch: Vec<usize> = next.by_ref().take(k - got.len()).collect();
+        if batch.is_empty() {
+            return Err(RepairError::TooFewSources { got: got.len(), k });
+        }
+        let len = m.shard_len(seg);
+        let fetched = futures::future::join_all(batch.into_iter().map(|j| {
+            let addr = peers.get(&holders[j]).map(|p| p.address.clone()).unwrap_or_default();
+            let id = m.segments[seg].shard_ids[j];
+            async move { (j, fetch_shard(&s.http, &addr, &id, len).await) }
+        }))
+        .await;
+        for (j, r) in fetched {
+            if let Ok(v) = r.map(|b| m.verify_shard(seg as u32, j, b)) {
+                got.extend(v);
+            }
+        }
+    }
+    Ok(got)
+}
+
+/// Stores each rebuilt shard `j` of `bad` on its own target at once, a refused one on the
+/// next spare; returns (shard, new peer) pairs, each confirmed by a receipt.
+async fn place_rebuilt(
+    s: &State,
+    peers: &HashMap<String, PeerRecord>,
+    upload_id: &str,
+    targets: Vec<String>,
+    bad: &[usize],
+    rebuilt: &[Vec<u8>],
+    ids: &[ShardId],
+) -> Result<Vec<(usize, String)>, RepairError> {
+    let shard_len = rebuilt[0].len() as u64;
+    let expires = s.now() + 600;
+    let put = |j: usize, target: String| {
+        let order = s.identity.sign(&PutOrder {
+            upload_id: upload_id.to_owned(),
+            peer_id: target.clone(),
+            max_shard_len: shard_len,
+            expires,
+        });
+        let addr = peers.get(&target).map(|p| p.address.clone()).unwrap_or_default();
+        let data = Bytes::from(rebuilt[j].clone());
+        async move {
+            let r = store_shard(&s.http, &addr, &order, &target, ids[j], data).await;
+            (j, target, r)
+        }
+    };
+    let mut targets = targets.into_iter();
+    let first = futures::future::join_all(bad.iter().map(|&j| put(j, targets.next().unwrap_or_default()))).await;
+    let mut placed = Vec::new();
+    for (j, mut target, mut result) in first {
+        while let Err(e) = result {
+            tracing::warn!(peer = %target, error = %e, "repair target refused a shard");
+            let Some(spare) = targets.next() else {
+                return Err(RepairError::Refused { shard: j, last: e });
+            };
+            (_, target, result) = put(j, spare).await;
+        }
+        placed.push((j, target));
+    }
+    Ok(placed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_is_offline_then_lost_after_the_grace_period() {
+        let rules = |now| Rules { now, heartbeat_timeout: 60, grace_period: 300 };
+        let mut p = PeerRecord::new("k".into());
+        p.last_heartbeat = 1000;
+        p.status = PeerStatus::Active;
+        let id = ShardId([1; 32]);
+        assert_eq!(rules(1060).classify(Some(&p), &id), ShardState::Healthy);
+        assert_eq!(rules(1061).classify(Some(&p), &id), ShardState::Offline);
+        assert!(rules(1360).healthy(Some(&p), &id), "offline within the grace period still counts");
+        assert_eq!(rules(1361).classify(Some(&p), &id), ShardState::Lost);
+        p.failed_shards.push(id);
+        assert_eq!(rules(1000).classify(Some(&p), &id), ShardState::Failed);
+        p.status = PeerStatus::Exiting;
+        assert_eq!(rules(1000).classify(Some(&p), &id), ShardState::Leaving);
+        p.status = PeerStatus::Disqualified;
+        assert_eq!(rules(1000).classify(Some(&p), &id), ShardState::Lost);
+        assert_eq!(rules(1000).classify(None, &id), ShardState::Lost);
+    }
 }

@@ -151,6 +151,8 @@ pub(super) struct Counters {
     pub network: IntGaugeVec,
     /// Reads that met a stored record that does not decode, by table.
     pub undecodable: IntGaugeVec,
+    /// Rounds of the periodic workers, by worker and outcome (`done`, `skipped`).
+    pub rounds: IntCounterVec,
 }
 
 impl Counters {
@@ -165,6 +167,13 @@ impl Counters {
                 IntGaugeVec::new(
                     Opts::new("undecodable_record_reads", "Reads that met a stored record that does not decode"),
                     &["table"],
+                )
+                .expect("valid"),
+            ),
+            rounds: m.add(
+                IntCounterVec::new(
+                    Opts::new("worker_rounds_total", "Rounds of the periodic workers by outcome"),
+                    &["worker", "outcome"],
                 )
                 .expect("valid"),
             ),

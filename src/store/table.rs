@@ -82,9 +82,9 @@ pub trait Record: Serialize + DeserializeOwned {
     /// Today's form of a record stored at an older `version` (0: written before records
     /// carried a version). The default reads it as today's type, which suits records that
     /// only gained fields with serde defaults.
-    fn upgrade(version: u32, value: serde_json::Value) -> Result<Self, String> {
+    fn upgrade(version: u32, value: serde_json::Value) -> Result<Self, serde_json::Error> {
         let _ = version;
-        serde_json::from_value(value).map_err(|e| e.to_string())
+        serde_json::from_value(value)
     }
 }
 
@@ -156,7 +156,7 @@ impl<T: Record> Table<T> {
     }
 
     fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<T, RecordError> {
-        decode_versioned::<T>(bytes).map_err(|reason| self.undecodable(key, reason))
+        decode_versioned::<T>(bytes).map_err(|e| self.undecodable(key, e.to_string()))
     }
 
     /// Counts and reports (once per key) a record that does not decode.
@@ -187,8 +187,8 @@ impl<T: Record> Table<T> {
         let new = self.tree.update(key.as_bytes(), &mut |old| {
             let old = match old.map(|b| decode_versioned::<T>(b)).transpose() {
                 Ok(old) => old,
-                Err(reason) => {
-                    failed = Some(reason);
+                Err(e) => {
+                    failed = Some(e.to_string());
                     return old.map(<[u8]>::to_vec);
                 }
             };
@@ -262,23 +262,24 @@ impl<T: Record> Table<T> {
 }
 
 /// A stored record: versioned, or from before versions (version 0).
-fn decode_versioned<T: Record>(bytes: &[u8]) -> Result<T, String> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+fn decode_versioned<T: Record>(bytes: &[u8]) -> Result<T, serde_json::Error> {
+    use serde::de::Error;
+    let value: serde_json::Value = serde_json::from_slice(bytes)?;
     let (version, record) = match value {
         serde_json::Value::Object(mut o) if o.len() == 2 && o.contains_key("v") && o.contains_key("r") => {
-            let v = o.remove("v").and_then(|v| v.as_u64()).ok_or("its version is not a number")?;
+            let v =
+                o.remove("v").and_then(|v| v.as_u64()).ok_or_else(|| Error::custom("its version is not a number"))?;
             (v, o.remove("r").expect("checked"))
         }
         other => (0, other),
     };
-    let version = u32::try_from(version).map_err(|_| format!("version {version} is out of range"))?;
-    if version > T::VERSION {
-        return Err(format!("version {version}, newer than this p2pstore's {}", T::VERSION));
+    let newer = || Error::custom(format!("version {version}, newer than this p2pstore's {}", T::VERSION));
+    let version = u32::try_from(version).map_err(|_| newer())?;
+    match version.cmp(&T::VERSION) {
+        std::cmp::Ordering::Greater => Err(newer()),
+        std::cmp::Ordering::Equal => serde_json::from_value(record),
+        std::cmp::Ordering::Less => T::upgrade(version, record),
     }
-    if version == T::VERSION {
-        return serde_json::from_value(record).map_err(|e| e.to_string());
-    }
-    T::upgrade(version, record)
 }
 
 #[cfg(test)]

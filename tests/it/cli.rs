@@ -134,3 +134,21 @@ fn devnet_upload_download_through_the_binary() {
     net.kill().unwrap();
     net.wait().unwrap();
 }
+
+#[test]
+fn errors_say_what_to_do_and_name_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let o = p2pstore(d, &["ls", "--coordinator", &url], &[]);
+    let e = stderr(&o);
+    assert!(!o.status.success());
+    assert!(e.contains(&format!("cannot reach the coordinator at {url}")) && e.contains("p2pstore coordinator"), "{e}");
+    assert_eq!(e.matches("Connection refused").count(), 1, "{e}");
+
+    let o = p2pstore(d, &["upload", "/nonexistent", "--coordinator", &url], &[("P2PSTORE_PASSWORD", "pw")]);
+    let e = stderr(&o);
+    assert!(!o.status.success());
+    assert_eq!(e.trim(), "error: cannot read /nonexistent: No such file or directory (os error 2)");
+}

@@ -107,3 +107,19 @@ pub async fn until<F: std::future::Future<Output = bool>>(what: &str, secs: u64,
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// The value of the sample `series` (name with labels, as printed) on `base`'s /metrics,
+/// or 0 when it is not there yet.
+pub async fn metric(base: &str, series: &str) -> f64 {
+    let r = p2pstore::net::client::Client::default().get(&format!("{base}/metrics")).await.unwrap();
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// The shard files a node holds on disk.
+pub fn shard_files(node_dir: &Path) -> usize {
+    std::fs::read_dir(node_dir.join("shards"))
+        .unwrap()
+        .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+        .sum()
+}

@@ -3,7 +3,9 @@
 mod browser;
 mod cli;
 mod harness;
+mod layers;
 mod network;
+mod records;
 mod upkeep;
 mod vectors;
 mod web;

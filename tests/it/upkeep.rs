@@ -98,28 +98,38 @@ async fn missed_heartbeats_lower_the_online_score() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_outages_are_not_repaired_long_ones_are() {
+    // Time is a manual clock: silence is made by moving it, not by waiting for it.
     let mut config = fast_config();
-    config.repair.grace_period = 4;
-    let mut c = Cluster::start_with(8, config).await;
+    config.coordinator.heartbeat_timeout = 20;
+    config.repair.grace_period = 100;
+    let clock = p2pstore::sys::clock::Clock::manual(p2pstore::sys::clock::Clock::system().now());
+    let mut c = Cluster::start_with_clock(8, config, clock.clone()).await;
     let (id, bytes) = upload(&c, "g", 2 * PER_SEGMENT, 3, 6).await;
     let peer = c.client.info(&id).await.unwrap().placements[0][1].clone();
     let node = c.node_of(&peer);
     let before = c.client.info(&id).await.unwrap().placements;
+    let url = c.net.url();
+    let rounds = "p2pstore_coordinator_worker_rounds_total{outcome=\"done\",worker=\"repair\"}";
+    let two_more_repair_rounds = || async {
+        let start = metric(&url, rounds).await;
+        until("two repair rounds", 30, || async { metric(&url, rounds).await >= start + 2.0 }).await;
+    };
 
-    // Offline for about 3 s: past the heartbeat timeout (2 s), within the grace period.
+    // Silent past the heartbeat timeout, within the grace period: offline, not repaired.
     c.net.stop_node(node).await;
-    until("the peer shows offline", 10, || async {
-        c.client.peers().await.unwrap().iter().any(|p| p.peer_id == peer && p.state == PeerState::Offline)
-    })
-    .await;
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    clock.advance(50);
+    let state = |peers: Vec<PeerView>| peers.into_iter().find(|p| p.peer_id == peer).unwrap().state;
+    assert_eq!(state(c.client.peers().await.unwrap()), PeerState::Offline);
+    two_more_repair_rounds().await;
     assert_eq!(c.client.info(&id).await.unwrap().placements, before, "repaired within the grace period");
     c.net.start_node(node).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    until("the peer is back", 10, || async { state(c.client.peers().await.unwrap()) == PeerState::Online }).await;
+    two_more_repair_rounds().await;
     assert_eq!(c.client.info(&id).await.unwrap().placements, before, "repaired after the peer came back");
 
-    // Offline for good: its shards are rebuilt elsewhere.
+    // Silent past the grace period: its shards are rebuilt elsewhere.
     c.net.stop_node(node).await;
+    clock.advance(200);
     rebuilt_elsewhere(&c, &id, &peer, &bytes, "g.out").await;
     c.net.shutdown().await;
 }
