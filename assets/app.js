@@ -51,7 +51,7 @@ const push = (series, v) => { series.push(v); if (series.length > 90) series.shi
 
 const views = {
   async dashboard() {
-    const s = await api("/v1/stats");
+    const s = await api("/v2/stats");
     push(history.audits, s.audits_last_minute); push(history.used, s.used); push(history.online, s.peers_online);
     const tile = (l, v, spark) => `<div class="tile"><div class="v">${v}</div><div class="l">${l}</div>${spark ? `<canvas data-spark="${spark}"></canvas>` : ""}</div>`;
     const maxSeg = Math.max(1, ...s.health.map(([, c]) => c));
@@ -75,7 +75,7 @@ const views = {
   },
 
   async peers() {
-    const peers = await api("/v1/peers");
+    const peers = await api("/v2/peers");
     const rows = peers.map((p) => `<tr>
       <td class="id"><a href="#/peer/${p.peer_id}">${short(p.peer_id)}</a></td><td>${esc(p.address)}</td><td>${statusPill(p)}</td>
       <td>${p.reputation.toFixed(3)}</td><td>${p.online_score.toFixed(3)}</td>
@@ -87,7 +87,7 @@ const views = {
   },
 
   async peer(id) {
-    const [peers, audits] = await Promise.all([api("/v1/peers"), api(`/v1/audits?peer=${id}&limit=100`)]);
+    const [peers, audits] = await Promise.all([api("/v2/peers"), api(`/v2/audits?peer=${id}&limit=100`)]);
     const p = peers.find((x) => x.peer_id === id);
     if (!p) return `<p class="error">No peer ${esc(id)}.</p>`;
     return `<h1>Peer <span class="id">${esc(short(id))}</span></h1>
@@ -102,9 +102,9 @@ const views = {
   },
 
   async files() {
-    const [files, peers] = await Promise.all([api("/v1/files"), api("/v1/peers")]);
+    const [files, peers] = await Promise.all([api("/v2/files"), api("/v2/peers")]);
     const rows = await Promise.all(files.map(async (f) => {
-      const v = await api(`/v1/files/${f.file_id}`);
+      const v = await api(`/v2/files/${f.file_id}`);
       const low = Math.min(...v.health.map((h) => h.healthy));
       const name = names.get(f.file_id);
       return `<tr><td class="id"><a href="#/file/${f.file_id}">${short(f.file_id)}</a></td>
@@ -120,7 +120,7 @@ const views = {
   },
 
   async file(id) {
-    const v = await api(`/v1/files/${id}`);
+    const v = await api(`/v2/files/${id}`);
     const n = v.n;
     const cells = v.shard_states.map((seg, i) => seg.map((st, j) => {
       const state = v.health[i].repair_queued && st !== "healthy" ? "repairing" : st;
@@ -144,7 +144,7 @@ const views = {
   },
 
   async audits() {
-    return `<h1>Audits</h1>${auditTable(await api("/v1/audits?limit=200"), true)}`;
+    return `<h1>Audits</h1>${auditTable(await api("/v2/audits?limit=200"), true)}`;
   },
 
   // A form: drawn once, not refreshed by the poll.
@@ -188,7 +188,7 @@ async function uploadFile(ev) {
   if (pw !== document.getElementById("pw2").value) { msg.className = "error"; msg.textContent = "the two passwords differ"; return false; }
   try {
     const k = Number(document.getElementById("k").value), n = Number(document.getElementById("n").value);
-    const started = await send("POST", "/v1/browser/uploads", { size: file.size, k, n, segment_size: SEGMENT_SIZE });
+    const started = await send("POST", "/v2/browser/uploads", { size: file.size, k, n, segment_size: SEGMENT_SIZE });
     task("deriving the key…");
     const salt = crypto.getRandomValues(new Uint8Array(16));
     const keys = await P2P.fileKeys(pw, salt, ITERATIONS);
@@ -196,12 +196,12 @@ async function uploadFile(ev) {
     for (let i = 0; i < count; i++) {
       const plain = new Uint8Array(await file.slice(i * per, Math.min(file.size, (i + 1) * per)).arrayBuffer());
       const sealed = await P2P.sealSegment(keys, i, i === count - 1, plain);
-      await send("PUT", `/v1/browser/uploads/${started.upload_id}/segments/${i}`, sealed, false);
+      await send("PUT", `/v2/browser/uploads/${started.upload_id}/segments/${i}`, sealed, false);
       prog.value = (i + 1) / count;
       task(`uploading: ${i + 1}/${count} segments`);
     }
     const sealedMeta = await P2P.sealMetadata(keys, { name: file.name, content_type: file.type || "application/octet-stream" });
-    const done = await send("POST", `/v1/browser/uploads/${started.upload_id}/commit`, {
+    const done = await send("POST", `/v2/browser/uploads/${started.upload_id}/commit`, {
       salt: P2P.hex(salt), iterations: ITERATIONS, sealed_meta: P2P.hex(sealedMeta), owner_hash: await P2P.sha256hex(keys.owner),
     });
     names.set(done.file_id, file.name);
@@ -220,7 +220,7 @@ async function downloadFile(ev, id) {
   ev.preventDefault();
   const pw = document.getElementById("pw").value;
   try {
-    const r = await fetch(`/v1/files/${id}/manifest`);
+    const r = await fetch(`/v2/files/${id}/manifest`);
     if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || `HTTP ${r.status}`);
     const m = P2P.parseManifest(await r.arrayBuffer());
     task("deriving the key…");
@@ -228,7 +228,7 @@ async function downloadFile(ev, id) {
     const meta = await P2P.openMetadataWith(keys, m.sealedMeta);
     const count = P2P.segmentCount(m.size, m.segmentSize), parts = [];
     for (let i = 0; i < count; i++) {
-      const seg = await fetch(`/v1/files/${id}/segments/${i}`);
+      const seg = await fetch(`/v2/files/${id}/segments/${i}`);
       if (!seg.ok) throw new Error((await seg.json().catch(() => ({}))).error || `segment ${i}: HTTP ${seg.status}`);
       parts.push(await P2P.openSegment(keys, i, i === count - 1, new Uint8Array(await seg.arrayBuffer())));
       task(`downloading: ${i + 1}/${count} segments`);
@@ -262,10 +262,10 @@ async function revealNames(ev) {
   const pw = document.getElementById("pw").value, msg = document.getElementById("pwmsg");
   if (!pw) return false;
   msg.textContent = "deriving keys…";
-  const files = await api("/v1/files");
+  const files = await api("/v2/files");
   let opened = 0;
   for (const f of files) {
-    const r = await fetch(`/v1/files/${f.file_id}/manifest`);
+    const r = await fetch(`/v2/files/${f.file_id}/manifest`);
     if (!r.ok) continue;
     try { names.set(f.file_id, (await P2P.openMetadata(await r.arrayBuffer(), pw)).name); opened++; } catch (_) { /* another password */ }
   }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::codec::DEFAULT_SEGMENT_SIZE;
 use crate::core::crypto::{DEFAULT_ITERATIONS, MAX_ITERATIONS, MIN_ITERATIONS};
 use crate::core::manifest::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
+pub use crate::proto::AccountAdmission;
 
 /// Where the configuration came from, for error messages.
 pub const BUILT_IN: &str = "built-in defaults";
@@ -126,6 +127,11 @@ pub struct NodeConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
+    /// `open`: any account registers on its first signed request, with `default_quota_gb`;
+    /// `invite`: only accounts an operator added (`p2pstore coordinator account add`).
+    pub accounts: AccountAdmission,
+    /// Quota of an account that registered itself, in GB of file sizes (plaintext).
+    pub default_quota_gb: f64,
     pub min_reputation: f64,
     /// 0 means no limit.
     pub max_upload_size_mb: u64,
@@ -137,6 +143,9 @@ pub struct SecurityConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ClientConfig {
     pub coordinator: String,
+    /// The account key file clients sign with; unset: `account.p8` in the user's config
+    /// directory (`$XDG_CONFIG_HOME/p2pstore` or `~/.config/p2pstore`), made on first use.
+    pub account: Option<PathBuf>,
     /// Bytes of a sealed segment.
     pub segment_size: u32,
     pub kdf_iterations: u32,
@@ -187,14 +196,33 @@ impl Default for NodeConfig {
 
 impl Default for SecurityConfig {
     fn default() -> Self {
-        SecurityConfig { min_reputation: 0.5, max_upload_size_mb: 0, require_encryption: true }
+        SecurityConfig {
+            accounts: AccountAdmission::Open,
+            default_quota_gb: 100.0,
+            min_reputation: 0.5,
+            max_upload_size_mb: 0,
+            require_encryption: true,
+        }
     }
+}
+
+impl SecurityConfig {
+    /// `default_quota_gb` in bytes.
+    pub fn default_quota(&self) -> u64 {
+        gb_to_bytes(self.default_quota_gb)
+    }
+}
+
+/// GB (10^9 bytes) to bytes, saturating.
+pub fn gb_to_bytes(gb: f64) -> u64 {
+    (gb * 1e9) as u64
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             coordinator: "http://127.0.0.1:8000".into(),
+            account: None,
             segment_size: DEFAULT_SEGMENT_SIZE,
             kdf_iterations: DEFAULT_ITERATIONS,
         }
@@ -296,6 +324,10 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&min) {
             return Err(self.invalid("security.min_reputation", format!("must be between 0 and 1, got {min}")));
+        }
+        let q = self.security.default_quota_gb;
+        if !(q >= 0.0 && q.is_finite()) {
+            return Err(self.invalid("security.default_quota_gb", format!("must be 0 or more GB, got {q}")));
         }
         Ok(())
     }

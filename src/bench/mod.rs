@@ -276,7 +276,7 @@ async fn start_processes(nodes: usize, dir: &std::path::Path) -> anyhow::Result<
         let data = d(format!("node-{i:02}"));
         children.0.push(spawn(&["node", "--port", &port, "--max-storage-gb", "1000000", "--data-dir", &data])?);
     }
-    let client = crate::client::Client::new(&url);
+    let client = crate::client::Client::with_fresh_account(&url);
     let deadline = Instant::now() + Duration::from_secs(60);
     while client.peers().await.map(|p| p.len()).unwrap_or(0) < nodes {
         anyhow::ensure!(Instant::now() < deadline, "the benchmark network did not come up within 60 s");
@@ -313,7 +313,7 @@ fn usage_line(name: &str, size: u64, before: Usage, after: Usage) -> String {
 /// memory and each role's CPU are measured apart.
 pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: EncodeParams) -> anyhow::Result<String> {
     let (children, url) = start_processes(nodes, dir).await?;
-    let client = crate::client::Client::new(&url);
+    let client = crate::client::Client::with_fresh_account(&url);
     let src = dir.join("input.bin");
     let mut input = std::fs::File::create(&src)?;
     std::io::copy(&mut PatternReader::new(size), &mut input)?;

@@ -51,7 +51,7 @@ pub async fn repair(nodes: usize, stop: usize, size: u64, dir: &std::path::Path)
     config.audit.interval = 3600;
     config.node.max_storage_gb = 1e6;
     let mut net = Devnet::start(config, &dir.join("net"), 0, nodes).await?;
-    let client = Client::new(&net.url());
+    let client = Client::with_fresh_account(&net.url());
     let src = dir.join("input.bin");
     write_input(&src, size)?;
     let mut params = EncodeParams { iterations: crate::core::crypto::MIN_ITERATIONS, ..EncodeParams::default() };
@@ -114,7 +114,7 @@ async fn simulated_route(sim: Arc<Simulated>, req: hyper::Request<hyper::body::I
         i.parse::<usize>().ok().filter(|i| *i < sim.ids.len()).ok_or_else(|| ApiError::not_found("no such peer"))
     };
     match (req.method().clone(), p.as_slice()) {
-        (Method::POST, ["p", i, "v1", "audit"]) => {
+        (Method::POST, ["p", i, "v2", "audit"]) => {
             let me = &sim.ids[who(i)?];
             let signed: Signed<Challenge> = read_json(req, 64 * 1024).await?;
             let c = signed.open().ok_or_else(|| ApiError::forbidden("bad challenge"))?;
@@ -123,7 +123,7 @@ async fn simulated_route(sim: Arc<Simulated>, req: hyper::Request<hyper::body::I
                 c.items.iter().map(|it| shards.get(&it.shard_id).and_then(|b| merkle::prove(b, it.chunk))).collect();
             server::ok(&me.sign(&AuditAnswer { nonce: c.nonce, proofs }))
         }
-        (Method::PUT, ["p", i, "v1", "shards", id]) => {
+        (Method::PUT, ["p", i, "v2", "shards", id]) => {
             let me = &sim.ids[who(i)?];
             let id = ShardId::from_hex(id).ok_or_else(|| ApiError::bad_request("bad id"))?;
             let order: Signed<PutOrder> = req
@@ -140,7 +140,7 @@ async fn simulated_route(sim: Arc<Simulated>, req: hyper::Request<hyper::body::I
             sim.shards.lock().expect("not poisoned").insert(id, body);
             server::ok(&me.sign(&Receipt { upload_id: order.upload_id, shard_id: id, len, peer_id: me.peer_id() }))
         }
-        (Method::POST, ["p", _, "v1", "gc"]) => server::ok(&Removed { removed: 0 }),
+        (Method::POST, ["p", _, "v2", "gc"]) => server::ok(&Removed { removed: 0 }),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no route")),
     }
 }
@@ -174,10 +174,10 @@ pub async fn audits(peers: usize, segments: u64, secs: u64, dir: &std::path::Pat
     let registered = futures::stream::iter(0..peers)
         .map(|i| {
             let time = Clock::system().now();
-            let hb = Heartbeat { address: format!("{base}/p/{i}"), capacity: 1 << 40, used: 0, shards: 0, time };
+            let hb = Heartbeat { address: format!("{base}/p/{i}"), capacity: 1 << 40, used: 0, shards: 0, time, seq: 1 };
             let signed = sim.ids[i].sign(&hb);
             let (h, url) = (h.clone(), url.clone());
-            async move { h.post_json(&format!("{url}/v1/heartbeat"), &signed).await.map(|r| r.status.is_success()) }
+            async move { h.post_json(&format!("{url}/v2/heartbeat"), &signed).await.map(|r| r.status.is_success()) }
         })
         .buffer_unordered(32)
         .filter(|r| futures::future::ready(matches!(r, Ok(true))))
@@ -190,7 +190,7 @@ pub async fn audits(peers: usize, segments: u64, secs: u64, dir: &std::path::Pat
     write_input(&src, segments * 4080)?;
     let params =
         EncodeParams { shape: Shape::new(8, 20)?, segment_size: 4096, iterations: crate::core::crypto::MIN_ITERATIONS };
-    Client::new(&url).upload(&src, b"bench", params, None).await.context("storing the audited file")?;
+    Client::with_fresh_account(&url).upload(&src, b"bench", params, None).await.context("storing the audited file")?;
     let stored = segments * 20;
 
     // Measure over a window once audits are flowing.
@@ -199,7 +199,7 @@ pub async fn audits(peers: usize, segments: u64, secs: u64, dir: &std::path::Pat
     let t0 = Clock::system().now();
     let cpu0 = cpu_seconds("self");
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let all: Vec<AuditRecord> = h.get(&format!("{url}/v1/audits?limit=100000000")).await?.json()?;
+    let all: Vec<AuditRecord> = h.get(&format!("{url}/v2/audits?limit=100000000")).await?.json()?;
     let done = count(&all, t0 + 1);
     let failed = all.iter().filter(|r| r.time > t0 && r.outcome != AuditOutcome::Success).count();
     let cpu = cpu_seconds("self") - cpu0;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{BenchCommand, PasswordArgs};
+use super::{BenchCommand, OperatorAccount, PasswordArgs};
 use crate::bench;
 use crate::client::Client;
 use crate::config::Config;
@@ -20,7 +20,8 @@ use crate::core::erasure::Shape;
 use crate::core::manifest::FileId;
 use crate::devnet::Devnet;
 use crate::node::{self, NodeOptions};
-use crate::proto::{Deleted, PeerState, PeerStatus};
+use crate::proto::{AccountAdmission, AccountView, AdminAction, Deleted, PeerState, PeerStatus};
+use crate::store::identity as keyfile;
 use crate::sys::clock::Clock;
 
 /// Writes to stdout; a closed pipe (`p2pstore ls | head`) ends the program quietly in main.
@@ -45,6 +46,111 @@ pub(super) fn check_coordinator(config: &Config) -> anyhow::Result<()> {
         bail!("{} stored records cannot be read (listed above)", report.undecodable);
     }
     Ok(())
+}
+
+/// Where the account key is: `[client] account` (or --account), else `account.p8` in the
+/// user's config directory.
+fn account_path(config: &Config) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &config.client.account {
+        return Ok(p.clone());
+    }
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => PathBuf::from(std::env::var_os("HOME").context("no HOME: pass --account FILE")?).join(".config"),
+    };
+    Ok(base.join("p2pstore").join("account.p8"))
+}
+
+/// A client acting for the configured account. The default account file is created on
+/// first use when the coordinator admits new accounts; a named one must exist.
+async fn client(config: &Config) -> anyhow::Result<Client> {
+    let path = account_path(config)?;
+    let url = &config.client.coordinator;
+    let account = if path.exists() || config.client.account.is_some() {
+        keyfile::load_file(&path).with_context(|| "loading the account key (create one with `p2pstore account new`)")?
+    } else {
+        let probe = public_client(config);
+        if probe.coordinator_info().await?.accounts == AccountAdmission::Invite {
+            bail!(
+                "no account key at {}: create one with `p2pstore account new` and ask the operator of {url} \
+                 to admit it (`p2pstore coordinator account add ID`)",
+                path.display()
+            );
+        }
+        let a = keyfile::create_file(&path)?;
+        eprintln!("created account {} in {}", a.peer_id(), path.display());
+        a
+    };
+    Ok(Client::new(url, std::sync::Arc::new(account)))
+}
+
+/// A client for the network's public state only (peers, audits): it signs nothing.
+fn public_client(config: &Config) -> Client {
+    Client::with_fresh_account(&config.client.coordinator)
+}
+
+pub(super) fn account_new(config: &Config, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = match out {
+        Some(p) => p,
+        None => account_path(config)?,
+    };
+    let a = keyfile::create_file(&path)?;
+    eprintln!("account key written to {} (keep it: it owns your files)", path.display());
+    outln!("{}", a.peer_id());
+    Ok(())
+}
+
+fn print_accounts(accounts: &[AccountView]) -> anyhow::Result<()> {
+    for a in accounts {
+        outln!(
+            "{}  quota {}  stored {} in {} files  pending {}",
+            a.account_id,
+            gb(a.quota),
+            gb(a.stored),
+            a.files,
+            gb(a.pending)
+        );
+    }
+    Ok(())
+}
+
+pub(super) async fn account_show(config: Config, json: bool) -> anyhow::Result<()> {
+    let view = client(&config).await?.account().await?;
+    if json {
+        return print_json(&view);
+    }
+    print_accounts(&[view])
+}
+
+pub(super) async fn operator_account(config: Config, a: OperatorAccount) -> anyhow::Result<()> {
+    let (action, json) = match a {
+        OperatorAccount::Add { id, quota_gb } => {
+            (AdminAction::AddAccount { account: id, quota: quota_gb.map(crate::config::gb_to_bytes) }, false)
+        }
+        OperatorAccount::List { json } => (AdminAction::ListAccounts, json),
+        OperatorAccount::Rm { id } => (AdminAction::RemoveAccount { account: id }, false),
+    };
+    let dir = &config.coordinator.data_dir;
+    let clock = Clock::system();
+    let accounts = match coordinator::admin_offline(dir, action.clone(), &config, &clock) {
+        Ok(a) => a,
+        // The database is held by the running coordinator: ask it, signed with its own key.
+        Err(coordinator::AdminError::Record(local)) => {
+            let signed = coordinator::admin_request(dir, action, &clock)?;
+            let c = &config.coordinator;
+            let host = if c.host == "0.0.0.0" || c.host == "::" { "127.0.0.1" } else { &c.host };
+            let url = format!("http://{host}:{}/v2/admin", c.port);
+            let reply = crate::net::client::Client::default().post_json(&url, &signed).await;
+            reply.and_then(|r| r.json()).with_context(|| {
+                format!("the database in {} is in use ({local}), and its coordinator did not answer", dir.display())
+            })?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        return print_json(&accounts);
+    }
+    print_accounts(&accounts)
 }
 
 async fn wait_for_ctrl_c() -> anyhow::Result<()> {
@@ -81,7 +187,7 @@ pub(super) async fn node(config: Config, advertise: Option<String>) -> anyhow::R
 
 pub(super) async fn node_exit(config: Config) -> anyhow::Result<()> {
     let dir = config.node_data_dir(config.node.port);
-    let client = Client::new(&config.client.coordinator);
+    let client = public_client(&config);
     let me = node::request_exit(&dir, &config.client.coordinator, &Clock::system()).await?;
     eprintln!("exit requested for peer {}; moving its {} shards", me.peer_id, me.placed);
     loop {
@@ -149,7 +255,7 @@ pub(super) async fn upload(
     let params = encode_params(&config, k, n)?;
     let pw = password.get(true)?;
     let bar = progress();
-    let id = Client::new(&config.client.coordinator).upload(&file, pw.as_bytes(), params, bar.clone()).await?;
+    let id = client(&config).await?.upload(&file, pw.as_bytes(), params, bar.clone()).await?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -167,7 +273,7 @@ pub(super) async fn download(
     let id = FileId::parse(&file_id)?;
     let pw = password.get(false)?;
     let bar = progress();
-    let client = Client::new(&config.client.coordinator);
+    let client = client(&config).await?;
     let report = client.download(&id, pw.as_bytes(), output.as_deref(), force, bar.clone()).await?;
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -180,7 +286,7 @@ pub(super) async fn download(
 }
 
 pub(super) async fn info(config: Config, file_id: String, json: bool) -> anyhow::Result<()> {
-    let view = Client::new(&config.client.coordinator).info(&FileId::parse(&file_id)?).await?;
+    let view = client(&config).await?.info(&FileId::parse(&file_id)?).await?;
     if json {
         return print_json(&view);
     }
@@ -195,7 +301,7 @@ pub(super) async fn info(config: Config, file_id: String, json: bool) -> anyhow:
 }
 
 pub(super) async fn ls(config: Config, json: bool) -> anyhow::Result<()> {
-    let files = Client::new(&config.client.coordinator).list().await?;
+    let files = client(&config).await?.list().await?;
     if json {
         return print_json(&files);
     }
@@ -210,7 +316,7 @@ fn gb(bytes: u64) -> String {
 }
 
 pub(super) async fn peers(config: Config, json: bool) -> anyhow::Result<()> {
-    let peers = Client::new(&config.client.coordinator).peers().await?;
+    let peers = public_client(&config).peers().await?;
     if json {
         return print_json(&peers);
     }
@@ -233,7 +339,7 @@ pub(super) async fn peers(config: Config, json: bool) -> anyhow::Result<()> {
 
 pub(super) async fn rm(config: Config, file_id: String, password: PasswordArgs, json: bool) -> anyhow::Result<()> {
     let id = FileId::parse(&file_id)?;
-    Client::new(&config.client.coordinator).remove(&id, password.get(false)?.as_bytes()).await?;
+    client(&config).await?.remove(&id, password.get(false)?.as_bytes()).await?;
     if json {
         return print_json(&Deleted { deleted: id.to_string() });
     }
@@ -242,7 +348,7 @@ pub(super) async fn rm(config: Config, file_id: String, password: PasswordArgs, 
 }
 
 pub(super) async fn audits(config: Config, peer: Option<String>, limit: usize, json: bool) -> anyhow::Result<()> {
-    let audits = Client::new(&config.client.coordinator).audits(peer.as_deref(), limit).await?;
+    let audits = public_client(&config).audits(peer.as_deref(), limit).await?;
     if json {
         return print_json(&audits);
     }

@@ -32,6 +32,10 @@ pub struct Cli {
     /// Coordinator URL for client commands [config: client.coordinator]
     #[arg(long, global = true, env = "P2PSTORE_COORDINATOR", value_name = "URL")]
     pub coordinator: Option<String>,
+    /// The account key file client commands sign with [config: client.account; default
+    /// account.p8 in the user's config directory, created on first use where accounts are open]
+    #[arg(long, global = true, env = "P2PSTORE_ACCOUNT", value_name = "FILE")]
+    pub account: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -136,6 +140,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Your account: a key pair that signs your requests and owns your files
+    #[command(subcommand)]
+    Account(AccountCommand),
     /// Print the effective configuration (file, environment and defaults merged) as TOML
     Config,
     /// Measure this machine
@@ -154,6 +161,45 @@ pub enum CoordinatorAction {
     /// Read every stored record of the coordinator in --data-dir and list those that cannot
     /// be read (run it while that coordinator is stopped: the database allows one process)
     Check,
+    /// Admit, list or remove accounts, for the coordinator whose data directory (and key)
+    /// is --data-dir: directly when it is stopped, through its API when it is running
+    #[command(subcommand)]
+    Account(OperatorAccount),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorAccount {
+    /// Admit an account (needed when [security] accounts = "invite"), or change its quota
+    Add {
+        /// The account id, as `p2pstore account new` prints it
+        id: String,
+        /// Its quota in GB of file sizes [default: security.default_quota_gb]
+        #[arg(long)]
+        quota_gb: Option<f64>,
+    },
+    /// Every account with its quota and usage
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an account; its files stay, and cannot be changed until it is added again
+    Rm { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AccountCommand {
+    /// Create an account key and print its id
+    New {
+        /// Where to keep the key [default: the --account file, or account.p8 in the user's
+        /// config directory]
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// This account's id, and its quota and usage at the coordinator
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -232,6 +278,9 @@ fn effective_config(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(url) = &cli.coordinator {
         config.client.coordinator = url.clone();
     }
+    if cli.account.is_some() {
+        config.client.account = cli.account.clone();
+    }
     match &cli.command {
         Command::Coordinator { host, port, data_dir, .. } => {
             set(&mut config.coordinator.host, host);
@@ -280,6 +329,11 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Config => c::print_config(&config),
         Command::Coordinator { action: Some(CoordinatorAction::Check), .. } => c::check_coordinator(&config),
+        Command::Coordinator { action: Some(CoordinatorAction::Account(a)), .. } => {
+            on_runtime("client", c::operator_account(config, a))
+        }
+        Command::Account(AccountCommand::New { out }) => c::account_new(&config, out),
+        Command::Account(AccountCommand::Show { json }) => on_runtime("client", c::account_show(config, json)),
         Command::Coordinator { action: None, .. } => on_runtime("coordinator", c::coordinator(config)),
         Command::Node { action: Some(NodeAction::Exit), .. } => on_runtime("client", c::node_exit(config)),
         Command::Node { advertise, action: None, .. } => on_runtime("node", c::node(config, advertise)),

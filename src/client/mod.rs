@@ -7,18 +7,22 @@ mod download;
 mod upload;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use ring::digest::{SHA256, digest};
+use tokio::sync::OnceCell;
 
 pub use download::DownloadReport;
 
-use crate::core::crypto::FileKeys;
+use crate::core::crypto::{FileKeys, Salt};
 use crate::core::error::CodecError;
+use crate::core::identity::Identity;
 use crate::core::manifest::{FileId, Manifest};
 use crate::net::client::{self as http, HttpError, request};
 use crate::net::transfer::TransferError;
 use crate::proto::*;
+use crate::sys::clock::Clock;
 use crate::sys::fs::AtomicWriteError;
 
 /// Why a client operation failed, in words a user can act on.
@@ -69,15 +73,86 @@ impl ClientError {
     }
 }
 
+/// A client of one coordinator, acting for one account: every request about the account's
+/// files is signed with its key.
 #[derive(Clone)]
 pub struct Client {
     base: String,
     http: http::Client,
+    account: Arc<Identity>,
+    clock: Clock,
+    /// What the coordinator says of itself (its id signs every request), asked once.
+    info: Arc<OnceCell<CoordinatorInfo>>,
 }
 
 impl Client {
-    pub fn new(coordinator: &str) -> Client {
-        Client { base: coordinator.trim_end_matches('/').to_owned(), http: http::Client::default() }
+    pub fn new(coordinator: &str, account: Arc<Identity>) -> Client {
+        Client {
+            base: coordinator.trim_end_matches('/').to_owned(),
+            http: http::Client::default(),
+            account,
+            clock: Clock::system(),
+            info: Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// A client acting for a new account kept only in memory (tests, benchmarks, public
+    /// queries); it registers with its first signed request where accounts are open.
+    pub fn with_fresh_account(coordinator: &str) -> Client {
+        Client::new(coordinator, Arc::new(Identity::generate()))
+    }
+
+    /// A client whose request times come from `clock` (tests that move time).
+    pub fn with_clock(mut self, clock: Clock) -> Client {
+        self.clock = clock;
+        self
+    }
+
+    /// The id of the account this client acts for.
+    pub fn account_id(&self) -> String {
+        self.account.peer_id()
+    }
+
+    /// What the coordinator says of itself.
+    pub async fn coordinator_info(&self) -> Result<&CoordinatorInfo, ClientError> {
+        self.info
+            .get_or_try_init(|| async {
+                let r = self.http.get(&format!("{}/v2/info", self.base)).await;
+                r.and_then(http::Reply::json).map_err(|e| self.coordinator_error(e))
+            })
+            .await
+    }
+
+    /// A request to the coordinator signed by the account; the reply whatever its status.
+    pub async fn send_signed(&self, method: &str, path: &str, body: Bytes) -> Result<http::Reply, ClientError> {
+        let coordinator = self.coordinator_info().await?.coordinator_id.clone();
+        let nonce = hex::encode(Salt::random().0);
+        let auth = RequestAuth::sign(&self.account, &coordinator, method, path, (self.clock.now(), nonce), &body);
+        let url = format!("{}{path}", self.base);
+        let header = auth.header();
+        let mut headers = vec![(AUTH_HEADER, header.as_str())];
+        if !body.is_empty() {
+            headers.push(("content-type", "application/json"));
+        }
+        let req = request(method, &url, &headers, body).map_err(|e| self.coordinator_error(e))?;
+        self.http.send(req).await.map_err(|e| self.coordinator_error(e))
+    }
+
+    /// A request to the coordinator signed by the account; an error status is an error.
+    async fn signed(&self, method: &str, path: &str, body: Bytes) -> Result<http::Reply, ClientError> {
+        let r = self.send_signed(method, path, body).await?;
+        r.ok().map_err(|e| self.coordinator_error(e))
+    }
+
+    async fn signed_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<T, ClientError> {
+        let bytes = body.map(|b| Bytes::from(serde_json::to_vec(b).expect("wire types serialize"))).unwrap_or_default();
+        let r = self.signed(method, path, bytes).await?;
+        r.json().map_err(|e| self.coordinator_error(e))
     }
 
     /// A coordinator's failure to answer, or its refusal.
@@ -98,34 +173,47 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let r = self.http.post_json(&format!("{}{path}", self.base), body).await;
-        r.and_then(http::Reply::json).map_err(|e| self.coordinator_error(e))
+        self.signed_json("POST", path, Some(body)).await
+    }
+
+    async fn get_signed<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.signed_json("GET", path, None::<&()>).await
+    }
+
+    /// A placement plan for a file of `req.size` bytes (what an upload starts with).
+    pub async fn plan(&self, req: &PlanRequest) -> Result<Plan, ClientError> {
+        self.post_json("/v2/uploads", req).await
+    }
+
+    /// The account's quota and usage.
+    pub async fn account(&self) -> Result<AccountView, ClientError> {
+        self.get_signed("/v2/account").await
     }
 
     pub async fn peers(&self) -> Result<Vec<PeerView>, ClientError> {
-        self.get_json("/v1/peers").await
+        self.get_json("/v2/peers").await
     }
 
     /// The newest `limit` audits, of one peer or of all.
     pub async fn audits(&self, peer: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>, ClientError> {
         match peer {
-            Some(p) => self.get_json(&format!("/v1/audits?peer={p}&limit={limit}")).await,
-            None => self.get_json(&format!("/v1/audits?limit={limit}")).await,
+            Some(p) => self.get_json(&format!("/v2/audits?peer={p}&limit={limit}")).await,
+            None => self.get_json(&format!("/v2/audits?limit={limit}")).await,
         }
     }
 
+    /// The account's own files.
     pub async fn list(&self) -> Result<Vec<FileSummary>, ClientError> {
-        self.get_json("/v1/files").await
+        self.get_signed("/v2/files").await
     }
 
     pub async fn info(&self, id: &FileId) -> Result<FileView, ClientError> {
-        self.get_json(&format!("/v1/files/{id}")).await
+        self.get_signed(&format!("/v2/files/{id}")).await
     }
 
     /// The manifest of `id`, checked against the id.
     pub async fn manifest(&self, id: &FileId) -> Result<Manifest, ClientError> {
-        let r = self.http.get(&format!("{}/v1/files/{id}/manifest", self.base)).await;
-        let r = r.and_then(http::Reply::ok).map_err(|e| self.coordinator_error(e))?;
+        let r = self.signed("GET", &format!("/v2/files/{id}/manifest"), Bytes::new()).await?;
         if digest(&SHA256, &r.body).as_ref() != id.0 {
             return Err(ClientError::ManifestMismatch(id.to_string()));
         }
@@ -138,12 +226,8 @@ impl Client {
         let m = self.manifest(id).await?;
         let password = password.to_vec();
         let keys = blocking(move || Ok(FileKeys::derive(&password, m.salt, m.iterations)?)).await?;
-        let token = hex::encode(keys.owner_token());
-        let url = format!("{}/v1/files/{id}", self.base);
-        let req =
-            request("DELETE", &url, &[(OWNER_HEADER, &token)], Bytes::new()).map_err(|e| self.coordinator_error(e))?;
-        let r = self.http.send(req).await.and_then(http::Reply::json::<Deleted>);
-        r.map(|_| ()).map_err(|e| self.coordinator_error(e))
+        let req = DeleteRequest { owner_token: hex::encode(keys.owner_token()) };
+        self.signed_json::<Deleted>("DELETE", &format!("/v2/files/{id}"), Some(&req)).await.map(|_| ())
     }
 }
 

@@ -36,7 +36,7 @@ impl Client {
         let file = std::fs::File::open(path).map_err(io)?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let req = PlanRequest { size, k: params.shape.k, n: params.shape.n, segment_size: params.segment_size };
-        let plan: Arc<Plan> = Arc::new(self.post_json("/v1/uploads", &req).await?);
+        let plan = Arc::new(self.plan(&req).await?);
 
         // Encoding runs on a blocking thread and hands segments over a short queue, so memory
         // stays at a few segments.
@@ -80,7 +80,7 @@ impl Client {
             placements,
             receipts,
         };
-        let reply: CommitReply = self.post_json(&format!("/v1/uploads/{}/commit", plan.upload_id), &commit).await?;
+        let reply: CommitReply = self.post_json(&format!("/v2/uploads/{}/commit", plan.upload_id), &commit).await?;
         let id = manifest.file_id();
         if reply.file_id != id.to_string() {
             return Err(ClientError::CommitMismatch { expected: id.to_string(), got: reply.file_id });

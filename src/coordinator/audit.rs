@@ -196,7 +196,7 @@ async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<(Shard
         _ => new_challenge(&id, &shards, deadline),
     };
     let client = http::Client::new(Duration::from_secs(timeout));
-    let url = format!("{}/v1/audit", p.address);
+    let url = format!("{}/v2/audit", p.address);
     let (outcome, failed, detail) = match client.post_json(&url, &s.identity.sign(&challenge)).await {
         Err(e) => (AuditOutcome::Offline, Vec::new(), e.to_string()),
         Ok(r) => match r

@@ -8,18 +8,21 @@ use std::sync::{Arc, Mutex};
 use hyper::StatusCode;
 use hyper::body::Incoming;
 
+use super::auth::Caller;
 use super::state::State;
 use super::{files, uploads};
 use crate::core::codec::EncodedSegment;
 use crate::core::crypto::{SALT_LEN, Salt, TAG_LEN};
 use crate::core::erasure::{self, Shape};
 use crate::core::manifest::{FileId, Manifest, SegmentEntry, plain_per_segment};
-use crate::net::server::{self, ApiError, ApiResult, ok, read_body};
+use crate::net::server::{self, ApiError, ApiResult, ok};
 use crate::net::transfer;
 use crate::proto::*;
 use crate::sys::pool::Buf;
 
 pub(super) struct Upload {
+    /// The account that started it: only it may send segments and commit.
+    account: String,
     plan: Arc<Plan>,
     size: u64,
     shape: Shape,
@@ -29,14 +32,21 @@ pub(super) struct Upload {
     receipts: Vec<Signed<Receipt>>,
 }
 
-pub(super) fn start(s: &State, req: PlanRequest) -> ApiResult {
+pub(super) fn start(s: &State, caller: &Caller, req: PlanRequest) -> ApiResult {
     let shape = Shape::new(req.k, req.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let (size, segment_size) = (req.size, req.segment_size);
-    let plan = uploads::plan(s, req)?;
+    let plan = uploads::plan(s, caller, req)?;
     let count = plan.segments.len();
     let upload_id = plan.upload_id.clone();
-    let upload =
-        Upload { plan: Arc::new(plan), size, shape, segment_size, segments: vec![None; count], receipts: Vec::new() };
+    let upload = Upload {
+        account: caller.id.clone(),
+        plan: Arc::new(plan),
+        size,
+        shape,
+        segment_size,
+        segments: vec![None; count],
+        receipts: Vec::new(),
+    };
     let mut uploads = s.browser_uploads.lock().expect("not poisoned");
     let now = s.now();
     uploads.retain(|_, u| u.try_lock().map_or(true, |u| u.plan.expires >= now));
@@ -44,18 +54,20 @@ pub(super) fn start(s: &State, req: PlanRequest) -> ApiResult {
     ok(&BrowserStarted { upload_id, segments: count })
 }
 
-fn upload(s: &State, id: &str) -> Result<Arc<tokio::sync::Mutex<Upload>>, ApiError> {
-    let uploads = s.browser_uploads.lock().expect("not poisoned");
-    uploads
-        .get(id)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("no browser upload {id} (expired or committed)")))
+/// The browser upload `id`, locked, if the caller started it.
+async fn upload(s: &State, caller: &Caller, id: &str) -> Result<tokio::sync::OwnedMutexGuard<Upload>, ApiError> {
+    let up = s.browser_uploads.lock().expect("not poisoned").get(id).cloned();
+    let up = up.ok_or_else(|| ApiError::not_found(format!("no browser upload {id} (expired or committed)")))?;
+    let up = up.lock_owned().await;
+    if up.account != caller.id {
+        return Err(ApiError::forbidden("the upload was started by another account"));
+    }
+    Ok(up)
 }
 
 /// Codes one sealed segment and stores its shards on the planned peers.
-pub(super) async fn put_segment(s: &Arc<State>, id: &str, index: usize, req: hyper::Request<Incoming>) -> ApiResult {
-    let up = upload(s, id)?;
-    let mut up = up.lock().await;
+pub(super) async fn put_segment(s: &State, caller: &Caller, id: &str, index: usize, body: Incoming) -> ApiResult {
+    let mut up = upload(s, caller, id).await?;
     if index >= up.segments.len() {
         return Err(ApiError::bad_request(format!(
             "segment {index} is past the file's {} segments",
@@ -65,7 +77,7 @@ pub(super) async fn put_segment(s: &Arc<State>, id: &str, index: usize, req: hyp
     let per = plain_per_segment(up.segment_size);
     let plain = if index + 1 == up.segments.len() { up.size - per * index as u64 } else { per };
     let expected = (plain + TAG_LEN as u64) as usize;
-    let sealed = read_body(req, expected).await?;
+    let sealed = caller.body(body, expected).await?;
     if sealed.len() != expected {
         return Err(ApiError::bad_request(format!(
             "segment {index} must be {expected} sealed bytes, got {}",
@@ -89,9 +101,8 @@ pub(super) async fn put_segment(s: &Arc<State>, id: &str, index: usize, req: hyp
 
 /// Builds the manifest from the stored segments and the browser's sealed metadata, and
 /// commits it with the receipts, exactly as a CLI upload commits.
-pub(super) async fn commit(s: &State, id: &str, c: BrowserCommit) -> ApiResult {
-    let up = upload(s, id)?;
-    let up = up.lock().await;
+pub(super) async fn commit(s: &State, caller: &Caller, id: &str, c: BrowserCommit) -> ApiResult {
+    let up = upload(s, caller, id).await?;
     let mut salt = [0u8; SALT_LEN];
     hex::decode_to_slice(&c.salt, &mut salt).map_err(|_| ApiError::bad_request("salt must be 32 hex digits"))?;
     let sealed_meta = hex::decode(&c.sealed_meta).map_err(|_| ApiError::bad_request("sealed_meta is not hex"))?;
@@ -122,15 +133,15 @@ pub(super) async fn commit(s: &State, id: &str, c: BrowserCommit) -> ApiResult {
         receipts: up.receipts.clone(),
     };
     drop(up);
-    let reply = uploads::commit(s, id, commit).await?;
+    let reply = uploads::commit(s, caller, id, commit).await?;
     s.browser_uploads.lock().expect("not poisoned").remove(id);
     Ok(reply)
 }
 
 /// Segment `index` of a file, rebuilt from verified shards but still sealed.
-pub(super) async fn sealed_segment(s: &State, id: &str, index: u32) -> ApiResult {
+pub(super) async fn sealed_segment(s: &State, caller: &Caller, id: &str, index: u32) -> ApiResult {
     FileId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let view = Arc::new(files::view(s, id)?);
+    let view = Arc::new(files::view(s, caller, id)?);
     let rec = files::record(s, id)?;
     let m = Arc::new(rec.parsed().ok_or_else(|| ApiError::internal(files::BadManifest))?);
     if index as usize >= m.segments.len() {

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bytes::Bytes;
 use ring::digest::{SHA256, digest};
 
+use super::auth::Caller;
 use super::repair;
 use super::state::{FileRecord, PeerRecord, State};
 use crate::core::merkle::ShardId;
@@ -28,8 +29,17 @@ fn summary(id: &str, rec: &FileRecord) -> Option<FileSummary> {
     })
 }
 
-pub(super) fn list(s: &State) -> Vec<FileSummary> {
-    s.files.readable().iter().filter_map(|(id, r)| summary(id, r)).collect()
+/// The caller's own files: nobody lists another account's file ids.
+pub(super) fn list(s: &State, caller: &Caller) -> Result<Vec<FileSummary>, ApiError> {
+    let owned = s.owned.scan_prefix(&format!("{}/", caller.id)).map_err(ApiError::internal)?;
+    let mut out = Vec::with_capacity(owned.records.len());
+    for (key, _) in owned.records {
+        let id = key.rsplit('/').next().unwrap_or_default();
+        if let Some(sum) = s.files.get(id).map_err(ApiError::internal)?.and_then(|r| summary(id, &r)) {
+            out.push(sum);
+        }
+    }
+    Ok(out)
 }
 
 pub(super) fn manifest(s: &State, id: &str) -> ApiResult {
@@ -37,12 +47,18 @@ pub(super) fn manifest(s: &State, id: &str) -> ApiResult {
     Ok(server::bytes("application/octet-stream", Bytes::from(bytes)))
 }
 
-pub(super) fn view(s: &State, id: &str) -> Result<FileView, ApiError> {
+/// A file's placements, health and read grants: for any admitted account that knows the id
+/// (the id and the password are the capability to read a file).
+pub(super) fn view(s: &State, caller: &Caller, id: &str) -> Result<FileView, ApiError> {
+    view_for(s, &caller.id, id)
+}
+
+/// As [`view`], with grants issued to `grantee`.
+pub(super) fn view_for(s: &State, grantee: &str, id: &str) -> Result<FileView, ApiError> {
     let rec = record(s, id)?;
     let summary = summary(id, &rec).ok_or_else(|| ApiError::internal(BadManifest))?;
     let records: HashMap<String, PeerRecord> = s.peers.readable().into_iter().collect();
-    let wanted: HashSet<&String> = rec.placements.iter().flatten().collect();
-    let peers = wanted.into_iter().filter_map(|pid| Some((pid.clone(), s.view(pid, records.get(pid)?, 0)))).collect();
+    let peers = peers_of(&rec).into_iter().filter_map(|pid| Some((pid.clone(), s.view(&pid, records.get(&pid)?, 0)))).collect();
     let health = repair::file_health(s, &records, id, &rec);
     let rules = repair::Rules::of(s);
     let shard_states = rec
@@ -57,7 +73,13 @@ pub(super) fn view(s: &State, id: &str) -> Result<FileView, ApiError> {
                 .collect()
         })
         .unwrap_or_default();
-    Ok(FileView { summary, placements: rec.placements, peers, health, shard_states })
+    let grants = peers_of(&rec).into_iter().map(|p| (p.clone(), s.grant(&p, &rec.upload_id, grantee))).collect();
+    Ok(FileView { summary, placements: rec.placements, peers, health, shard_states, grants })
+}
+
+/// The peers holding any shard of a file.
+fn peers_of(rec: &FileRecord) -> HashSet<String> {
+    rec.placements.iter().flatten().cloned().collect()
 }
 
 /// A stored manifest that does not parse (the record decoded, its manifest did not).
@@ -65,13 +87,19 @@ pub(super) fn view(s: &State, id: &str) -> Result<FileView, ApiError> {
 #[error("the stored manifest does not parse")]
 pub(super) struct BadManifest;
 
-pub(super) async fn delete(s: &State, id: &str, token_hex: &str) -> ApiResult {
+/// Deletes a file for its owner: the owning account's signature and the password's owner
+/// token, both required.
+pub(super) async fn delete(s: &State, caller: &Caller, id: &str, req: DeleteRequest) -> ApiResult {
     let rec = record(s, id)?;
-    let token = hex::decode(token_hex).map_err(|_| ApiError::forbidden("the owner token is missing or not hex"))?;
+    if rec.owner != caller.id {
+        return Err(ApiError::forbidden(format!("file {id} belongs to another account: not deleted")));
+    }
+    let token = hex::decode(&req.owner_token).map_err(|_| ApiError::forbidden("the owner token is not hex"))?;
     if hex::encode(digest(&SHA256, &token)) != rec.owner_hash {
         return Err(ApiError::forbidden("wrong password for this file: not deleted"));
     }
     s.files.remove(id).map_err(ApiError::internal)?;
+    s.owned.remove(&format!("{}/{id}", rec.owner)).map_err(ApiError::internal)?;
     s.files.flush().await.map_err(ApiError::internal)?;
     // Shards still placed by another file on the same peer (identical padding shards) stay.
     let keep: HashSet<(ShardId, String)> =
@@ -87,7 +115,7 @@ pub(super) async fn delete(s: &State, id: &str, token_hex: &str) -> ApiResult {
     let tell = by_peer.into_iter().filter_map(|(peer, ids)| {
         let p = s.peers.get(&peer).ok().flatten().filter(|p| s.is_online(p))?;
         let order = s.identity.sign(&DeleteOrder { peer_id: peer.clone(), shard_ids: ids, expires });
-        let url = format!("{}/v1/shards/delete", p.address);
+        let url = format!("{}/v2/shards/delete", p.address);
         Some(async move {
             if let Err(e) = s.http.post_json(&url, &order).await.and_then(|r| r.json::<Removed>()) {
                 tracing::warn!(peer = %peer, error = %e, "could not tell the peer to delete shards");

@@ -41,6 +41,7 @@ pub(super) async fn collect(s: &State) -> Result<(), RecordError> {
             oldest_pending = oldest_pending.min(u.created);
         }
     }
+    super::auth::prune_nonces(s)?;
     let keep_newer_than = t.saturating_sub(s.config.coordinator.upload_expiry).min(oldest_pending);
     let held = s.shards_by_peer(&files);
     for (id, p) in s.peers.readable() {
@@ -53,7 +54,7 @@ pub(super) async fn collect(s: &State) -> Result<(), RecordError> {
             keep_newer_than,
             expires: t + 600,
         };
-        match s.http.post_json(&format!("{}/v1/gc", p.address), &s.identity.sign(&list)).await {
+        match s.http.post_json(&format!("{}/v2/gc", p.address), &s.identity.sign(&list)).await {
             Ok(r) if r.status.is_success() => {}
             Ok(r) => tracing::warn!(peer = %id, error = %r.error_message(), "garbage collection refused"),
             Err(e) => tracing::warn!(peer = %id, error = %e, "garbage collection failed"),

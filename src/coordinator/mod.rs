@@ -9,7 +9,9 @@
 //! into a `Route`, then dispatched), one module per kind of handler (`peers`, `uploads`,
 //! `files`, `browser`, `stats`, `web`), and one per worker (`audit`, `repair`, `gc`).
 
+mod accounts;
 mod audit;
+mod auth;
 mod browser;
 mod files;
 mod gc;
@@ -36,6 +38,44 @@ use crate::store::{Table, identity as keyfile};
 use crate::sys::clock::Clock;
 use state::{Counters, State};
 
+pub use accounts::AdminError;
+
+/// Applies an operator's account command to the database of the coordinator whose data
+/// directory is `data_dir`, which must not be running (see [`admin_request`] for one that is).
+pub fn admin_offline(
+    data_dir: &Path,
+    action: crate::proto::AdminAction,
+    config: &Config,
+    clock: &Clock,
+) -> Result<Vec<crate::proto::AccountView>, AdminError> {
+    let db = open_db(data_dir).map_err(|e| AdminError::Record(e.into()))?;
+    let accounts = Table::open(&db, "accounts").map_err(|e| AdminError::Record(e.into()))?;
+    let owned: Table<state::OwnedRecord> = Table::open(&db, "owned").map_err(|e| AdminError::Record(e.into()))?;
+    let changed = accounts::apply(&accounts, action, config.security.default_quota(), clock.now())?;
+    changed
+        .into_iter()
+        .map(|(id, a)| {
+            let mine = owned.scan_prefix(&format!("{id}/")).map_err(|e| AdminError::Record(e.into()))?;
+            let stored = mine.records.iter().map(|(_, o)| o.size).sum();
+            let files = mine.records.len() as u64;
+            Ok(crate::proto::AccountView { account_id: id, quota: a.quota, stored, pending: 0, files, created: a.created })
+        })
+        .collect()
+}
+
+/// An operator's account command for the running coordinator whose data directory (and so
+/// key) is `data_dir`, signed with that key.
+pub fn admin_request(
+    data_dir: &Path,
+    action: crate::proto::AdminAction,
+    clock: &Clock,
+) -> Result<crate::proto::Signed<crate::proto::AdminRequest>, keyfile::IdentityError> {
+    use crate::proto::Sign;
+    let key = keyfile::load_or_create(data_dir)?;
+    let nonce = hex::encode(crate::core::crypto::Salt::random().0);
+    Ok(key.sign(&crate::proto::AdminRequest { action, time: clock.now(), nonce }))
+}
+
 /// Starts a coordinator on `bind` with its state in `data_dir`, reading time from `clock`.
 pub async fn spawn(
     config: Config,
@@ -58,6 +98,9 @@ pub async fn spawn(
         uploads: Table::open(&db, "uploads").map_err(db_err)?,
         files: Table::open(&db, "files").map_err(db_err)?,
         audits: Table::open(&db, "audits").map_err(db_err)?,
+        accounts: Table::open(&db, "accounts").map_err(db_err)?,
+        owned: Table::open(&db, "owned").map_err(db_err)?,
+        nonces: Table::open(&db, "nonces").map_err(db_err)?,
         repair_queue: Mutex::new(HashSet::new()),
         browser_uploads: Mutex::new(HashMap::new()),
         recent_audits: Mutex::new(VecDeque::new()),
@@ -110,5 +153,8 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, crate::store::DbError> {
     scan!(state::FileRecord, "files");
     scan!(state::UploadRecord, "uploads");
     scan!(crate::proto::AuditRecord, "audits");
+    scan!(state::AccountRecord, "accounts");
+    scan!(state::OwnedRecord, "owned");
+    scan!(state::NonceRecord, "nonces");
     Ok(report)
 }

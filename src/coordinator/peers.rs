@@ -6,9 +6,6 @@ use super::state::{PeerRecord, State};
 use crate::net::server::{ApiError, ApiResult, ok};
 use crate::proto::*;
 
-/// Heartbeat clocks may differ from ours by this much.
-const CLOCK_SKEW: u64 = 300;
-
 pub(super) fn views(s: &State) -> Vec<PeerView> {
     let placed = s.placed_counts();
     s.peers.readable().iter().map(|(id, p)| s.view(id, p, placed.get(id).copied().unwrap_or(0))).collect()
@@ -17,21 +14,32 @@ pub(super) fn views(s: &State) -> Vec<PeerView> {
 pub(super) fn exit(s: &State, signed: Signed<ExitRequest>) -> ApiResult {
     let req = signed.open().ok_or_else(|| ApiError::forbidden("exit request signature does not verify"))?;
     let id = signed.signer_id();
-    if req.time + CLOCK_SKEW < s.now() {
+    if req.time.abs_diff(s.now()) > CLOCK_SKEW {
         return Err(ApiError::forbidden("stale exit request"));
     }
+    if req.coordinator != s.id() {
+        return Err(ApiError::forbidden("the exit request is for another coordinator"));
+    }
+    let mut replayed = false;
     let updated = s
         .peers
         .update(&id, |p| {
             p.map(|mut p| {
-                if p.public_key == signed.signer && matches!(p.status, PeerStatus::Vetting | PeerStatus::Active) {
-                    p.status = PeerStatus::Exiting;
+                replayed = req.seq <= p.last_exit_seq;
+                if !replayed && p.public_key == signed.signer {
+                    p.last_exit_seq = req.seq;
+                    if matches!(p.status, PeerStatus::Vetting | PeerStatus::Active) {
+                        p.status = PeerStatus::Exiting;
+                    }
                 }
                 p
             })
         })
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(format!("no peer {id}")))?;
+    if replayed {
+        return Err(ApiError::forbidden("replayed exit request"));
+    }
     tracing::info!(peer = %id, status = ?updated.status, "graceful exit requested");
     ok(&s.view(&id, &updated, s.placed_counts().get(&id).copied().unwrap_or(0)))
 }
@@ -40,7 +48,7 @@ pub(super) fn heartbeat(s: &State, signed: Signed<Heartbeat>) -> ApiResult {
     let hb = signed.open().ok_or_else(|| ApiError::forbidden("heartbeat signature does not verify"))?;
     let id = signed.signer_id();
     let t = s.now();
-    if hb.time + CLOCK_SKEW < t || hb.time > t + CLOCK_SKEW {
+    if hb.time.abs_diff(t) > CLOCK_SKEW {
         return Err(ApiError::forbidden(format!(
             "heartbeat time {} is too far from ours ({t}); check the clock",
             hb.time
@@ -53,7 +61,7 @@ pub(super) fn heartbeat(s: &State, signed: Signed<Heartbeat>) -> ApiResult {
     // that would undo a disqualification.
     let old = s.peers.get(&id).map_err(ApiError::internal)?;
     match &old {
-        Some(o) if hb.time < o.last_time => return Err(ApiError::forbidden("replayed heartbeat")),
+        Some(o) if hb.seq <= o.last_seq => return Err(ApiError::forbidden("replayed heartbeat")),
         None if s.peers.len() >= s.config.coordinator.max_peers as usize => {
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the coordinator has max_peers peers already"));
         }
@@ -61,17 +69,25 @@ pub(super) fn heartbeat(s: &State, signed: Signed<Heartbeat>) -> ApiResult {
         _ => {}
     }
     // Read-modify-write in one step: the audit worker updates the same record.
+    let mut replayed = false;
     s.peers
         .update(&id, |old| {
+            replayed = old.as_ref().is_some_and(|o| hb.seq <= o.last_seq);
+            if replayed {
+                return old;
+            }
             let mut p = old.unwrap_or_else(|| PeerRecord::new(signed.signer.clone()));
             p.address = hb.address.clone();
             p.capacity = hb.capacity;
             p.used = hb.used;
             p.shards = hb.shards;
             p.last_heartbeat = t;
-            p.last_time = p.last_time.max(hb.time);
+            p.last_seq = hb.seq;
             Some(p)
         })
         .map_err(ApiError::internal)?;
+    if replayed {
+        return Err(ApiError::forbidden("replayed heartbeat"));
+    }
     ok(&HeartbeatReply { peer_id: id, coordinator_key: s.identity.public_key_hex() })
 }

@@ -223,7 +223,8 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
     let targets = placement::plan(&candidates, 1, bad.len(), SPARES, shard_len as u64)
         .and_then(|mut p| p.pop())
         .ok_or(RepairError::NoTargets(bad.len()))?;
-    let upload_id = format!("repair-{file_id}-{seg}");
+    // Rebuilt shards join the file's upload on their new nodes, so its read grants cover them.
+    let upload_id = if f.upload_id.is_empty() { format!("repair-{file_id}-{seg}") } else { f.upload_id.clone() };
     let placed = place_rebuilt(s, &peers, &upload_id, targets, &bad, &rebuilt, ids).await?;
     let moved: Vec<(usize, String, String)> =
         placed.into_iter().map(|(j, target)| (j, holders[j].clone(), target)).collect();
@@ -267,7 +268,8 @@ async fn fetch_sources(
         let fetched = futures::future::join_all(batch.into_iter().map(|j| {
             let addr = peers.get(&holders[j]).map(|p| p.address.clone()).unwrap_or_default();
             let id = m.segments[seg].shard_ids[j];
-            async move { (j, fetch_shard(&s.http, &addr, &id, len).await) }
+            let grant = s.grant(&holders[j], ANY_UPLOAD, &s.id());
+            async move { (j, fetch_shard(&s.http, &addr, &id, len, Some(&grant)).await) }
         }))
         .await;
         for (j, r) in fetched {

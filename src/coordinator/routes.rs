@@ -6,8 +6,9 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::{Method, Request};
 
+use super::auth::{self, Caller};
 use super::state::State;
-use super::{audit, browser, files, peers, stats, uploads, web};
+use super::{accounts, audit, browser, files, peers, stats, uploads, web};
 use crate::net::server::{self, ApiError, ApiResult, ok, read_json};
 use crate::proto::*;
 
@@ -18,6 +19,7 @@ const SMALL_BODY: usize = 64 * 1024;
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Route {
     Metrics,
+    Info,
     Stats,
     Heartbeat,
     Peers,
@@ -36,8 +38,36 @@ pub(super) enum Route {
     BrowserSegment(String, usize),
     BrowserCommit(String),
     SealedSegment(String, u32),
+    Account,
+    Admin,
     /// A file of the web UI ("" is the page itself).
     Asset(String),
+}
+
+/// Who may call a route.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Access {
+    /// Anyone who can reach the coordinator: the network's public state.
+    Public,
+    /// A node, with a message signed by its key in the body.
+    Node,
+    /// An admitted account, with the request signed in its header.
+    Account,
+    /// The coordinator's operator: a message signed with the coordinator's own key.
+    Operator,
+}
+
+impl Route {
+    pub(super) fn access(&self) -> Access {
+        match self {
+            Route::Metrics | Route::Info | Route::Stats | Route::Peers | Route::Audits { .. } | Route::Asset(_) => {
+                Access::Public
+            }
+            Route::Heartbeat | Route::Exit => Access::Node,
+            Route::Admin => Access::Operator,
+            _ => Access::Account,
+        }
+    }
 }
 
 impl Route {
@@ -47,59 +77,103 @@ impl Route {
         let index = |i: &str| i.parse::<u32>().map_err(|_| ApiError::bad_request("a segment index is a number"));
         Ok(match (method, p.as_slice()) {
             (&Method::GET, ["metrics"]) => Route::Metrics,
-            (&Method::GET, ["v1", "stats"]) => Route::Stats,
-            (&Method::POST, ["v1", "heartbeat"]) => Route::Heartbeat,
-            (&Method::GET, ["v1", "peers"]) => Route::Peers,
-            (&Method::POST, ["v1", "peers", "exit"]) => Route::Exit,
-            (&Method::GET, ["v1", "audits"]) => {
+            (&Method::GET, ["v2", "info"]) => Route::Info,
+            (&Method::GET, ["v2", "stats"]) => Route::Stats,
+            (&Method::GET, ["v2", "account"]) => Route::Account,
+            (&Method::POST, ["v2", "admin"]) => Route::Admin,
+            (&Method::POST, ["v2", "heartbeat"]) => Route::Heartbeat,
+            (&Method::GET, ["v2", "peers"]) => Route::Peers,
+            (&Method::POST, ["v2", "peers", "exit"]) => Route::Exit,
+            (&Method::GET, ["v2", "audits"]) => {
                 let q = server::parse_query(query);
                 let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
                 Route::Audits { peer: q.get("peer").cloned(), limit }
             }
-            (&Method::POST, ["v1", "uploads"]) => Route::Plan,
-            (&Method::POST, ["v1", "uploads", id, "commit"]) => Route::Commit(id.to_string()),
-            (&Method::GET, ["v1", "files"]) => Route::Files,
-            (&Method::GET, ["v1", "files", id]) => Route::File(id.to_string()),
-            (&Method::DELETE, ["v1", "files", id]) => Route::Delete(id.to_string()),
-            (&Method::GET, ["v1", "files", id, "manifest"]) => Route::Manifest(id.to_string()),
-            (&Method::GET, ["v1", "files", id, "segments", i]) => Route::SealedSegment(id.to_string(), index(i)?),
-            (&Method::POST, ["v1", "browser", "uploads"]) => Route::BrowserStart,
-            (&Method::PUT, ["v1", "browser", "uploads", id, "segments", i]) => {
+            (&Method::POST, ["v2", "uploads"]) => Route::Plan,
+            (&Method::POST, ["v2", "uploads", id, "commit"]) => Route::Commit(id.to_string()),
+            (&Method::GET, ["v2", "files"]) => Route::Files,
+            (&Method::GET, ["v2", "files", id]) => Route::File(id.to_string()),
+            (&Method::DELETE, ["v2", "files", id]) => Route::Delete(id.to_string()),
+            (&Method::GET, ["v2", "files", id, "manifest"]) => Route::Manifest(id.to_string()),
+            (&Method::GET, ["v2", "files", id, "segments", i]) => Route::SealedSegment(id.to_string(), index(i)?),
+            (&Method::POST, ["v2", "browser", "uploads"]) => Route::BrowserStart,
+            (&Method::PUT, ["v2", "browser", "uploads", id, "segments", i]) => {
                 Route::BrowserSegment(id.to_string(), index(i)? as usize)
             }
-            (&Method::POST, ["v1", "browser", "uploads", id, "commit"]) => Route::BrowserCommit(id.to_string()),
+            (&Method::POST, ["v2", "browser", "uploads", id, "commit"]) => Route::BrowserCommit(id.to_string()),
             (&Method::GET, []) => Route::Asset(String::new()),
-            (&Method::GET, [file]) if *file != "v1" => Route::Asset(file.to_string()),
+            (&Method::GET, [file]) if *file != "v2" => Route::Asset(file.to_string()),
             _ => return Err(ApiError::not_found(format!("no route {method} {path}"))),
         })
     }
 }
 
 pub(super) async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
-    match Route::parse(req.method(), req.uri().path(), req.uri().query())? {
+    let route = Route::parse(req.method(), req.uri().path(), req.uri().query())?;
+    match route.access() {
+        Access::Public => public(&s, route),
+        Access::Node => match route {
+            Route::Heartbeat => peers::heartbeat(&s, read_json(req, SMALL_BODY).await?),
+            _ => peers::exit(&s, read_json(req, SMALL_BODY).await?),
+        },
+        Access::Operator => accounts::admin(&s, read_json(req, SMALL_BODY).await?),
+        Access::Account => {
+            let (parts, body) = req.into_parts();
+            let caller = auth::authenticate(&s, &parts)?;
+            for_account(&s, &caller, route, body).await
+        }
+    }
+}
+
+fn public(s: &State, route: Route) -> ApiResult {
+    match route {
         Route::Metrics => {
-            stats::refresh_gauges(&s);
+            stats::refresh_gauges(s);
             Ok(server::metrics_text(&s.metrics))
         }
-        Route::Stats => ok(&stats::compute(&s)),
-        Route::Heartbeat => peers::heartbeat(&s, read_json(req, SMALL_BODY).await?),
-        Route::Peers => ok(&peers::views(&s)),
-        Route::Exit => peers::exit(&s, read_json(req, SMALL_BODY).await?),
-        Route::Audits { peer, limit } => ok(&audit::history(&s, peer.as_deref(), limit)),
-        Route::Plan => ok(&uploads::plan(&s, read_json(req, SMALL_BODY).await?)?),
-        Route::Commit(id) => uploads::commit(&s, &id, read_json(req, MAX_JSON_BODY).await?).await,
-        Route::Files => ok(&files::list(&s)),
-        Route::File(id) => ok(&files::view(&s, &id)?),
-        Route::Manifest(id) => files::manifest(&s, &id),
-        Route::Delete(id) => {
-            let token = req.headers().get(OWNER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-            files::delete(&s, &id, &token).await
-        }
-        Route::BrowserStart => browser::start(&s, read_json(req, SMALL_BODY).await?),
-        Route::BrowserSegment(id, i) => browser::put_segment(&s, &id, i, req).await,
-        Route::BrowserCommit(id) => browser::commit(&s, &id, read_json(req, SMALL_BODY).await?).await,
-        Route::SealedSegment(id, i) => browser::sealed_segment(&s, &id, i).await,
+        Route::Info => ok(&accounts::info(s)),
+        Route::Stats => ok(&stats::compute(s)),
+        Route::Peers => ok(&peers::views(s)),
+        Route::Audits { peer, limit } => ok(&audit::history(s, peer.as_deref(), limit)),
         Route::Asset(path) => web::asset(&path).ok_or_else(|| ApiError::not_found(format!("no page {path}"))),
+        other => Err(ApiError::internal(Misrouted(other))),
+    }
+}
+
+/// A route dispatched to the wrong access class: a bug, answered as one.
+#[derive(Debug, thiserror::Error)]
+#[error("route {0:?} reached the wrong handler")]
+struct Misrouted(Route);
+
+async fn for_account(s: &State, caller: &Caller, route: Route, body: Incoming) -> ApiResult {
+    match route {
+        Route::Account => {
+            caller.no_body(body).await?;
+            ok(&accounts::view(s, caller)?)
+        }
+        Route::Plan => ok(&uploads::plan(s, caller, caller.json(body, SMALL_BODY).await?)?),
+        Route::Commit(id) => uploads::commit(s, caller, &id, caller.json(body, MAX_JSON_BODY).await?).await,
+        Route::Files => {
+            caller.no_body(body).await?;
+            ok(&files::list(s, caller)?)
+        }
+        Route::File(id) => {
+            caller.no_body(body).await?;
+            ok(&files::view(s, caller, &id)?)
+        }
+        Route::Manifest(id) => {
+            caller.no_body(body).await?;
+            files::manifest(s, &id)
+        }
+        Route::Delete(id) => files::delete(s, caller, &id, caller.json(body, SMALL_BODY).await?).await,
+        Route::BrowserStart => browser::start(s, caller, caller.json(body, SMALL_BODY).await?),
+        Route::BrowserSegment(id, i) => browser::put_segment(s, caller, &id, i, body).await,
+        Route::BrowserCommit(id) => browser::commit(s, caller, &id, caller.json(body, SMALL_BODY).await?).await,
+        Route::SealedSegment(id, i) => {
+            caller.no_body(body).await?;
+            browser::sealed_segment(s, caller, &id, i).await
+        }
+        other => Err(ApiError::internal(Misrouted(other))),
     }
 }
 
@@ -115,21 +189,21 @@ mod tests {
 
     #[test]
     fn routes_parse_before_dispatch() {
-        assert_eq!(parse(Method::POST, "/v1/uploads/u1/commit").unwrap(), Route::Commit("u1".into()));
-        assert_eq!(parse(Method::GET, "/v1/files/f/segments/3").unwrap(), Route::SealedSegment("f".into(), 3));
+        assert_eq!(parse(Method::POST, "/v2/uploads/u1/commit").unwrap(), Route::Commit("u1".into()));
+        assert_eq!(parse(Method::GET, "/v2/files/f/segments/3").unwrap(), Route::SealedSegment("f".into(), 3));
         assert_eq!(
-            parse(Method::PUT, "/v1/browser/uploads/u/segments/0").unwrap(),
+            parse(Method::PUT, "/v2/browser/uploads/u/segments/0").unwrap(),
             Route::BrowserSegment("u".into(), 0)
         );
         assert_eq!(
-            parse(Method::GET, "/v1/audits?peer=p&limit=5").unwrap(),
+            parse(Method::GET, "/v2/audits?peer=p&limit=5").unwrap(),
             Route::Audits { peer: Some("p".into()), limit: 5 }
         );
-        assert_eq!(parse(Method::GET, "/v1/audits").unwrap(), Route::Audits { peer: None, limit: 100 });
+        assert_eq!(parse(Method::GET, "/v2/audits").unwrap(), Route::Audits { peer: None, limit: 100 });
         assert_eq!(parse(Method::GET, "/").unwrap(), Route::Asset(String::new()));
         assert_eq!(parse(Method::GET, "/app.js").unwrap(), Route::Asset("app.js".into()));
-        assert_eq!(parse(Method::GET, "/v1/files/f/segments/x").unwrap_err().status, StatusCode::BAD_REQUEST);
-        for (m, p) in [(Method::GET, "/v1"), (Method::POST, "/v1/files"), (Method::GET, "/v1/nope/x/y")] {
+        assert_eq!(parse(Method::GET, "/v2/files/f/segments/x").unwrap_err().status, StatusCode::BAD_REQUEST);
+        for (m, p) in [(Method::GET, "/v2"), (Method::POST, "/v2/files"), (Method::GET, "/v2/nope/x/y")] {
             assert_eq!(parse(m, p).unwrap_err().status, StatusCode::NOT_FOUND, "{p}");
         }
     }

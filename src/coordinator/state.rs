@@ -31,7 +31,12 @@ pub(super) struct PeerRecord {
     pub used: u64,
     pub shards: u64,
     pub last_heartbeat: u64,
-    pub last_time: u64,
+    /// The `seq` of the last heartbeat accepted: the next must exceed it.
+    #[serde(default)]
+    pub last_seq: u64,
+    /// The same for exit requests, which another process (`node exit`) signs.
+    #[serde(default)]
+    pub last_exit_seq: u64,
     #[serde(default)]
     pub status: PeerStatus,
     #[serde(default)]
@@ -63,7 +68,8 @@ impl PeerRecord {
             used: 0,
             shards: 0,
             last_heartbeat: 0,
-            last_time: 0,
+            last_seq: 0,
+            last_exit_seq: 0,
             status: PeerStatus::Vetting,
             audit: Beta::default(),
             online: Beta::default(),
@@ -75,9 +81,49 @@ impl PeerRecord {
     }
 }
 
+/// An account: its key, and how much it may store.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct AccountRecord {
+    pub public_key: String,
+    /// Plaintext bytes of files it may keep, committed and planned together.
+    pub quota: u64,
+    pub created: u64,
+    /// Added by an operator (`account add`), rather than registered by itself.
+    pub invited: bool,
+}
+
+impl Record for AccountRecord {
+    const VERSION: u32 = 1;
+}
+
+/// A file an account owns, under the key `<account id>/<file id>`: listing and quota read
+/// these, not every file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct OwnedRecord {
+    /// Plaintext bytes.
+    pub size: u64,
+}
+
+impl Record for OwnedRecord {
+    const VERSION: u32 = 1;
+}
+
+/// A request nonce seen, under `<account id>/<nonce>`, until it is too old to be replayed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct NonceRecord {
+    pub time: u64,
+}
+
+impl Record for NonceRecord {
+    const VERSION: u32 = 1;
+}
+
 /// A planned upload, until it is committed or expires.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct UploadRecord {
+    /// The account that planned it; only it may commit it.
+    #[serde(default)]
+    pub account: String,
     #[serde(default)]
     pub created: u64,
     pub expires: u64,
@@ -99,6 +145,12 @@ pub(super) struct FileRecord {
     pub placements: Vec<Vec<String>>,
     pub owner_hash: String,
     pub created: u64,
+    /// The account that committed it (empty: committed before accounts, owned by nobody).
+    #[serde(default)]
+    pub owner: String,
+    /// The upload its shards were stored under: read grants name it (empty: before grants).
+    #[serde(default)]
+    pub upload_id: String,
 }
 
 impl Record for FileRecord {
@@ -133,6 +185,9 @@ pub(super) struct State {
     pub uploads: Table<UploadRecord>,
     pub files: Table<FileRecord>,
     pub audits: Table<AuditRecord>,
+    pub accounts: Table<AccountRecord>,
+    pub owned: Table<OwnedRecord>,
+    pub nonces: Table<NonceRecord>,
     /// (file id, segment) pairs waiting for or under repair.
     pub repair_queue: Mutex<HashSet<(String, usize)>>,
     /// Outcomes of the last minute's audits, for the dashboard (the stored history is per peer).
@@ -144,7 +199,7 @@ pub(super) struct State {
     pub counters: Counters,
 }
 
-/// What the workers count, for /metrics and /v1/stats.
+/// What the workers count, for /metrics and /v2/stats.
 pub(super) struct Counters {
     pub audits: IntCounterVec,
     pub repaired_shards: IntCounter,
@@ -184,6 +239,22 @@ impl Counters {
 impl State {
     pub fn now(&self) -> u64 {
         self.clock.now()
+    }
+
+    /// The id requests are signed for: the peer id of the coordinator's key.
+    pub fn id(&self) -> String {
+        self.identity.peer_id()
+    }
+
+    /// A read grant for `peer`, for the shards of `upload_id`, issued to `grantee`.
+    pub fn grant(&self, peer: &str, upload_id: &str, grantee: &str) -> Signed<ReadGrant> {
+        let upload_id = if upload_id.is_empty() { ANY_UPLOAD } else { upload_id };
+        self.identity.sign(&ReadGrant {
+            peer_id: peer.to_owned(),
+            upload_id: upload_id.to_owned(),
+            grantee: grantee.to_owned(),
+            expires: self.now() + GRANT_LIFETIME,
+        })
     }
 
     pub fn is_online(&self, p: &PeerRecord) -> bool {
@@ -255,6 +326,10 @@ impl State {
         counts
     }
 }
+
+/// Seconds a read grant stays valid: long enough for a large download's placements query to
+/// serve it whole.
+pub(super) const GRANT_LIFETIME: u64 = 3600;
 
 /// Whether a peer last heard of at `p.last_heartbeat` counts as online at `now`.
 pub(super) fn is_online(p: &PeerRecord, now: u64, heartbeat_timeout: u64) -> bool {

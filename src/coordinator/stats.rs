@@ -1,4 +1,4 @@
-//! The network at a glance, for `/v1/stats` (the dashboard) and the gauges of `/metrics`.
+//! The network at a glance, for `/v2/stats` (the dashboard) and the gauges of `/metrics`.
 
 use std::collections::{BTreeMap, HashMap};
 

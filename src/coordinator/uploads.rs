@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use hyper::StatusCode;
 use rayon::prelude::*;
 
-use super::state::{FileRecord, State, UploadRecord};
+use super::accounts;
+use super::auth::Caller;
+use super::state::{FileRecord, OwnedRecord, State, UploadRecord};
 use crate::core::erasure::Shape;
 use crate::core::error::CodecError;
 use crate::core::manifest::{self, Manifest, segment_count};
@@ -19,7 +21,7 @@ use crate::proto::*;
 /// Spare peers planned per segment beyond n, for shards whose first peer fails.
 const SPARES: usize = 3;
 
-pub(super) fn plan(s: &State, req: PlanRequest) -> Result<Plan, ApiError> {
+pub(super) fn plan(s: &State, caller: &Caller, req: PlanRequest) -> Result<Plan, ApiError> {
     let shape = Shape::new(req.k, req.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
     manifest::check_segment_size(req.segment_size).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let limit = s.config.security.max_upload_size_mb;
@@ -29,6 +31,7 @@ pub(super) fn plan(s: &State, req: PlanRequest) -> Result<Plan, ApiError> {
             format!("file of {} bytes is over this network's limit of {limit} MB", req.size),
         ));
     }
+    accounts::check_quota(s, caller, req.size)?;
     let peers = s.peers.readable();
     let online = s.candidates(&peers, &HashSet::new());
     let need = req.n as usize;
@@ -65,6 +68,7 @@ pub(super) fn plan(s: &State, req: PlanRequest) -> Result<Plan, ApiError> {
         }
     }
     let rec = UploadRecord {
+        account: caller.id.clone(),
         created: now,
         expires,
         size: req.size,
@@ -84,6 +88,8 @@ pub(super) enum CommitRefusal {
     Expired,
     #[error("upload id in the body differs from the path")]
     WrongUpload,
+    #[error("the upload was planned by another account")]
+    NotYours,
     #[error("manifest is not hex")]
     ManifestNotHex,
     #[error(transparent)]
@@ -108,9 +114,10 @@ impl CommitRefusal {
     fn status(&self) -> StatusCode {
         match self {
             CommitRefusal::Expired => StatusCode::GONE,
-            CommitRefusal::UnsignedReceipt | CommitRefusal::ForeignReceipt(_) | CommitRefusal::NoReceipt { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            CommitRefusal::NotYours
+            | CommitRefusal::UnsignedReceipt
+            | CommitRefusal::ForeignReceipt(_)
+            | CommitRefusal::NoReceipt { .. } => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -127,12 +134,15 @@ impl From<CommitRefusal> for ApiError {
 /// registered peers) for this upload, and each segment's n shards have receipts from n
 /// distinct peers. Pure; receipts are checked on all cores.
 pub(super) fn verify_commit(
-    upload_id: &str,
-    up: &UploadRecord,
+    (upload_id, up): (&str, &UploadRecord),
+    account: &str,
     c: Commit,
     keys: &HashMap<String, String>,
     now: u64,
 ) -> Result<(Manifest, FileRecord), CommitRefusal> {
+    if up.account != account {
+        return Err(CommitRefusal::NotYours);
+    }
     if up.expires < now {
         return Err(CommitRefusal::Expired);
     }
@@ -173,11 +183,18 @@ pub(super) fn verify_commit(
             }
         }
     }
-    let record = FileRecord { manifest: c.manifest, placements: c.placements, owner_hash: c.owner_hash, created: now };
+    let record = FileRecord {
+        manifest: c.manifest,
+        placements: c.placements,
+        owner_hash: c.owner_hash,
+        created: now,
+        owner: account.to_owned(),
+        upload_id: upload_id.to_owned(),
+    };
     Ok((m, record))
 }
 
-pub(super) async fn commit(s: &State, upload_id: &str, c: Commit) -> ApiResult {
+pub(super) async fn commit(s: &State, caller: &Caller, upload_id: &str, c: Commit) -> ApiResult {
     let up = s
         .uploads
         .get(upload_id)
@@ -193,16 +210,43 @@ pub(super) async fn commit(s: &State, upload_id: &str, c: Commit) -> ApiResult {
         }
     }
     // A 1 GiB upload brings 2,560 P-256 signatures: checked off the async threads.
-    let (now, id) = (s.now(), upload_id.to_owned());
-    let (m, rec) = tokio::task::spawn_blocking(move || verify_commit(&id, &up, c, &keys, now))
+    let (now, id, account) = (s.now(), upload_id.to_owned(), caller.id.clone());
+    let (m, rec) = tokio::task::spawn_blocking(move || verify_commit((&id, &up), &account, c, &keys, now))
         .await
         .map_err(ApiError::internal)??;
     let file_id = m.file_id().to_string();
-    s.files.insert(&file_id, &rec).map_err(ApiError::internal)?;
+    record_file(s, &file_id, rec, m.plaintext_size)?;
     s.uploads.remove(upload_id).map_err(ApiError::internal)?;
     s.files.flush().await.map_err(ApiError::internal)?;
     tracing::info!(file = %file_id, size = m.plaintext_size, segments = m.segments.len(), "file committed");
     ok(&CommitReply { file_id })
+}
+
+/// Records a committed file for its owner. A file id is committed once: the same account
+/// committing the same manifest again is a no-op (a retried commit); anything else is 409.
+fn record_file(s: &State, file_id: &str, rec: FileRecord, size: u64) -> Result<(), ApiError> {
+    let owner = rec.owner.clone();
+    let mut clash = None;
+    s.files
+        .update(file_id, |old| match old {
+            Some(old) => {
+                clash = Some(old.owner != rec.owner || old.manifest != rec.manifest);
+                Some(old)
+            }
+            None => {
+                clash = None;
+                Some(rec.clone())
+            }
+        })
+        .map_err(ApiError::internal)?;
+    match clash {
+        Some(true) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("file {file_id} is already stored, by another account or with other data: refused"),
+        )),
+        Some(false) => Ok(()),
+        None => s.owned.insert(&format!("{owner}/{file_id}"), &OwnedRecord { size }).map_err(ApiError::internal),
+    }
 }
 
 #[cfg(test)]
@@ -230,7 +274,16 @@ mod tests {
         }
         let m = enc.finish(&FileMeta { name: "f".into(), content_type: String::new() }).unwrap();
         let up =
-            UploadRecord { created: 0, expires: 100, size: 5000, k: 2, n: 3, segment_size: 4096, peers: ids.clone() };
+            UploadRecord {
+                account: "me".into(),
+                created: 0,
+                expires: 100,
+                size: 5000,
+                k: 2,
+                n: 3,
+                segment_size: 4096,
+                peers: ids.clone(),
+            };
         let commit = Commit {
             upload_id: "u".into(),
             manifest: hex::encode(m.to_bytes()),
@@ -245,17 +298,18 @@ mod tests {
     #[test]
     fn a_valid_commit_is_accepted() {
         let (up, c, keys, _) = scene();
-        let (m, rec) = verify_commit("u", &up, c, &keys, 50).unwrap();
+        let (m, rec) = verify_commit(("u", &up), "me", c, &keys, 50).unwrap();
         assert_eq!(m.segments.len(), 2);
-        assert_eq!(rec.created, 50);
+        assert_eq!((rec.created, rec.owner.as_str(), rec.upload_id.as_str()), (50, "me", "u"));
     }
 
     #[test]
     fn each_flaw_is_refused_with_its_reason() {
         let (up, c, keys, peers) = scene();
         let refused = |up: &UploadRecord, c: Commit, keys: &HashMap<String, String>, now| {
-            verify_commit("u", up, c, keys, now).unwrap_err()
+            verify_commit(("u", up), "me", c, keys, now).unwrap_err()
         };
+        assert!(matches!(verify_commit(("u", &up), "you", c.clone(), &keys, 0), Err(CommitRefusal::NotYours)));
         assert!(matches!(refused(&up, c.clone(), &keys, 101), CommitRefusal::Expired));
         assert!(matches!(
             refused(&up, Commit { upload_id: "v".into(), ..c.clone() }, &keys, 0),

@@ -1,5 +1,5 @@
 //! The web UI: the files of `assets/`, embedded in the binary with rust-embed and served by
-//! the coordinator. All the data the pages show comes from the JSON API (`/v1/…`).
+//! the coordinator. All the data the pages show comes from the JSON API (`/v2/…`).
 
 use bytes::Bytes;
 use rust_embed::RustEmbed;

@@ -205,7 +205,7 @@ mod tests {
                 });
             }
         });
-        format!("http://{addr}/v1/shards/x")
+        format!("http://{addr}/v2/shards/x")
     }
 
     #[tokio::test]

@@ -70,14 +70,14 @@ mod tests {
 
     #[test]
     fn ids_are_folded_and_text_renders() {
-        assert_eq!(route_label(&format!("/v1/shards/{}", "ab".repeat(32))), "/v1/shards/:id");
-        assert_eq!(route_label("/v1/files/0123456789abcdef0123/manifest"), "/v1/files/:id/manifest");
+        assert_eq!(route_label(&format!("/v2/shards/{}", "ab".repeat(32))), "/v2/shards/:id");
+        assert_eq!(route_label("/v2/files/0123456789abcdef0123/manifest"), "/v2/files/:id/manifest");
         assert_eq!(route_label("/"), "/");
         let m = Metrics::new("test");
-        m.observe("GET", "/v1/peers", 200, 0.01);
+        m.observe("GET", "/v2/peers", 200, 0.01);
         let text = m.render();
         assert!(
-            text.contains("p2pstore_test_http_requests_total{method=\"GET\",route=\"/v1/peers\",status=\"200\"} 1"),
+            text.contains("p2pstore_test_http_requests_total{method=\"GET\",route=\"/v2/peers\",status=\"200\"} 1"),
             "{text}"
         );
     }

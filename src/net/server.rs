@@ -117,8 +117,15 @@ fn error_response(e: ApiError) -> Response<Body> {
 
 /// Reads a body of at most `limit` bytes; more is 413, without reading it all.
 pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = declared_len(req.headers());
+    read_body_limited(req.into_body(), declared, limit).await
+}
+
+/// As [`read_body`], for a body whose request head was taken apart (`declared`: its
+/// Content-Length).
+pub async fn read_body_limited(body: Incoming, declared: Option<u64>, limit: usize) -> Result<Bytes, ApiError> {
     let mut buf = BytesMut::new();
-    read_frames(req, limit, |d| buf.extend_from_slice(d)).await?;
+    read_frames(body, declared, limit, |d| buf.extend_from_slice(d)).await?;
     Ok(buf.freeze())
 }
 
@@ -130,8 +137,9 @@ pub async fn read_body_aligned(
     limit: usize,
     mut inspect: impl FnMut(&[u8]),
 ) -> Result<Buf, ApiError> {
-    let mut buf = Buf::with_capacity(declared_len(&req).unwrap_or(0).min(limit as u64) as usize);
-    read_frames(req, limit, |d| {
+    let declared = declared_len(req.headers());
+    let mut buf = Buf::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    read_frames(req.into_body(), declared, limit, |d| {
         inspect(d);
         buf.extend_from_slice(d)
     })
@@ -139,25 +147,30 @@ pub async fn read_body_aligned(
     Ok(buf)
 }
 
-fn declared_len<B>(req: &Request<B>) -> Option<u64> {
-    req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+/// The Content-Length a request declares.
+pub fn declared_len(headers: &hyper::HeaderMap) -> Option<u64> {
+    headers.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
 }
 
 /// Bodies up to this size are drained before a 413 answer.
 const DRAIN_LIMIT: u64 = 4 << 20;
 
 /// Feeds the body's bytes to `push`, refusing (413) as soon as more than `limit` arrive.
-async fn read_frames(req: Request<Incoming>, limit: usize, mut push: impl FnMut(&[u8])) -> Result<(), ApiError> {
+async fn read_frames(
+    mut body: Incoming,
+    declared: Option<u64>,
+    limit: usize,
+    mut push: impl FnMut(&[u8]),
+) -> Result<(), ApiError> {
     let too_big = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {limit} bytes"));
-    if let Some(len) = declared_len(&req).filter(|l| *l > limit as u64) {
+    if let Some(len) = declared.filter(|l| *l > limit as u64) {
         // A body a little too large is read and dropped, so the client sees the 413 rather
         // than a reset connection; a huge one is not read at all.
         if len <= DRAIN_LIMIT {
-            let _ = Limited::new(req.into_body(), DRAIN_LIMIT as usize).collect().await;
+            let _ = Limited::new(body, DRAIN_LIMIT as usize).collect().await;
         }
         return Err(too_big());
     }
-    let mut body = req.into_body();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;

@@ -120,7 +120,7 @@ pub async fn store_shard(
     data: Bytes,
 ) -> Result<Signed<Receipt>, TransferError> {
     let header = serde_json::to_string(order).expect("orders serialize");
-    let url = format!("{addr}/v1/shards/{id}");
+    let url = format!("{addr}/v2/shards/{id}");
     let r = http.send(request("PUT", &url, &[(ORDER_HEADER, &header)], data)?).await?;
     let receipt: Signed<Receipt> = r.json()?;
     match receipt.open() {
@@ -129,10 +129,19 @@ pub async fn store_shard(
     }
 }
 
-/// A shard's bytes from the node at `addr`, not yet checked against the id. A node that
-/// sends more than the shard's `len` bytes is cut off.
-pub async fn fetch_shard(http: &http::Client, addr: &str, id: &ShardId, len: usize) -> Result<Bytes, HttpError> {
-    Ok(http.get_limited(&format!("{addr}/v1/shards/{id}"), len).await?.ok()?.body)
+/// A shard's bytes from the node at `addr`, not yet checked against the id, under a read
+/// grant for that node. A node that sends more than the shard's `len` bytes is cut off.
+pub async fn fetch_shard(
+    http: &http::Client,
+    addr: &str,
+    id: &ShardId,
+    len: usize,
+    grant: Option<&Signed<ReadGrant>>,
+) -> Result<Bytes, HttpError> {
+    let url = format!("{addr}/v2/shards/{id}");
+    let header = grant.map(|g| serde_json::to_string(g).expect("grants serialize"));
+    let headers: Vec<(&str, &str)> = header.iter().map(|h| (GRANT_HEADER, h.as_str())).collect();
+    Ok(http.send_limited(request("GET", &url, &headers, Bytes::new())?, len).await?.ok()?.body)
 }
 
 /// Fetches at least k verified shards of segment `i`: data shards first (no decoding
@@ -160,10 +169,11 @@ pub async fn fetch_segment(
         let m2 = manifest.clone();
         let peer = placement.get(j).cloned().unwrap_or_default();
         let addr = view.peers.get(&peer).map(|p| p.address.clone());
+        let grant = view.grants.get(&peer).cloned();
         let id = m.segments[i as usize].shard_ids[j];
         pending.push(async move {
             let Some(addr) = addr else { return (j, peer, Err("peer unknown to the coordinator".to_string())) };
-            let r = match fetch_shard(&http, &addr, &id, m2.shard_len(i as usize)).await {
+            let r = match fetch_shard(&http, &addr, &id, m2.shard_len(i as usize), grant.as_ref()).await {
                 Ok(b) => b,
                 Err(e) => return (j, peer, Err(e.to_string())),
             };

@@ -8,6 +8,7 @@ mod routes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +53,10 @@ struct State {
     /// Put orders already checked, by their exact header: one order covers every shard an
     /// upload sends here, and a P-256 check per shard was a tenth of a node's CPU.
     orders: Mutex<HashMap<String, PutOrder>>,
+    /// Read grants already checked, by their exact header, for the same reason.
+    grants: Mutex<HashMap<String, ReadGrant>>,
+    /// The last heartbeat's `seq`: each one is strictly greater.
+    seq: std::sync::atomic::AtomicU64,
     bytes_in: IntCounter,
     bytes_out: IntCounter,
     gauges: IntGaugeVec,
@@ -100,6 +105,8 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         http: http::Client::new(Duration::from_secs(10)),
         clock: opts.clock,
         orders: Mutex::new(HashMap::new()),
+        grants: Mutex::new(HashMap::new()),
+        seq: std::sync::atomic::AtomicU64::new(0),
         bytes_in: metrics.add(IntCounter::new("shard_bytes_in_total", "Shard bytes stored").expect("valid")),
         bytes_out: metrics.add(IntCounter::new("shard_bytes_out_total", "Shard bytes served").expect("valid")),
         gauges: metrics.add(
@@ -127,15 +134,19 @@ async fn heartbeats(s: Arc<State>, interval: Duration, mut shutdown: Shutdown) {
 
 /// Sends one signed heartbeat and pins (or checks) the coordinator's key.
 async fn heartbeat(s: &State) -> Result<(), HeartbeatError> {
+    let time = s.clock.now();
+    let next = |last: u64| Some((last + 1).max(time * 1000));
+    let seq = s.seq.fetch_update(Ordering::SeqCst, Ordering::SeqCst, next).map_or(0, |last| next(last).unwrap_or(0));
     let hb = Heartbeat {
         address: s.address.clone(),
         capacity: s.store.capacity(),
         used: s.store.used(),
         shards: s.store.count(),
-        time: s.clock.now(),
+        time,
+        seq,
     };
     let reply: HeartbeatReply =
-        s.http.post_json(&format!("{}/v1/heartbeat", s.coordinator), &s.identity.sign(&hb)).await?.json()?;
+        s.http.post_json(&format!("{}/v2/heartbeat", s.coordinator), &s.identity.sign(&hb)).await?.json()?;
     match s.coordinator_key.get() {
         Some(k) if *k != reply.coordinator_key => Err(HeartbeatError::WrongCoordinator {
             url: s.coordinator.clone(),
@@ -166,6 +177,10 @@ pub enum ExitError {
 /// are moved to other peers, after which it shows as `exited`.
 pub async fn request_exit(data_dir: &Path, coordinator: &str, clock: &Clock) -> Result<PeerView, ExitError> {
     let identity = keyfile::load_or_create(data_dir)?;
-    let url = format!("{}/v1/peers/exit", coordinator.trim_end_matches('/'));
-    Ok(http::Client::default().post_json(&url, &identity.sign(&ExitRequest { time: clock.now() })).await?.json()?)
+    let base = coordinator.trim_end_matches('/');
+    let h = http::Client::default();
+    let info: CoordinatorInfo = h.get(&format!("{base}/v2/info")).await?.json()?;
+    let time = clock.now();
+    let req = ExitRequest { coordinator: info.coordinator_id, time, seq: time };
+    Ok(h.post_json(&format!("{base}/v2/peers/exit"), &identity.sign(&req)).await?.json()?)
 }

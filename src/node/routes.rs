@@ -1,6 +1,7 @@
 //! A node's routes, parsed into [`Route`] before dispatch, and their handlers.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
@@ -31,12 +32,12 @@ impl Route {
             |hex: &str| ShardId::from_hex(hex).ok_or_else(|| ApiError::bad_request("a shard id is 64 hex digits"));
         Ok(match (method, p.as_slice()) {
             (&Method::GET, ["metrics"]) => Route::Metrics,
-            (&Method::GET, ["v1", "status"]) => Route::Status,
-            (&Method::POST, ["v1", "shards", "delete"]) => Route::DeleteShards,
-            (&Method::PUT, ["v1", "shards", id]) => Route::PutShard(shard(id)?),
-            (&Method::GET, ["v1", "shards", id]) => Route::GetShard(shard(id)?),
-            (&Method::POST, ["v1", "audit"]) => Route::Audit,
-            (&Method::POST, ["v1", "gc"]) => Route::CollectGarbage,
+            (&Method::GET, ["v2", "status"]) => Route::Status,
+            (&Method::POST, ["v2", "shards", "delete"]) => Route::DeleteShards,
+            (&Method::PUT, ["v2", "shards", id]) => Route::PutShard(shard(id)?),
+            (&Method::GET, ["v2", "shards", id]) => Route::GetShard(shard(id)?),
+            (&Method::POST, ["v2", "audit"]) => Route::Audit,
+            (&Method::POST, ["v2", "gc"]) => Route::CollectGarbage,
             _ => return Err(ApiError::not_found(format!("no route {method} {path}"))),
         })
     }
@@ -58,7 +59,7 @@ pub(super) async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
             shards: s.store.count(),
         }),
         Route::PutShard(id) => put_shard(&s, id, req).await,
-        Route::GetShard(id) => get_shard(&s, id).await,
+        Route::GetShard(id) => get_shard(&s, id, &req).await,
         Route::DeleteShards => delete(&s, read_json(req, MAX_JSON_BODY).await?).await,
         Route::Audit => audit(&s, read_json(req, 64 * 1024).await?).await,
         Route::CollectGarbage => collect_garbage(&s, read_json(req, MAX_JSON_BODY).await?).await,
@@ -76,7 +77,18 @@ fn coordinator_key(s: &State) -> Result<&str, ApiError> {
     })
 }
 
-async fn get_shard(s: &Arc<State>, id: ShardId) -> ApiResult {
+async fn get_shard<B>(s: &Arc<State>, id: ShardId, req: &Request<B>) -> ApiResult {
+    let header = req.headers().get(GRANT_HEADER).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+        ApiError::forbidden(format!("a shard GET needs a read grant from the coordinator in {GRANT_HEADER}"))
+    })?;
+    let grant = read_grant(s, header)?;
+    let s2 = s.clone();
+    let upload = grant.upload_id.clone();
+    if !blocking(move || Ok(s2.store.readable_by(&id, &upload))).await? {
+        // Absent, or held for uploads the grant does not cover: the same answer, so a grant
+        // for one file does not reveal which other shards are here.
+        return Err(ApiError::not_found(format!("no shard {id} here for upload {}", grant.upload_id)));
+    }
     let s2 = s.clone();
     let data = blocking(move || s2.store.get(&id).map_err(ApiError::internal)).await?;
     let b = data.ok_or_else(|| ApiError::not_found(format!("no shard {id} here")))?;
@@ -104,8 +116,9 @@ async fn put_shard(s: &Arc<State>, id: ShardId, req: Request<Incoming>) -> ApiRe
     let s2 = s.clone();
     let len = body.len() as u64;
     let now = s.clock.now();
+    let upload = order.upload_id.clone();
     blocking(move || {
-        s2.store.put(&id, &body, now).map_err(|e| match e {
+        s2.store.put(&id, &body, &upload, now).map_err(|e| match e {
             StoreError::Full { .. } => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
             other => ApiError::internal(other),
         })
@@ -116,40 +129,55 @@ async fn put_shard(s: &Arc<State>, id: ShardId, req: Request<Incoming>) -> ApiRe
     ok(&s.identity.sign(&receipt))
 }
 
-/// The put order in `header`, checked by [`addressed_to_me`] once and remembered until it
-/// expires.
+/// The put order in `header`, checked once and remembered until it expires.
 fn put_order(s: &State, header: &str) -> Result<PutOrder, ApiError> {
-    let now = s.clock.now();
-    let known = s.orders.lock().expect("not poisoned").get(header).cloned();
-    let order = match known {
-        Some(o) => o,
-        None => {
-            let signed: Signed<PutOrder> =
-                serde_json::from_str(header).map_err(|e| ApiError::forbidden(format!("malformed put order: {e}")))?;
-            let o = addressed_to_me(s, &signed, "put order")?;
-            let mut orders = s.orders.lock().expect("not poisoned");
-            if orders.len() >= MAX_KNOWN_ORDERS {
-                orders.retain(|_, o| o.valid_until() >= now);
-                if orders.len() >= MAX_KNOWN_ORDERS {
-                    orders.clear();
-                }
-            }
-            orders.insert(header.to_owned(), o.clone());
-            o
-        }
-    };
-    if order.valid_until() < now {
-        return Err(ApiError::forbidden("the put order has expired"));
-    }
-    Ok(order)
+    remembered(s, &s.orders, header, "put order")
 }
 
-/// Put orders remembered at once: far more than uploads running at the same time.
-const MAX_KNOWN_ORDERS: usize = 1024;
+/// The read grant in `header`, checked once and remembered until it expires.
+fn read_grant(s: &State, header: &str) -> Result<ReadGrant, ApiError> {
+    remembered(s, &s.grants, header, "read grant")
+}
+
+/// A coordinator instruction carried in a header: checked by [`addressed_to_me`] the first
+/// time, then found in `known` by its exact text until it expires.
+fn remembered<T: Message + ForPeer + Clone>(
+    s: &State,
+    known: &Mutex<HashMap<String, T>>,
+    header: &str,
+    what: &str,
+) -> Result<T, ApiError> {
+    let now = s.clock.now();
+    let cached = known.lock().expect("not poisoned").get(header).cloned();
+    let m = match cached {
+        Some(m) => m,
+        None => {
+            let signed: Signed<T> =
+                serde_json::from_str(header).map_err(|e| ApiError::forbidden(format!("malformed {what}: {e}")))?;
+            let m = addressed_to_me(s, &signed, what)?;
+            let mut known = known.lock().expect("not poisoned");
+            if known.len() >= MAX_KNOWN {
+                known.retain(|_, m| m.valid_until() >= now);
+                if known.len() >= MAX_KNOWN {
+                    known.clear();
+                }
+            }
+            known.insert(header.to_owned(), m.clone());
+            m
+        }
+    };
+    if m.valid_until() < now {
+        return Err(ApiError::forbidden(format!("the {what} has expired")));
+    }
+    Ok(m)
+}
+
+/// Orders or grants remembered at once: far more than uploads running at the same time.
+const MAX_KNOWN: usize = 1024;
 
 /// Opens a message only if this node's coordinator signed it, for this peer, and it is
 /// still valid: every instruction a node acts on passes here.
-fn addressed_to_me<T: serde::de::DeserializeOwned + ForPeer>(
+fn addressed_to_me<T: Message + ForPeer>(
     s: &State,
     signed: &Signed<T>,
     what: &str,
@@ -211,15 +239,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_any_scope_agrees_with_the_protocol() {
+        assert_eq!(crate::store::shards::ANY, ANY_UPLOAD);
+    }
+
+    #[test]
     fn routes_parse_before_dispatch() {
         let id = ShardId([0xab; 32]);
-        let path = format!("/v1/shards/{id}");
+        let path = format!("/v2/shards/{id}");
         assert_eq!(Route::parse(&Method::PUT, &path).unwrap(), Route::PutShard(id));
         assert_eq!(Route::parse(&Method::GET, &path).unwrap(), Route::GetShard(id));
-        assert_eq!(Route::parse(&Method::POST, "/v1/shards/delete").unwrap(), Route::DeleteShards);
+        assert_eq!(Route::parse(&Method::POST, "/v2/shards/delete").unwrap(), Route::DeleteShards);
         assert_eq!(Route::parse(&Method::GET, "//metrics").unwrap(), Route::Metrics);
-        assert_eq!(Route::parse(&Method::GET, "/v1/shards/zz").unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(Route::parse(&Method::GET, "/v2/shards/zz").unwrap_err().status, StatusCode::BAD_REQUEST);
         assert_eq!(Route::parse(&Method::DELETE, &path).unwrap_err().status, StatusCode::NOT_FOUND);
-        assert_eq!(Route::parse(&Method::GET, "/v1/shards").unwrap_err().status, StatusCode::NOT_FOUND);
+        assert_eq!(Route::parse(&Method::GET, "/v2/shards").unwrap_err().status, StatusCode::NOT_FOUND);
     }
 }

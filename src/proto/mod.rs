@@ -1,7 +1,10 @@
-//! Every wire type of protocol version 1, in one place (docs/PROTOCOL.md mirrors it).
-//! All routes live under `/v1/`; bodies are JSON unless they are shard or manifest bytes.
-//! Messages that authorise or attest something travel as `Signed<T>`. Pure: no I/O.
+//! Every wire type of protocol version 2, in one place (docs/PROTOCOL.md mirrors it).
+//! All routes live under `/v2/`; bodies are JSON unless they are shard or manifest bytes.
+//! Messages that authorise or attest something travel as `Signed<T>` with a purpose tag per
+//! kind (`signed`); requests made for an account carry its signature in a header (`auth`).
+//! Pure: no I/O.
 
+mod auth;
 mod signed;
 
 use std::collections::BTreeMap;
@@ -9,13 +12,16 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::core::merkle::{Proof, ShardId};
-pub use signed::{Sign, Signed};
+pub use auth::{AUTH_HEADER, RequestAuth, body_hash, request_message};
+pub use signed::{DOMAIN, Message, Sign, Signed, tagged};
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Header carrying a `Signed<PutOrder>` (JSON) on a shard PUT.
 pub const ORDER_HEADER: &str = "x-p2pstore-order";
-/// Header carrying the hex owner token on a file DELETE.
-pub const OWNER_HEADER: &str = "x-p2pstore-owner";
+/// Header carrying a `Signed<ReadGrant>` (JSON) on a shard GET.
+pub const GRANT_HEADER: &str = "x-p2pstore-grant";
+/// A signed request's time may differ from the receiver's clock by this many seconds.
+pub const CLOCK_SKEW: u64 = 300;
 /// Largest JSON body any route accepts (a commit of a ~100 GiB file fits).
 pub const MAX_JSON_BODY: usize = 64 << 20;
 
@@ -27,8 +33,10 @@ pub struct Heartbeat {
     pub capacity: u64,
     pub used: u64,
     pub shards: u64,
-    /// Unix seconds; must increase, and be near the coordinator's clock.
+    /// Unix seconds; must be near the coordinator's clock.
     pub time: u64,
+    /// Strictly increasing over the node's heartbeats: a captured one is never accepted again.
+    pub seq: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -160,6 +168,9 @@ pub struct FileView {
     pub health: Vec<SegmentHealth>,
     /// `shard_states[segment][shard]`.
     pub shard_states: Vec<Vec<ShardState>>,
+    /// A read grant for every peer holding a shard of the file, issued to the caller.
+    #[serde(default)]
+    pub grants: BTreeMap<String, Signed<ReadGrant>>,
 }
 
 /// What one placed shard is worth now.
@@ -261,7 +272,84 @@ pub struct LiveList {
 /// Node → coordinator, signed: this peer wants to leave; move its shards first.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ExitRequest {
+    /// The id of the coordinator it is meant for.
+    pub coordinator: String,
     pub time: u64,
+    /// Strictly increasing over the node's exit requests (their own sequence: another
+    /// process signs them).
+    pub seq: u64,
+}
+
+/// Coordinator → client (→ node): the holder may read shards of the upload `upload_id` from
+/// node `peer_id` until `expires`. `upload_id` "*" (any shard) is issued only for the
+/// coordinator's own use (repair).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReadGrant {
+    pub peer_id: String,
+    pub upload_id: String,
+    /// The account (or the coordinator) it was issued to, for the record.
+    pub grantee: String,
+    pub expires: u64,
+}
+
+/// The scope of a grant that reads any shard: the coordinator's own (repair).
+pub const ANY_UPLOAD: &str = "*";
+
+/// Client → coordinator, in a signed `DELETE /v2/files/{id}`: the owner token proves the
+/// password besides the account's signature.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    pub owner_token: String,
+}
+
+/// What anyone may ask a coordinator about itself (`GET /v2/info`): clients sign their
+/// requests for `coordinator_id`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CoordinatorInfo {
+    pub protocol: u32,
+    pub coordinator_id: String,
+    pub coordinator_key: String,
+    /// `open`: any account may register; `invite`: only accounts an operator added.
+    pub accounts: AccountAdmission,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountAdmission {
+    #[default]
+    Open,
+    Invite,
+}
+
+/// An account as the coordinator knows it (`GET /v2/account`, `account list`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccountView {
+    pub account_id: String,
+    /// Bytes of files it may keep (plaintext sizes), committed and planned together.
+    pub quota: u64,
+    /// Plaintext bytes of its committed files.
+    pub stored: u64,
+    /// Plaintext bytes of its uploads planned but not yet committed.
+    pub pending: u64,
+    pub files: u64,
+    pub created: u64,
+}
+
+/// An operator's request to a running coordinator, signed with the coordinator's own key
+/// (only who holds its data directory can make one).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdminRequest {
+    pub action: AdminAction,
+    pub time: u64,
+    pub nonce: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "do")]
+pub enum AdminAction {
+    AddAccount { account: String, quota: Option<u64> },
+    RemoveAccount { account: String },
+    ListAccounts,
 }
 
 /// Coordinator → node: drop these shards (after `rm`).
@@ -275,6 +363,26 @@ pub struct DeleteOrder {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+macro_rules! message {
+    ($($t:ty => $kind:literal),* $(,)?) => {
+        $(impl Message for $t {
+            const KIND: &'static str = $kind;
+        })*
+    };
+}
+message! {
+    Heartbeat => "heartbeat",
+    ExitRequest => "exit",
+    PutOrder => "put-order",
+    Receipt => "receipt",
+    DeleteOrder => "delete-order",
+    LiveList => "live-list",
+    Challenge => "audit-challenge",
+    AuditAnswer => "audit-answer",
+    ReadGrant => "read-grant",
+    AdminRequest => "admin",
 }
 
 /// A coordinator instruction addressed to one peer, valid until a time.
@@ -300,8 +408,9 @@ for_peer!(PutOrder, expires);
 for_peer!(Challenge, deadline);
 for_peer!(LiveList, expires);
 for_peer!(DeleteOrder, expires);
+for_peer!(ReadGrant, expires);
 
-/// A node's own view of itself (`GET /v1/status` on a node).
+/// A node's own view of itself (`GET /v2/status` on a node).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub peer_id: String,

@@ -16,10 +16,29 @@ pub enum IdentityError {
 
 /// Loads `dir/identity.p8`, or creates it on first start.
 pub fn load_or_create(dir: &Path) -> Result<Identity, IdentityError> {
-    let path = dir.join("identity.p8");
-    let pkcs8 = read_or_create_secret(&path, || Ok(Identity::generate_pkcs8()))
-        .map_err(|source| IdentityError::Io { path: path.clone(), source })?;
-    Identity::from_pkcs8(&pkcs8).map_err(|source| IdentityError::Bad { path, source })
+    load_or_create_file(&dir.join("identity.p8"))
+}
+
+/// Loads the key file `path`, or creates it (mode 0600, its directory 0700 when new).
+pub fn load_or_create_file(path: &Path) -> Result<Identity, IdentityError> {
+    let pkcs8 = read_or_create_secret(path, || Ok(Identity::generate_pkcs8()))
+        .map_err(|source| IdentityError::Io { path: path.to_owned(), source })?;
+    Identity::from_pkcs8(&pkcs8).map_err(|source| IdentityError::Bad { path: path.to_owned(), source })
+}
+
+/// Loads the key file `path`, which must exist.
+pub fn load_file(path: &Path) -> Result<Identity, IdentityError> {
+    let pkcs8 = std::fs::read(path).map_err(|source| IdentityError::Io { path: path.to_owned(), source })?;
+    Identity::from_pkcs8(&pkcs8).map_err(|source| IdentityError::Bad { path: path.to_owned(), source })
+}
+
+/// Creates the key file `path`; refuses to replace one.
+pub fn create_file(path: &Path) -> Result<Identity, IdentityError> {
+    if path.exists() {
+        let source = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a key is already there; not replaced");
+        return Err(IdentityError::Io { path: path.to_owned(), source });
+    }
+    load_or_create_file(path)
 }
 
 #[cfg(test)]

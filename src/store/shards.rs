@@ -9,10 +9,16 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::sync::Mutex;
+
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use crate::core::merkle::ShardId;
 use crate::sys::fs::{read_whole, write_durably};
+
+/// The scope of a read grant that covers every shard (the coordinator's, for repair).
+pub const ANY: &str = "*";
 
 /// Where a node whose data directory is `data_dir` keeps shard `id`: `shards/xx/<hex id>`.
 pub fn shard_file(data_dir: &Path, id: &ShardId) -> PathBuf {
@@ -24,34 +30,56 @@ pub fn shard_file(data_dir: &Path, id: &ShardId) -> PathBuf {
 pub enum StoreError {
     #[error("node is full: {used} of {capacity} bytes used, {wanted} more requested")]
     Full { used: u64, capacity: u64, wanted: u64 },
-    #[error("shard store: {0}")]
+    #[error("shard store")]
     Io(#[from] io::Error),
-    #[error("shard index: {0}")]
+    #[error("shard index")]
     Db(#[from] sled::Error),
 }
 
-/// A shard's index entry: its length and when it was stored (unix seconds).
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Uploads remembered per shard: identical shards (zero padding of small files) are shared
+/// by many uploads, and the most recent ones are what read grants name.
+const MAX_UPLOADS: usize = 64;
+
+/// A shard's index entry: its length, when it was last stored (unix seconds), and the
+/// uploads it was stored for (from their put orders).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Entry {
     len: u64,
     stored_at: u64,
+    #[serde(default)]
+    uploads: Vec<String>,
 }
 
 impl Entry {
-    fn encode(&self) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&self.len.to_be_bytes());
-        b[8..].copy_from_slice(&self.stored_at.to_be_bytes());
-        b
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("entries serialize")
     }
 
+    /// JSON, or the 16-byte form of entries written before uploads were remembered.
     fn decode(b: &[u8]) -> Option<Entry> {
+        if b.first() == Some(&b'{') {
+            return serde_json::from_slice(b).ok();
+        }
         Some(Entry {
             len: u64::from_be_bytes(b.get(..8)?.try_into().ok()?),
             stored_at: u64::from_be_bytes(b.get(8..16)?.try_into().ok()?),
+            uploads: Vec::new(),
         })
     }
+
+    fn remember(&mut self, upload: &str, now: u64) {
+        self.stored_at = self.stored_at.max(now);
+        self.uploads.retain(|u| u != upload);
+        self.uploads.push(upload.to_owned());
+        if self.uploads.len() > MAX_UPLOADS {
+            self.uploads.remove(0);
+        }
+    }
 }
+
+/// Locks per group of shard ids: a write, a delete and a "store if absent" of one shard
+/// never interleave.
+const STRIPES: usize = 64;
 
 /// A node's shards: files under `shards/xx/`, indexed in sled.
 pub struct ShardStore {
@@ -60,6 +88,7 @@ pub struct ShardStore {
     index: sled::Tree,
     used: AtomicU64,
     capacity: u64,
+    stripes: [Mutex<()>; STRIPES],
 }
 
 impl ShardStore {
@@ -87,7 +116,8 @@ impl ShardStore {
                     Some(id) => {
                         let meta = p.metadata()?;
                         let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-                        on_disk.insert(id, Entry { len: meta.len(), stored_at: mtime.map_or(0, |d| d.as_secs()) });
+                        let stored_at = mtime.map_or(0, |d| d.as_secs());
+                        on_disk.insert(id, Entry { len: meta.len(), stored_at, uploads: Vec::new() });
                     }
                     None => fs::remove_file(&p)?, // an interrupted write
                 }
@@ -101,13 +131,14 @@ impl ShardStore {
             }
         }
         let mut used = 0;
-        for (id, e) in &on_disk {
-            // Keep the recorded time of shards the index knew; adopt the file's otherwise.
-            let e = index.get(id.0)?.and_then(|v| Entry::decode(&v)).filter(|old| old.len == e.len).unwrap_or(*e);
-            index.insert(id.0, &e.encode())?;
+        for (id, e) in on_disk {
+            // Keep what the index knew of shards it had; adopt the file's time otherwise.
+            let e = index.get(id.0)?.and_then(|v| Entry::decode(&v)).filter(|old| old.len == e.len).unwrap_or(e);
+            index.insert(id.0, e.encode())?;
             used += e.len;
         }
-        Ok(ShardStore { dir: dir.to_owned(), _db: db, index, used: AtomicU64::new(used), capacity })
+        let stripes = std::array::from_fn(|_| Mutex::new(()));
+        Ok(ShardStore { dir: dir.to_owned(), _db: db, index, used: AtomicU64::new(used), capacity, stripes })
     }
 
     fn path(&self, id: &ShardId) -> PathBuf {
@@ -130,9 +161,22 @@ impl ShardStore {
         self.index.contains_key(id.0).unwrap_or(false)
     }
 
-    /// Stores a shard durably (blocking I/O: call from a blocking thread).
-    pub fn put(&self, id: &ShardId, data: &[u8], now: u64) -> Result<(), StoreError> {
-        if self.contains(id) {
+    fn lock(&self, id: &ShardId) -> std::sync::MutexGuard<'_, ()> {
+        // No invariant a panicking holder could break: the index and files are re-checked.
+        self.stripes[id.0[0] as usize % STRIPES].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn entry(&self, id: &ShardId) -> Result<Option<Entry>, StoreError> {
+        Ok(self.index.get(id.0)?.and_then(|v| Entry::decode(&v)))
+    }
+
+    /// Stores a shard durably for `upload` (blocking I/O: call from a blocking thread). A
+    /// shard already here is not written again: the node remembers the upload and the time.
+    pub fn put(&self, id: &ShardId, data: &[u8], upload: &str, now: u64) -> Result<(), StoreError> {
+        let _guard = self.lock(id);
+        if let Some(mut e) = self.entry(id)? {
+            e.remember(upload, now);
+            self.index.insert(id.0, e.encode())?;
             return Ok(());
         }
         let len = data.len() as u64;
@@ -143,13 +187,20 @@ impl ShardStore {
         }
         let r = (|| {
             write_durably(&self.path(id), data)?;
-            self.index.insert(id.0, &Entry { len, stored_at: now }.encode())?;
+            let mut e = Entry { len, stored_at: now, uploads: Vec::new() };
+            e.remember(upload, now);
+            self.index.insert(id.0, e.encode())?;
             Ok(())
         })();
         if r.is_err() {
             self.used.fetch_sub(len, Ordering::SeqCst);
         }
         r
+    }
+
+    /// Whether a read grant for `upload` covers shard `id` (`ANY`: every shard).
+    pub fn readable_by(&self, id: &ShardId, upload: &str) -> bool {
+        self.entry(id).ok().flatten().is_some_and(|e| upload == ANY || e.uploads.iter().any(|u| u == upload))
     }
 
     pub fn get(&self, id: &ShardId) -> io::Result<Option<Bytes>> {
@@ -187,6 +238,7 @@ impl ShardStore {
 
     /// Removes a shard; its space is free again at once.
     pub fn delete(&self, id: &ShardId) -> Result<bool, StoreError> {
+        let _guard = self.lock(id);
         let Some(v) = self.index.remove(id.0)? else { return Ok(false) };
         let len = Entry::decode(&v).map_or(0, |e| e.len);
         match fs::remove_file(self.path(id)) {
@@ -210,10 +262,12 @@ mod tests {
         let b = ShardId([2; 32]);
         {
             let s = ShardStore::open(dir.path(), 100).unwrap();
-            s.put(&a, &[7; 60], 1).unwrap();
-            s.put(&a, &[7; 60], 1).unwrap(); // idempotent
+            s.put(&a, &[7; 60], "u1", 1).unwrap();
+            s.put(&a, &[7; 60], "u2", 5).unwrap(); // stored once, remembered for both
             assert_eq!(s.used(), 60);
-            assert!(matches!(s.put(&b, &[8; 50], 1), Err(StoreError::Full { used: 60, .. })));
+            assert!(s.readable_by(&a, "u1") && s.readable_by(&a, "u2") && s.readable_by(&a, ANY));
+            assert!(!s.readable_by(&a, "u3") && !s.readable_by(&b, ANY));
+            assert!(matches!(s.put(&b, &[8; 50], "u1", 1), Err(StoreError::Full { used: 60, .. })));
             assert_eq!(s.get(&a).unwrap().unwrap().len(), 60);
             assert!(s.get(&b).unwrap().is_none());
         }
@@ -230,7 +284,7 @@ mod tests {
         assert_eq!(s.used(), 10);
         assert!(!shard_file(dir.path(), &a).exists());
         // Garbage collection keeps live and recent shards.
-        s.put(&a, &[1; 5], 1).unwrap();
+        s.put(&a, &[1; 5], "u", 1).unwrap();
         let live: std::collections::HashSet<ShardId> = [b].into_iter().collect();
         assert_eq!(s.collect_garbage(&live, 0).unwrap(), 0, "nothing is older than time 0");
         assert_eq!(s.collect_garbage(&live, u64::MAX).unwrap(), 1);

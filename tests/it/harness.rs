@@ -34,7 +34,7 @@ impl Cluster {
     pub async fn start_with_clock(nodes: usize, config: Config, clock: Clock) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let net = Devnet::start_with_clock(config, &dir.path().join("net"), 0, nodes, clock).await.unwrap();
-        let client = Client::new(&net.url());
+        let client = Client::with_fresh_account(&net.url()).with_clock(net.clock.clone());
         Cluster { net, client, dir }
     }
 
@@ -51,9 +51,12 @@ impl Cluster {
 
     /// A placement plan asked for directly, as a client would before uploading.
     pub async fn plan(&self, size: u64, k: u8, n: u8) -> p2pstore::proto::Plan {
-        let req = p2pstore::proto::PlanRequest { size, k, n, segment_size: SEGMENT };
-        let url = format!("{}/v1/uploads", self.net.url());
-        p2pstore::net::client::Client::default().post_json(&url, &req).await.unwrap().json().unwrap()
+        self.client.plan(&p2pstore::proto::PlanRequest { size, k, n, segment_size: SEGMENT }).await.unwrap()
+    }
+
+    /// Another client of this network, with an account of its own.
+    pub fn other_client(&self) -> Client {
+        Client::with_fresh_account(&self.net.url()).with_clock(self.net.clock.clone())
     }
 
     pub fn write(&self, name: &str, data: &[u8]) -> PathBuf {
@@ -123,3 +126,32 @@ pub fn shard_files(node_dir: &Path) -> usize {
         .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
         .sum()
 }
+
+impl Cluster {
+    /// The coordinator's own key, as its data directory holds it (tests forge with it).
+    pub fn coordinator_key(&self) -> p2pstore::core::identity::Identity {
+        p2pstore::store::identity::load_or_create(&self.net.dir.join("coordinator")).unwrap()
+    }
+
+    /// A read grant for every shard on `peer`, signed with the coordinator's key, as a header.
+    pub fn grant_all(&self, peer: &str) -> String {
+        use p2pstore::proto::{ReadGrant, Sign};
+        let g = ReadGrant {
+            peer_id: peer.to_owned(),
+            upload_id: "*".into(),
+            grantee: "test".into(),
+            expires: self.net.clock.now() + 600,
+        };
+        serde_json::to_string(&self.coordinator_key().sign(&g)).unwrap()
+    }
+
+    /// GET of a shard from the node `peer` at `addr`, under a grant for all its shards.
+    pub async fn get_shard(&self, addr: &str, peer: &str, id: &p2pstore::core::merkle::ShardId) -> Reply {
+        let url = format!("{addr}/v2/shards/{id}");
+        let grant = self.grant_all(peer);
+        let req = p2pstore::net::client::request("GET", &url, &[(p2pstore::proto::GRANT_HEADER, &grant)], Default::default());
+        p2pstore::net::client::Client::default().send(req.unwrap()).await.unwrap()
+    }
+}
+
+pub use p2pstore::net::client::Reply;

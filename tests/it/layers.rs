@@ -11,13 +11,13 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("proto", &["core"]),
     ("store", &["core", "sys"]),
     ("net", &["core", "proto", "sys"]),
-    ("config", &["core"]),
+    ("config", &["core", "proto"]),
     ("node", &["config", "core", "net", "proto", "store", "sys"]),
     ("coordinator", &["config", "core", "net", "proto", "store", "sys"]),
     ("client", &["core", "net", "proto", "sys"]),
     ("devnet", &["config", "coordinator", "net", "node", "sys"]),
     ("bench", &["client", "config", "coordinator", "core", "devnet", "net", "proto", "store", "sys"]),
-    ("cli", &["bench", "client", "config", "coordinator", "core", "devnet", "node", "proto", "sys"]),
+    ("cli", &["bench", "client", "config", "coordinator", "core", "devnet", "net", "node", "proto", "store", "sys"]),
 ];
 
 /// What the pure core must not name: files, sockets, the clock, threads that sleep.

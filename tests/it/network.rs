@@ -139,7 +139,7 @@ async fn forged_orders_and_receipts_are_refused() {
     let target = &peers[0];
     let body = Bytes::from_static(b"0123456789");
     let id = p2pstore::core::merkle::root(&body);
-    let url = format!("{}/v1/shards/{id}", target.address);
+    let url = format!("{}/v2/shards/{id}", target.address);
 
     // No order.
     let r = h.send(request("PUT", &url, &[], body.clone()).unwrap()).await.unwrap();
@@ -172,14 +172,15 @@ async fn forged_orders_and_receipts_are_refused() {
     let r =
         h.send(request("PUT", &url, &[(ORDER_HEADER, &good)], Bytes::from(vec![0u8; 1000])).unwrap()).await.unwrap();
     assert_eq!(r.status, 413);
-    assert_eq!(h.get(&url).await.unwrap().status, 404, "nothing was stored");
+    assert_eq!(h.get(&url).await.unwrap().status, 403, "a read needs a grant");
+    assert_eq!(c.get_shard(&target.address, &target.peer_id, &id).await.status, 404, "nothing was stored");
     // The valid put works and returns a receipt signed by the node.
     let r = h.send(request("PUT", &url, &[(ORDER_HEADER, &good)], body.clone()).unwrap()).await.unwrap();
     assert_eq!(r.status, 200);
     // Nodes remember checked orders, but not past their expiry.
     let brief = serde_json::to_string(&coord.sign(&PutOrder { expires: now() + 1, ..order.clone() })).unwrap();
     let put_other = |bytes: &'static [u8]| {
-        let url = format!("{}/v1/shards/{}", target.address, p2pstore::core::merkle::root(bytes));
+        let url = format!("{}/v2/shards/{}", target.address, p2pstore::core::merkle::root(bytes));
         request("PUT", &url, &[(ORDER_HEADER, &brief)], Bytes::from_static(bytes)).unwrap()
     };
     assert_eq!(h.send(put_other(b"first")).await.unwrap().status, 200);
@@ -188,7 +189,13 @@ async fn forged_orders_and_receipts_are_refused() {
 
     // Commits: a receipt from the wrong key, and a missing receipt, are refused.
     let plan = c.plan(10, 2, 4).await;
-    let commit_url = format!("{}/v1/uploads/{}/commit", c.net.url(), plan.upload_id);
+    let commit_path = format!("/v2/uploads/{}/commit", plan.upload_id);
+    let client = &c.client;
+    let send_commit = |commit: &Commit| {
+        let body = Bytes::from(serde_json::to_vec(commit).unwrap());
+        let path = commit_path.clone();
+        async move { client.send_signed("POST", &path, body).await.unwrap() }
+    };
     let fake_receipt =
         mallory.sign(&Receipt { upload_id: plan.upload_id.clone(), shard_id: id, len: 10, peer_id: mallory.peer_id() });
     let src = c.write("x", b"0123456789");
@@ -203,10 +210,10 @@ async fn forged_orders_and_receipts_are_refused() {
         placements: view.placements.clone(),
         receipts: vec![fake_receipt],
     };
-    let r = h.post_json(&commit_url, &commit).await.unwrap();
+    let r = send_commit(&commit).await;
     assert_eq!(r.status, 403, "{}", r.error_message());
     commit.receipts.clear();
-    let r = h.post_json(&commit_url, &commit).await.unwrap();
+    let r = send_commit(&commit).await;
     assert_eq!(r.status, 403, "{}", r.error_message());
     c.net.shutdown().await;
 }
@@ -242,31 +249,36 @@ async fn bad_requests_get_clear_statuses_and_servers_keep_serving() {
     let node = c.client.peers().await.unwrap()[0].address.clone();
     let cases: Vec<(&str, String, Bytes, u16)> = vec![
         ("GET", format!("{base}/nope"), Bytes::new(), 404),
-        ("POST", format!("{base}/v1/uploads"), Bytes::from_static(b"{not json"), 400),
+        ("POST", format!("{base}/v2/uploads"), Bytes::from_static(b"{not json"), 401),
         (
             "POST",
-            format!("{base}/v1/uploads"),
-            Bytes::from_static(b"{\"size\":1,\"k\":5,\"n\":5,\"segment_size\":65536}"),
-            400,
-        ),
-        ("POST", format!("{base}/v1/uploads"), Bytes::from(vec![b' '; 200_000]), 413),
-        (
-            "POST",
-            format!("{base}/v1/heartbeat"),
+            format!("{base}/v2/heartbeat"),
             Bytes::from_static(b"{\"body\":\"{}\",\"signer\":\"00\",\"sig\":\"00\"}"),
             403,
         ),
-        ("POST", format!("{base}/v1/uploads/abc/commit"), Bytes::from_static(b"{}"), 400),
-        ("GET", format!("{base}/v1/files/xyz"), Bytes::new(), 404),
-        ("DELETE", format!("{base}/v1/files/xyz"), Bytes::new(), 404),
-        ("GET", format!("{node}/v1/shards/zz"), Bytes::new(), 400),
-        ("GET", format!("{node}/v1/shards/{}", "ab".repeat(32)), Bytes::new(), 404),
-        ("POST", format!("{node}/v1/shards/delete"), Bytes::from_static(b"[]"), 400),
-        ("DELETE", format!("{node}/v1/shards"), Bytes::new(), 404),
+        ("GET", format!("{base}/v2/files/xyz"), Bytes::new(), 401),
+        ("DELETE", format!("{base}/v2/files/xyz"), Bytes::new(), 401),
+        ("GET", format!("{node}/v2/shards/zz"), Bytes::new(), 400),
+        ("GET", format!("{node}/v2/shards/{}", "ab".repeat(32)), Bytes::new(), 403),
+        ("POST", format!("{node}/v2/shards/delete"), Bytes::from_static(b"[]"), 400),
+        ("DELETE", format!("{node}/v2/shards"), Bytes::new(), 404),
     ];
     for (method, url, body, want) in cases {
         let r = h.send(request(method, &url, &[], body).unwrap()).await.unwrap();
         assert_eq!(r.status.as_u16(), want, "{method} {url}: {}", r.error_message());
+    }
+    // The same mistakes, signed by an account.
+    let signed: Vec<(&str, &str, Bytes, u16)> = vec![
+        ("POST", "/v2/uploads", Bytes::from_static(b"{not json"), 400),
+        ("POST", "/v2/uploads", Bytes::from_static(b"{\"size\":1,\"k\":5,\"n\":5,\"segment_size\":65536}"), 400),
+        ("POST", "/v2/uploads", Bytes::from(vec![b' '; 200_000]), 413),
+        ("POST", "/v2/uploads/abc/commit", Bytes::from_static(b"{}"), 400),
+        ("GET", "/v2/files/xyz", Bytes::new(), 404),
+        ("DELETE", "/v2/files/xyz", Bytes::from_static(b"{\"owner_token\":\"00\"}"), 404),
+    ];
+    for (method, path, body, want) in signed {
+        let r = c.client.send_signed(method, path, body).await.unwrap();
+        assert_eq!(r.status.as_u16(), want, "{method} {path}: {}", r.error_message());
     }
     // Too few peers for the requested n: the message says how many are online and needed.
     let e = c.client.upload(&c.write("t", b"x"), b"pw", params(3, 5), None).await.unwrap_err().to_string();

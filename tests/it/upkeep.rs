@@ -144,12 +144,13 @@ async fn abandoned_uploads_and_deleted_files_are_collected() {
     let body = Bytes::from_static(b"abandoned!");
     let sid = p2pstore::core::merkle::root(&body);
     let hdr = serde_json::to_string(&plan.orders[&peer]).unwrap();
-    let url = format!("{}/v1/shards/{sid}", plan.addresses[&peer]);
+    let url = format!("{}/v2/shards/{sid}", plan.addresses[&peer]);
     let r = h.send(p2pstore::net::client::request("PUT", &url, &[(ORDER_HEADER, &hdr)], body).unwrap()).await.unwrap();
     assert_eq!(r.status, 200);
     // A committed file stays.
     let (id, bytes) = upload(&c, "kept", PER_SEGMENT + 1, 2, 4).await;
-    until("the abandoned shard is gone", 30, || async { h.get(&url).await.unwrap().status == 404 }).await;
+    let addr = plan.addresses[&peer].clone();
+    until("the abandoned shard is gone", 30, || async { c.get_shard(&addr, &peer, &sid).await.status == 404 }).await;
     downloads_intact(&c, &id, &bytes, "kept.out").await;
 
     // rm frees the space on every node (used bytes, as the nodes report them).
@@ -193,11 +194,10 @@ async fn coordinator_restart_during_repair_leaves_no_dangling_placement() {
     // Every placement points at a peer that really holds the shard.
     let view = c.client.info(&id).await.unwrap();
     let m = c.client.manifest(&id).await.unwrap();
-    let h = p2pstore::net::client::Client::default();
     for (seg, peers) in view.placements.iter().enumerate() {
         for (j, peer) in peers.iter().enumerate() {
             let sid = m.segments[seg].shard_ids[j];
-            let r = h.get(&format!("{}/v1/shards/{sid}", view.peers[peer].address)).await.unwrap();
+            let r = c.get_shard(&view.peers[peer].address, peer, &sid).await;
             assert_eq!(r.status, 200, "segment {seg} shard {j} on {peer}");
             assert!(m.verify_shard(seg as u32, j, r.body).is_ok());
         }

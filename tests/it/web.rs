@@ -21,7 +21,7 @@ async fn ui_assets_api_and_metrics() {
 
     let bytes = data(3 * PER_SEGMENT, 5);
     let id = c.client.upload(&c.write("w", &bytes), b"pw", params(2, 4), None).await.unwrap();
-    let stats: p2pstore::proto::NetworkStats = h.get(&format!("{base}/v1/stats")).await.unwrap().json().unwrap();
+    let stats: p2pstore::proto::NetworkStats = h.get(&format!("{base}/v2/stats")).await.unwrap().json().unwrap();
     assert_eq!((stats.peers_online, stats.files, stats.stored_bytes), (4, 1, bytes.len() as u64));
     assert_eq!(stats.health, vec![(4, 3)], "three segments with all four shards healthy");
     let view = c.client.info(&id).await.unwrap();
@@ -44,7 +44,7 @@ async fn ui_assets_api_and_metrics() {
     let (text, scrape) = metrics(base.clone()).await;
     assert!(!scrape.samples.is_empty());
     assert!(text.contains("p2pstore_coordinator_audits_total{outcome=\"success\"}"), "{text}");
-    assert!(text.contains("route=\"/v1/uploads/:id/commit\""), "{text}");
+    assert!(text.contains("route=\"/v2/uploads/:id/commit\""), "{text}");
     assert!(text.contains("p2pstore_coordinator_network{state=\"online\",what=\"peers\"} 4"), "{text}");
     let node = c.client.peers().await.unwrap()[0].address.clone();
     let (text, _) = metrics(node.clone()).await;
@@ -115,34 +115,35 @@ async fn browser_upload_and_download_endpoints() {
     use p2pstore::core::crypto::{FileKeys, MIN_ITERATIONS, Salt};
     use p2pstore::core::manifest::{FileMeta, plain_per_segment, segment_count};
     let c = Cluster::start(5).await;
-    let h = Client::default();
-    let base = c.net.url();
+    // The page signs its requests with its own account, as the CLI does.
+    let page = &c.client;
+    let post = |path: String, body: serde_json::Value| async move {
+        page.send_signed("POST", &path, bytes::Bytes::from(serde_json::to_vec(&body).unwrap())).await.unwrap()
+    };
     let data = data(3 * PER_SEGMENT + 77, 9);
     let size = data.len() as u64;
-    let started: serde_json::Value = h
-        .post_json(
-            &format!("{base}/v1/browser/uploads"),
-            &p2pstore::proto::PlanRequest { size, k: 3, n: 5, segment_size: SEGMENT },
-        )
-        .await
-        .unwrap()
-        .json()
-        .unwrap();
+    let plan = serde_json::json!({ "size": size, "k": 3, "n": 5, "segment_size": SEGMENT });
+    let started: serde_json::Value = post("/v2/browser/uploads".into(), plan).await.json().unwrap();
     let up = started["upload_id"].as_str().unwrap().to_owned();
     let salt = Salt::random();
     let keys = FileKeys::derive(b"browser pw", salt, MIN_ITERATIONS).unwrap();
     let count = segment_count(size, SEGMENT) as usize;
     let per = plain_per_segment(SEGMENT) as usize;
     let put = |i: usize, body: Vec<u8>| {
-        let url = format!("{base}/v1/browser/uploads/{up}/segments/{i}");
-        let h = h.clone();
-        async move {
-            h.send(p2pstore::net::client::request("PUT", &url, &[], bytes::Bytes::from(body)).unwrap()).await.unwrap()
-        }
+        let path = format!("/v2/browser/uploads/{up}/segments/{i}");
+        async move { page.send_signed("PUT", &path, bytes::Bytes::from(body)).await.unwrap() }
     };
     // A committed-before-complete upload and a wrong-sized segment are refused.
     let early: serde_json::Value = serde_json::json!({"salt": hex::encode(salt.0), "iterations": MIN_ITERATIONS, "sealed_meta": "00", "owner_hash": "00"});
-    assert_eq!(h.post_json(&format!("{base}/v1/browser/uploads/{up}/commit"), &early).await.unwrap().status, 400);
+    assert_eq!(post(format!("/v2/browser/uploads/{up}/commit"), early).await.status, 400);
+    // Another account cannot send this upload's segments, and nobody can unsigned.
+    let other = c.other_client();
+    let r = other.send_signed("PUT", &format!("/v2/browser/uploads/{up}/segments/0"), vec![1u8; 10].into()).await;
+    assert_eq!(r.unwrap().status, 403);
+    let unsigned = Client::default();
+    let url = format!("{}/v2/browser/uploads/{up}/segments/0", c.net.url());
+    let r = unsigned.send(p2pstore::net::client::request("PUT", &url, &[], vec![1u8; 10].into()).unwrap()).await;
+    assert_eq!(r.unwrap().status, 401);
     assert_eq!(put(0, vec![1, 2, 3]).await.status, 400);
     for i in 0..count {
         let mut seg = data[i * per..((i + 1) * per).min(data.len())].to_vec();
@@ -157,8 +158,7 @@ async fn browser_upload_and_download_endpoints() {
         "salt": hex::encode(salt.0), "iterations": MIN_ITERATIONS,
         "sealed_meta": hex::encode(sealed_meta), "owner_hash": hex::encode(owner),
     });
-    let done: p2pstore::proto::CommitReply =
-        h.post_json(&format!("{base}/v1/browser/uploads/{up}/commit"), &commit).await.unwrap().json().unwrap();
+    let done: p2pstore::proto::CommitReply = post(format!("/v2/browser/uploads/{up}/commit"), commit).await.json().unwrap();
     let id = p2pstore::core::manifest::FileId::parse(&done.file_id).unwrap();
     let out = c.path("from-browser.out");
     c.client.download(&id, b"browser pw", Some(&out), false, None).await.unwrap();
@@ -171,13 +171,14 @@ async fn browser_upload_and_download_endpoints() {
     let keys = FileKeys::derive(b"cli pw", m.salt, m.iterations).unwrap();
     let mut back: Vec<u8> = Vec::new();
     for i in 0..m.segments.len() {
-        let r = h.get(&format!("{base}/v1/files/{cli}/segments/{i}")).await.unwrap();
+        let r = page.send_signed("GET", &format!("/v2/files/{cli}/segments/{i}"), bytes::Bytes::new()).await.unwrap();
         assert_eq!(r.status, 200);
         let mut seg = r.body.to_vec();
         let len = keys.open_segment(i as u32, i + 1 == m.segments.len(), &mut seg).unwrap();
         back.extend(&seg[..len]);
     }
     assert!(back == data);
-    assert_eq!(h.get(&format!("{base}/v1/files/{cli}/segments/99")).await.unwrap().status, 404);
+    let r = page.send_signed("GET", &format!("/v2/files/{cli}/segments/99"), bytes::Bytes::new()).await.unwrap();
+    assert_eq!(r.status, 404);
     c.net.shutdown().await;
 }
