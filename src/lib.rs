@@ -26,7 +26,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub(crate) mod coordinator;
+pub mod coordinator;
 pub mod core;
 pub mod devnet;
 pub mod net;

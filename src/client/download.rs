@@ -82,11 +82,32 @@ impl Client {
     }
 }
 
-/// The original name, reduced to a plain file name in the current directory.
-fn safe_name(name: &str) -> Result<PathBuf, ClientError> {
+/// The original name, reduced to a plain file name in the current directory. The uploader
+/// chose it, so anything a name should not do is refused rather than followed: a path
+/// (only its last part is kept), a leading dot (hidden files, `.bashrc`), control characters
+/// (terminal escapes). `-o PATH` names the file instead.
+pub(crate) fn safe_name(name: &str) -> Result<PathBuf, ClientError> {
     let base = Path::new(name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if base.is_empty() || base == "." || base == ".." {
-        return Err(ClientError::UnusableName(name.to_owned()));
+    let unusable = base.is_empty() || base.starts_with('.') || base.chars().any(char::is_control);
+    if unusable {
+        return Err(ClientError::UnusableName(name.escape_default().to_string()));
     }
     Ok(PathBuf::from(base))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_names_cannot_escape_hide_or_control_the_terminal() {
+        assert_eq!(safe_name("photo.jpg").unwrap(), PathBuf::from("photo.jpg"));
+        assert_eq!(safe_name("/etc/cron.d/evil").unwrap(), PathBuf::from("evil"));
+        assert_eq!(safe_name("../../x").unwrap(), PathBuf::from("x"));
+        for bad in ["", ".", "..", ".bashrc", "dir/.ssh", "a\u{1b}[31mred", "tab\there", "new\nline", "x\u{7f}"] {
+            let e = safe_name(bad).unwrap_err().to_string();
+            assert!(!e.chars().any(char::is_control), "the message itself is escaped: {e:?}");
+            assert!(e.contains("-o PATH"), "{e}");
+        }
+    }
 }

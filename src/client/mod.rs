@@ -47,7 +47,7 @@ pub enum ClientError {
     ManifestMismatch(String),
     #[error("the coordinator committed the upload as {got}, not as {expected}: refusing the result")]
     CommitMismatch { expected: String, got: String },
-    #[error("the stored file name `{0}` is not usable here; pass -o PATH")]
+    #[error("the stored file name \"{0}\" is not used as it is (a hidden file, or control characters); pass -o PATH")]
     UnusableName(String),
     #[error("a worker task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

@@ -58,7 +58,8 @@ pub(super) fn view_for(s: &State, grantee: &str, id: &str) -> Result<FileView, A
     let rec = record(s, id)?;
     let summary = summary(id, &rec).ok_or_else(|| ApiError::internal(BadManifest))?;
     let records: HashMap<String, PeerRecord> = s.peers.readable().into_iter().collect();
-    let peers = peers_of(&rec).into_iter().filter_map(|pid| Some((pid.clone(), s.view(&pid, records.get(&pid)?, 0)))).collect();
+    let peers =
+        peers_of(&rec).into_iter().filter_map(|pid| Some((pid.clone(), s.view(&pid, records.get(&pid)?, 0)))).collect();
     let health = repair::file_health(s, &records, id, &rec);
     let rules = repair::Rules::of(s);
     let shard_states = rec

@@ -58,7 +58,14 @@ pub fn admin_offline(
             let mine = owned.scan_prefix(&format!("{id}/")).map_err(|e| AdminError::Record(e.into()))?;
             let stored = mine.records.iter().map(|(_, o)| o.size).sum();
             let files = mine.records.len() as u64;
-            Ok(crate::proto::AccountView { account_id: id, quota: a.quota, stored, pending: 0, files, created: a.created })
+            Ok(crate::proto::AccountView {
+                account_id: id,
+                quota: a.quota,
+                stored,
+                pending: 0,
+                files,
+                created: a.created,
+            })
         })
         .collect()
 }

@@ -273,17 +273,16 @@ mod tests {
             }
         }
         let m = enc.finish(&FileMeta { name: "f".into(), content_type: String::new() }).unwrap();
-        let up =
-            UploadRecord {
-                account: "me".into(),
-                created: 0,
-                expires: 100,
-                size: 5000,
-                k: 2,
-                n: 3,
-                segment_size: 4096,
-                peers: ids.clone(),
-            };
+        let up = UploadRecord {
+            account: "me".into(),
+            created: 0,
+            expires: 100,
+            size: 5000,
+            k: 2,
+            n: 3,
+            segment_size: 4096,
+            peers: ids.clone(),
+        };
         let commit = Commit {
             upload_id: "u".into(),
             manifest: hex::encode(m.to_bytes()),

@@ -111,6 +111,19 @@ pub fn bytes(content_type: &str, b: Bytes) -> Response<Body> {
     Response::builder().header("content-type", content_type).body(Full::new(b)).expect("valid response")
 }
 
+/// Headers every answer carries: the web UI's content may only come from this server and may
+/// not be framed, content types are not guessed, and no page leaks its URL (file ids) to
+/// another site.
+fn harden(h: &mut hyper::HeaderMap) {
+    use hyper::header::HeaderValue;
+    const CSP: &str =
+        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'";
+    h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+}
+
 fn error_response(e: ApiError) -> Response<Body> {
     json(e.status, &ErrorBody { error: e.message })
 }
@@ -286,7 +299,8 @@ where
                             };
                             let m = m.clone();
                             async move {
-                                let resp = fut.await.unwrap_or_else(error_response);
+                                let mut resp = fut.await.unwrap_or_else(error_response);
+                                harden(resp.headers_mut());
                                 m.observe(method.as_str(), &path, resp.status().as_u16(), start.elapsed().as_secs_f64());
                                 Ok::<_, std::convert::Infallible>(resp)
                             }

@@ -177,11 +177,7 @@ const MAX_KNOWN: usize = 1024;
 
 /// Opens a message only if this node's coordinator signed it, for this peer, and it is
 /// still valid: every instruction a node acts on passes here.
-fn addressed_to_me<T: Message + ForPeer>(
-    s: &State,
-    signed: &Signed<T>,
-    what: &str,
-) -> Result<T, ApiError> {
+fn addressed_to_me<T: Message + ForPeer>(s: &State, signed: &Signed<T>, what: &str) -> Result<T, ApiError> {
     let m = signed
         .open_by(coordinator_key(s)?)
         .ok_or_else(|| ApiError::forbidden(format!("the {what} is not signed by this node's coordinator")))?;

@@ -149,7 +149,8 @@ impl Cluster {
     pub async fn get_shard(&self, addr: &str, peer: &str, id: &p2pstore::core::merkle::ShardId) -> Reply {
         let url = format!("{addr}/v2/shards/{id}");
         let grant = self.grant_all(peer);
-        let req = p2pstore::net::client::request("GET", &url, &[(p2pstore::proto::GRANT_HEADER, &grant)], Default::default());
+        let req =
+            p2pstore::net::client::request("GET", &url, &[(p2pstore::proto::GRANT_HEADER, &grant)], Default::default());
         p2pstore::net::client::Client::default().send(req.unwrap()).await.unwrap()
     }
 }

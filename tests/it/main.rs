@@ -6,6 +6,7 @@ mod harness;
 mod layers;
 mod network;
 mod records;
+mod security;
 mod upkeep;
 mod vectors;
 mod web;

@@ -158,7 +158,8 @@ async fn browser_upload_and_download_endpoints() {
         "salt": hex::encode(salt.0), "iterations": MIN_ITERATIONS,
         "sealed_meta": hex::encode(sealed_meta), "owner_hash": hex::encode(owner),
     });
-    let done: p2pstore::proto::CommitReply = post(format!("/v2/browser/uploads/{up}/commit"), commit).await.json().unwrap();
+    let done: p2pstore::proto::CommitReply =
+        post(format!("/v2/browser/uploads/{up}/commit"), commit).await.json().unwrap();
     let id = p2pstore::core::manifest::FileId::parse(&done.file_id).unwrap();
     let out = c.path("from-browser.out");
     c.client.download(&id, b"browser pw", Some(&out), false, None).await.unwrap();
