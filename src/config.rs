@@ -36,6 +36,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub reputation: ReputationConfig,
     pub repair: RepairConfig,
+    pub tls: TlsConfig,
     /// Where this configuration was read from (not a key).
     #[serde(skip)]
     pub origin: String,
@@ -55,6 +56,19 @@ pub struct CoordinatorConfig {
     pub upload_expiry: u64,
     /// Seconds between garbage-collection rounds (live-shard lists sent to nodes).
     pub gc_interval: u64,
+}
+
+/// HTTPS: a server (coordinator, node) serves TLS when given a certificate and key; every
+/// client verifies servers against the system's roots plus `ca_file`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain this process serves with (coordinator or node).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// PEM CA certificates to trust besides the system's roots (a private CA, self-signed).
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -161,6 +175,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             reputation: ReputationConfig::default(),
             repair: RepairConfig::default(),
+            tls: TlsConfig::default(),
             origin: BUILT_IN.into(),
         }
     }
@@ -351,6 +366,9 @@ impl Config {
         let url = &self.client.coordinator;
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(self.invalid("client.coordinator", format!("must be an http:// URL, got `{url}`")));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(self.invalid("tls.cert", "and tls.key go together: give both (HTTPS) or neither (HTTP)"));
         }
         Ok(())
     }

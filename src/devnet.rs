@@ -59,7 +59,8 @@ impl Devnet {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.coordinator_addr)
+        let scheme = if self.config.tls.cert.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.coordinator_addr)
     }
 
     pub fn node_count(&self) -> usize {
@@ -79,6 +80,7 @@ impl Devnet {
             capacity: (self.config.node.max_storage_gb * 1e9) as u64,
             heartbeat_interval: Duration::from_secs(self.config.node.heartbeat_interval),
             clock: self.clock.clone(),
+            tls: crate::net::tls::server_config_from(self.config.tls.cert.as_deref(), self.config.tls.key.as_deref())?,
         })
         .await
     }

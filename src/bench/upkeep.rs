@@ -164,7 +164,7 @@ pub async fn audits(peers: usize, segments: u64, secs: u64, dir: &std::path::Pat
     let base = format!("http://{}", listener.local_addr()?);
     let s2 = sim.clone();
     let server = server::serve(
-        listener,
+        server::Listener { tcp: listener, tls: None },
         crate::net::metrics::Metrics::new("simulated"),
         move |req| simulated_route(s2.clone(), req),
         server::shutdown_signal(),

@@ -139,7 +139,8 @@ pub(super) async fn operator_account(config: Config, a: OperatorAccount) -> anyh
             let signed = coordinator::admin_request(dir, action, &clock)?;
             let c = &config.coordinator;
             let host = if c.host == "0.0.0.0" || c.host == "::" { "127.0.0.1" } else { &c.host };
-            let url = format!("http://{host}:{}/v2/admin", c.port);
+            let scheme = if config.tls.cert.is_some() { "https" } else { "http" };
+            let url = format!("{scheme}://{host}:{}/v2/admin", c.port);
             let reply = crate::net::client::Client::default().post_json(&url, &signed).await;
             reply.and_then(|r| r.json()).with_context(|| {
                 format!("the database in {} is in use ({local}), and its coordinator did not answer", dir.display())
@@ -161,7 +162,8 @@ pub(super) async fn coordinator(config: Config) -> anyhow::Result<()> {
     let c = &config.coordinator;
     let bind = SocketAddr::new(c.host.parse().context("coordinator.host")?, c.port);
     let h = coordinator::spawn(config.clone(), c.data_dir.clone(), bind, Clock::system()).await?;
-    eprintln!("coordinator listening on http://{}", h.addr);
+    let scheme = if config.tls.cert.is_some() { "https" } else { "http" };
+    eprintln!("coordinator listening on {scheme}://{}", h.addr);
     wait_for_ctrl_c().await?;
     h.shutdown().await;
     Ok(())
@@ -177,9 +179,10 @@ pub(super) async fn node(config: Config, advertise: Option<String>) -> anyhow::R
         capacity: (config.node.max_storage_gb * 1e9) as u64,
         heartbeat_interval: Duration::from_secs(config.node.heartbeat_interval),
         clock: Clock::system(),
+        tls: crate::net::tls::server_config_from(config.tls.cert.as_deref(), config.tls.key.as_deref())?,
     })
     .await?;
-    eprintln!("node listening on http://{}", h.addr);
+    eprintln!("node listening on {}", h.addr);
     wait_for_ctrl_c().await?;
     h.shutdown().await;
     Ok(())

@@ -36,6 +36,15 @@ pub struct Cli {
     /// account.p8 in the user's config directory, created on first use where accounts are open]
     #[arg(long, global = true, env = "P2PSTORE_ACCOUNT", value_name = "FILE")]
     pub account: Option<PathBuf>,
+    /// PEM certificate chain to serve HTTPS with (coordinator, node, devnet) [config: tls.cert]
+    #[arg(long, global = true, env = "P2PSTORE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert [config: tls.key]
+    #[arg(long, global = true, env = "P2PSTORE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates to trust besides the system's roots [config: tls.ca_file]
+    #[arg(long, global = true, env = "P2PSTORE_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -281,6 +290,15 @@ fn effective_config(cli: &Cli) -> anyhow::Result<Config> {
     if cli.account.is_some() {
         config.client.account = cli.account.clone();
     }
+    for (slot, flag) in [
+        (&mut config.tls.cert, &cli.tls_cert),
+        (&mut config.tls.key, &cli.tls_key),
+        (&mut config.tls.ca_file, &cli.tls_ca),
+    ] {
+        if flag.is_some() {
+            *slot = flag.clone();
+        }
+    }
     match &cli.command {
         Command::Coordinator { host, port, data_dir, .. } => {
             set(&mut config.coordinator.host, host);
@@ -325,6 +343,9 @@ pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli);
     let config = effective_config(&cli)?;
+    if let Some(ca) = &config.tls.ca_file {
+        crate::net::tls::trust_ca_file(ca)?;
+    }
     use commands as c;
     match cli.command {
         Command::Config => c::print_config(&config),

@@ -115,8 +115,11 @@ pub async fn spawn(
         counters: Counters::new(&metrics),
         metrics: metrics.clone(),
     });
-    let listener = TcpListener::bind(bind).await.map_err(|source| ServerError::Bind { addr: bind, source })?;
-    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "coordinator listening");
+    let tls = crate::net::tls::server_config_from(state.config.tls.cert.as_deref(), state.config.tls.key.as_deref())?;
+    let tcp = TcpListener::bind(bind).await.map_err(|source| ServerError::Bind { addr: bind, source })?;
+    let listener = server::Listener { tcp, tls };
+    let addr = listener.tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%addr, scheme = listener.scheme(), "coordinator listening");
     let signal = server::shutdown_signal();
     let stop = &signal.1;
     let workers = vec![

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -66,7 +67,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 /// A pooled HTTP/1 client with per-request timeouts.
 #[derive(Clone)]
 pub struct Client {
-    inner: HyperClient<HttpConnector, Body>,
+    inner: HyperClient<HttpsConnector<HttpConnector>, Body>,
     pub timeout: Duration,
 }
 
@@ -109,10 +110,18 @@ impl Default for Client {
 }
 
 impl Client {
+    /// A client for `http://` and `https://` URLs; certificates are checked against the
+    /// roots `net::tls` trusts when it is made.
     pub fn new(timeout: Duration) -> Client {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
-        let inner = HyperClient::builder(TokioExecutor::new()).pool_max_idle_per_host(32).build(conn);
+        conn.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*super::tls::client_config()).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(conn);
+        let inner = HyperClient::builder(TokioExecutor::new()).pool_max_idle_per_host(32).build(https);
         Client { inner, timeout }
     }
 

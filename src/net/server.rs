@@ -38,6 +38,8 @@ pub enum ServerError {
     DataDir { dir: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("database in {dir} (is another process using this data directory?)")]
     Db { dir: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
 }
 
 /// An error's message followed by each of its causes: for answers that travel as one sentence.
@@ -260,10 +262,28 @@ impl ServerHandle {
     }
 }
 
+/// Where a server listens: a bound socket, and TLS when it serves HTTPS.
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Listener {
+    /// The URL scheme clients use to reach it.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
+
+/// A TLS handshake that has not finished after this long is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Handler<F> = Arc<dyn Fn(Request<Incoming>) -> F + Send + Sync>;
+
 /// Serves `handler` on `listener` until `trigger` fires. `workers` run beside it (heartbeats,
 /// audits, repair…), watching the same signal, and are waited for when it stops.
 pub fn serve<H, F>(
-    listener: TcpListener,
+    listener: Listener,
     metrics: Arc<Metrics>,
     handler: H,
     (trigger, shutdown): (Trigger, Shutdown),
@@ -273,8 +293,9 @@ where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = ApiResult> + Send + 'static,
 {
-    let addr = listener.local_addr().expect("bound listener has an address");
-    let handler = Arc::new(handler);
+    let addr = listener.tcp.local_addr().expect("bound listener has an address");
+    let handler: Handler<F> = Arc::new(handler);
+    let tls = listener.tls.map(tokio_rustls::TlsAcceptor::from);
     let mut stop = shutdown.clone();
     let mut workers: JoinSet<()> = workers.into_iter().collect();
     let task = tokio::spawn(async move {
@@ -282,45 +303,24 @@ where
         loop {
             tokio::select! {
                 _ = stop.wait() => break,
-                accepted = listener.accept() => {
+                accepted = listener.tcp.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
                     let _ = stream.set_nodelay(true);
-                    let h = handler.clone();
-                    let m = metrics.clone();
-                    let mut stop = stop.clone();
+                    let (h, m, stop, tls) = (handler.clone(), metrics.clone(), stop.clone(), tls.clone());
                     conns.spawn(async move {
-                        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                            let (method, path, start) = (req.method().clone(), req.uri().path().to_owned(), Instant::now());
-                            // Every server is healthy while it answers at all.
-                            let fut = if method == hyper::Method::GET && path == "/healthz" {
-                                Either::Left(async { ok(&"ok") })
-                            } else {
-                                Either::Right(h(req))
-                            };
-                            let m = m.clone();
-                            async move {
-                                let mut resp = fut.await.unwrap_or_else(error_response);
-                                harden(resp.headers_mut());
-                                m.observe(method.as_str(), &path, resp.status().as_u16(), start.elapsed().as_secs_f64());
-                                Ok::<_, std::convert::Infallible>(resp)
-                            }
-                        });
-                        let conn = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc);
-                        tokio::pin!(conn);
-                        tokio::select! {
-                            _ = conn.as_mut() => {}
-                            _ = stop.wait() => {
-                                conn.as_mut().graceful_shutdown();
-                                let _ = conn.await;
-                            }
+                        match tls {
+                            None => connection(TokioIo::new(stream), h, m, stop).await,
+                            Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => connection(TokioIo::new(tls), h, m, stop).await,
+                                _ => {} // a failed or slow handshake: nothing to answer
+                            },
                         }
                     });
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
             }
         }
-        drop(listener);
+        drop(listener.tcp);
         let finish = async {
             while conns.join_next().await.is_some() {}
             while workers.join_next().await.is_some() {}
@@ -332,4 +332,37 @@ where
         workers.shutdown().await;
     });
     ServerHandle { addr, trigger, task }
+}
+
+/// Serves one connection until it closes, or finishes its request in flight at shutdown.
+async fn connection<I, F>(io: I, h: Handler<F>, m: Arc<Metrics>, mut stop: Shutdown)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    F: Future<Output = ApiResult> + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (method, path, start) = (req.method().clone(), req.uri().path().to_owned(), Instant::now());
+        // Every server is healthy while it answers at all.
+        let fut = if method == hyper::Method::GET && path == "/healthz" {
+            Either::Left(async { ok(&"ok") })
+        } else {
+            Either::Right(h(req))
+        };
+        let m = m.clone();
+        async move {
+            let mut resp = fut.await.unwrap_or_else(error_response);
+            harden(resp.headers_mut());
+            m.observe(method.as_str(), &path, resp.status().as_u16(), start.elapsed().as_secs_f64());
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.wait() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }

@@ -37,6 +37,8 @@ pub struct NodeOptions {
     pub capacity: u64,
     pub heartbeat_interval: Duration,
     pub clock: Clock,
+    /// Serve HTTPS with this configuration (see `net::tls`); None: plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 struct State {
@@ -86,9 +88,9 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         StoreError::Db(source) => ServerError::Db { dir: dir.clone(), source: source.into() },
         other => dir_err(other.into()),
     })?;
-    let listener =
-        TcpListener::bind(opts.bind).await.map_err(|source| ServerError::Bind { addr: opts.bind, source })?;
-    let addr = listener.local_addr().map_err(|e| dir_err(e.into()))?;
+    let tcp = TcpListener::bind(opts.bind).await.map_err(|source| ServerError::Bind { addr: opts.bind, source })?;
+    let listener = server::Listener { tcp, tls: opts.tls };
+    let addr = listener.tcp.local_addr().map_err(|e| dir_err(e.into()))?;
     let key_file = dir.join("coordinator.pub");
     let pinned = OnceCell::new();
     if let Ok(k) = std::fs::read_to_string(&key_file) {
@@ -99,7 +101,7 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         identity,
         store,
         coordinator: opts.coordinator.trim_end_matches('/').to_owned(),
-        address: opts.advertise.unwrap_or_else(|| format!("http://{addr}")),
+        address: opts.advertise.unwrap_or_else(|| format!("{}://{addr}", listener.scheme())),
         key_file,
         coordinator_key: pinned,
         http: http::Client::new(Duration::from_secs(10)),

@@ -7,6 +7,7 @@ mod layers;
 mod network;
 mod records;
 mod security;
+mod tls;
 mod upkeep;
 mod vectors;
 mod web;
