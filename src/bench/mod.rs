@@ -246,15 +246,24 @@ fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
 
 /// This binary as a coordinator process and `nodes` node processes on free ports, all
 /// registered; returns the processes (killed when dropped) and the coordinator's URL.
-async fn start_processes(nodes: usize, dir: &std::path::Path) -> anyhow::Result<(Children, String)> {
+async fn start_processes(nodes: usize, dir: &std::path::Path, tls: bool) -> anyhow::Result<(Children, String)> {
     use anyhow::Context;
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().context("finding the p2pstore executable")?;
     let ports = free_ports(nodes + 1)?;
-    let url = format!("http://127.0.0.1:{}", ports[0]);
+    let mut tls_args: Vec<String> = Vec::new();
+    if tls {
+        let ca = crate::net::tls::local_ca(&dir.join("tls"))?;
+        crate::net::tls::trust_ca_file(&ca.ca)?;
+        for (flag, path) in [("--tls-cert", &ca.cert), ("--tls-key", &ca.key), ("--tls-ca", &ca.ca)] {
+            tls_args.extend([flag.to_string(), path.display().to_string()]);
+        }
+    }
+    let url = format!("{}://127.0.0.1:{}", if tls { "https" } else { "http" }, ports[0]);
     let spawn = |args: &[&str]| {
         Command::new(&exe)
             .args(["--coordinator", &url, "-q"])
+            .args(&tls_args)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -311,8 +320,14 @@ fn usage_line(name: &str, size: u64, before: Usage, after: Usage) -> String {
 /// Uploads and downloads a `size`-byte file through a local network of real processes (this
 /// binary as coordinator and `nodes` nodes), with this process as the client, so client
 /// memory and each role's CPU are measured apart.
-pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: EncodeParams) -> anyhow::Result<String> {
-    let (children, url) = start_processes(nodes, dir).await?;
+pub async fn network(
+    size: u64,
+    nodes: usize,
+    dir: &std::path::Path,
+    params: EncodeParams,
+    tls: bool,
+) -> anyhow::Result<String> {
+    let (children, url) = start_processes(nodes, dir, tls).await?;
     let client = crate::client::Client::with_fresh_account(&url);
     let src = dir.join("input.bin");
     let mut input = std::fs::File::create(&src)?;
@@ -320,11 +335,12 @@ pub async fn network(size: u64, nodes: usize, dir: &std::path::Path, params: Enc
     input.sync_all()?; // its writeback must not run during the upload being measured
     drop(input);
     let mut out = format!(
-        "network benchmark: {} MiB, {nodes} node processes + a coordinator process, {}-of-{}, {} MiB segments\n",
+        "network benchmark: {} MiB, {nodes} node processes + a coordinator process, {}-of-{}, {} MiB segments{}\n",
         size >> 20,
         params.shape.k,
         params.shape.n,
-        params.segment_size >> 20
+        params.segment_size >> 20,
+        if tls { ", HTTPS" } else { "" }
     );
     let before = children.usage();
     let id = client.upload(&src, b"bench", params, None).await?;

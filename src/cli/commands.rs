@@ -207,7 +207,19 @@ pub(super) async fn node_exit(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) async fn devnet(config: Config, nodes: usize, port: u16, data_dir: PathBuf) -> anyhow::Result<()> {
+pub(super) async fn devnet(
+    mut config: Config,
+    nodes: usize,
+    port: u16,
+    data_dir: PathBuf,
+    tls: bool,
+) -> anyhow::Result<()> {
+    if tls && config.tls.cert.is_none() {
+        let ca = crate::net::tls::local_ca(&data_dir.join("tls")).context("making a private CA")?;
+        crate::net::tls::trust_ca_file(&ca.ca)?;
+        eprintln!("HTTPS with a private CA: clients pass --tls-ca {} (browsers: import it)", ca.ca.display());
+        (config.tls.cert, config.tls.key) = (Some(ca.cert), Some(ca.key));
+    }
     let net = Devnet::start(config, &data_dir, port, nodes).await?;
     outln!("{}", net.url());
     eprintln!(
@@ -372,9 +384,9 @@ pub(super) fn bench(config: Config, b: BenchCommand) -> anyhow::Result<()> {
     let params = encode_params(&config, None, None)?;
     let report = match b {
         BenchCommand::Codec { size_mib, memory_mib } => bench::codec_report(size_mib << 20, memory_mib << 20, params),
-        BenchCommand::Network { size_mib, nodes, dir } => {
+        BenchCommand::Network { size_mib, nodes, dir, tls } => {
             let tmp = bench_dir(&dir)?;
-            super::on_runtime("bench", bench::network(size_mib << 20, nodes, tmp.path(), params))?
+            super::on_runtime("bench", bench::network(size_mib << 20, nodes, tmp.path(), params, tls))?
         }
         BenchCommand::Repair { size_mib, nodes, stop, dir } => {
             let tmp = bench_dir(&dir)?;

@@ -100,6 +100,10 @@ pub enum Command {
         port: u16,
         #[arg(long, default_value = "./data/devnet")]
         data_dir: PathBuf,
+        /// Serve HTTPS with a private CA made in DATA_DIR/tls (unless --tls-cert names a
+        /// certificate); clients then need --tls-ca DATA_DIR/tls/ca.pem
+        #[arg(long)]
+        tls: bool,
     },
     /// Encrypt, erasure-code and store a file; prints its file id
     Upload {
@@ -261,6 +265,9 @@ pub enum BenchCommand {
         /// Where the nodes keep shards (a temporary directory inside it)
         #[arg(long, default_value = "./data")]
         dir: PathBuf,
+        /// Every process serves HTTPS (a private CA made for the run)
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -358,7 +365,9 @@ pub fn run() -> anyhow::Result<()> {
         Command::Coordinator { action: None, .. } => on_runtime("coordinator", c::coordinator(config)),
         Command::Node { action: Some(NodeAction::Exit), .. } => on_runtime("client", c::node_exit(config)),
         Command::Node { advertise, action: None, .. } => on_runtime("node", c::node(config, advertise)),
-        Command::Devnet { nodes, port, data_dir } => on_runtime("devnet", c::devnet(config, nodes, port, data_dir)),
+        Command::Devnet { nodes, port, data_dir, tls } => {
+            on_runtime("devnet", c::devnet(config, nodes, port, data_dir, tls))
+        }
         Command::Upload { file, password, k, n } => on_runtime("client", c::upload(config, file, password, k, n)),
         Command::Download { file_id, password, output, force } => {
             on_runtime("client", c::download(config, file_id, password, output, force))

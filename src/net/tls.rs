@@ -120,3 +120,35 @@ fn build_client_config() -> Arc<ClientConfig> {
         .with_no_client_auth();
     Arc::new(config)
 }
+
+/// The PEM files of a private CA and of a server certificate it signed.
+pub struct LocalCa {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Makes a private CA and a certificate it signed for 127.0.0.1 and localhost, in `dir`
+/// (`ca.pem`, `cert.pem`, `key.pem`; the key 0600): HTTPS for a network on one machine
+/// (`devnet --tls`, benchmarks, tests). Files already there are reused.
+pub fn local_ca(dir: &Path) -> std::io::Result<LocalCa> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let files = LocalCa { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") };
+    if files.ca.exists() && files.cert.exists() && files.key.exists() {
+        return Ok(files);
+    }
+    let err = |e: rcgen::Error| std::io::Error::other(e.to_string());
+    let ca_key = KeyPair::generate().map_err(err)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "p2pstore local CA");
+    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+    let key = KeyPair::generate().map_err(err)?;
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).map_err(err)?;
+    let cert = leaf.signed_by(&key, &ca_cert, &ca_key).map_err(err)?;
+    crate::sys::fs::create_private_dir(dir)?;
+    crate::sys::fs::write_private(&files.key, key.serialize_pem().as_bytes())?;
+    std::fs::write(&files.cert, cert.pem())?;
+    std::fs::write(&files.ca, ca_cert.pem())?;
+    Ok(files)
+}

@@ -174,6 +174,24 @@ async fn captured_messages_are_refused_on_every_other_route_and_when_replayed() 
     assert_eq!(post(format!("{}/v2/peers/exit", c.net.url()), exit.clone()).await.status, 200);
     assert_eq!(post(format!("{}/v2/peers/exit", c.net.url()), exit).await.status, 403, "replayed exit");
 
+    // Anything else either side signs, sent to the coordinator's signed-body routes.
+    let receipt = Receipt { upload_id: "u".into(), shard_id: held[0], len: 1, peer_id: node.peer_id.clone() };
+    let answer = AuditAnswer { nonce: "n".into(), proofs: Vec::new() };
+    let order = PutOrder { upload_id: "u".into(), peer_id: node.peer_id.clone(), max_shard_len: 1, expires: later };
+    let grant = ReadGrant { peer_id: node.peer_id.clone(), upload_id: "*".into(), grantee: "g".into(), expires: later };
+    let others: Vec<(&str, String)> = vec![
+        ("receipt", serde_json::to_string(&node_key.sign(&receipt)).unwrap()),
+        ("audit answer", serde_json::to_string(&node_key.sign(&answer)).unwrap()),
+        ("put order", serde_json::to_string(&coordinator.sign(&order)).unwrap()),
+        ("read grant", serde_json::to_string(&coordinator.sign(&grant)).unwrap()),
+    ];
+    for (kind, msg) in others.iter().chain(&coord_msgs) {
+        for route in ["heartbeat", "peers/exit", "admin"] {
+            let r = post(format!("{}/v2/{route}", c.net.url()), msg.clone()).await;
+            assert!(matches!(r.status.as_u16(), 400 | 403), "a {kind} sent to /v2/{route}: {}", r.status);
+        }
+    }
+
     // A request signed by an account, sent again, or to another route.
     let acct = Identity::generate();
     let auth = RequestAuth::sign(&acct, &info.coordinator_id, "GET", "/v2/files", (now, "ab".repeat(16)), b"");

@@ -93,6 +93,28 @@ eval(fs.readFileSync("{root}/assets/crypto.js", "utf8") + "; globalThis.P2P = P2
     const sealedMeta = await P2P.sealMetadata(keys, {{ name: v.name, content_type: v.content_type }});
     if (P2P.hex(sealedMeta) !== P2P.hex(m.sealedMeta)) throw new Error(f + ": sealed metadata differs");
     if (P2P.hex(keys.owner) !== v.expected.owner_token) throw new Error(f + ": owner token differs");
+    // A manifest is used only under the id it hashes to, and only when well-formed with an
+    // iteration count within the format's bounds: no key is derived otherwise.
+    const checked = await P2P.verifiedManifest(buf, v.expected.file_id);
+    if (checked.segments !== count || P2P.hex(checked.salt) !== v.salt) throw new Error(f + ": verified manifest differs");
+    const refuses = async (what, p) => {{
+      let refused = false;
+      try {{ await p(); }} catch (_) {{ refused = true; }}
+      if (!refused) throw new Error(f + ": accepted " + what);
+    }};
+    await refuses("another id", () => P2P.verifiedManifest(buf, "00".repeat(32)));
+    const bytes = new Uint8Array(buf);
+    for (const c of [99999, 50000001, 0, 0xffffffff]) {{
+      const patched = bytes.slice();
+      new DataView(patched.buffer).setUint32(21, c);
+      await refuses(c + " iterations", () => P2P.parseManifest(patched.buffer));
+      await refuses(c + " iterations, under its own id", async () => P2P.verifiedManifest(patched.buffer, await P2P.sha256hex(patched)));
+      await refuses(c + " iterations to derive", () => P2P.fileKeys(v.password, keys.salt, c));
+    }}
+    const trailing = new Uint8Array(bytes.length + 1);
+    trailing.set(bytes);
+    await refuses("a trailing byte", () => P2P.parseManifest(trailing.buffer));
+    await refuses("a truncated manifest", () => P2P.parseManifest(bytes.slice(0, bytes.length - 1).buffer));
   }}
   console.log("vectors ok");
 }})().catch((e) => {{ console.error(e); process.exit(1); }});
