@@ -308,12 +308,12 @@ where
                     let _ = stream.set_nodelay(true);
                     let (h, m, stop, tls) = (handler.clone(), metrics.clone(), stop.clone(), tls.clone());
                     conns.spawn(async move {
-                        match tls {
-                            None => connection(TokioIo::new(stream), h, m, stop).await,
-                            Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => connection(TokioIo::new(tls), h, m, stop).await,
-                                _ => {} // a failed or slow handshake: nothing to answer
-                            },
+                        let Some(acceptor) = tls else {
+                            return connection(TokioIo::new(stream), h, m, stop).await;
+                        };
+                        // A failed or slow handshake has nothing to answer.
+                        if let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            connection(TokioIo::new(tls), h, m, stop).await
                         }
                     });
                 }
