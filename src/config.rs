@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::core::codec::DEFAULT_SEGMENT_SIZE;
 use crate::core::crypto::{DEFAULT_ITERATIONS, MAX_ITERATIONS, MIN_ITERATIONS};
 use crate::core::manifest::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
-pub use crate::proto::AccountAdmission;
+pub use crate::core::placement::Spread;
+pub use crate::proto::{AccountAdmission, NodeAdmission};
 
 /// Where the configuration came from, for error messages.
 pub const BUILT_IN: &str = "built-in defaults";
@@ -37,6 +38,8 @@ pub struct Config {
     pub reputation: ReputationConfig,
     pub repair: RepairConfig,
     pub tls: TlsConfig,
+    pub limits: LimitsConfig,
+    pub placement: PlacementConfig,
     /// Where this configuration was read from (not a key).
     #[serde(skip)]
     pub origin: String,
@@ -56,6 +59,67 @@ pub struct CoordinatorConfig {
     pub upload_expiry: u64,
     /// Seconds between garbage-collection rounds (live-shard lists sent to nodes).
     pub gc_interval: u64,
+    /// Whether peers may advertise loopback, private, link-local or other non-public
+    /// addresses (the coordinator dials them). Unset: allowed when the coordinator listens on
+    /// a loopback address (a network on one machine), refused otherwise.
+    pub allow_private_addresses: Option<bool>,
+    /// Days a peer may be offline before it no longer counts towards `max_peers` (and is
+    /// forgotten once it holds nothing; a disqualified one is remembered as such).
+    pub forget_after: u64,
+}
+
+/// What one client, one address or one connection may cost a server, decided before the
+/// work is done.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Connections a server keeps open at once; more wait in the kernel's backlog.
+    pub connections: usize,
+    /// Connections one IP address may hold open on a server; more are closed at once.
+    pub connections_per_address: usize,
+    /// Seconds a connection may take to send a request's headers, or stay idle between
+    /// requests.
+    pub header_timeout: u64,
+    /// Upload plans (CLI and browser) an account, or an address, may ask for per minute.
+    pub plans_per_minute: u32,
+    /// New peers one address may register per minute.
+    pub registrations_per_minute: u32,
+    /// Uploads an account may have planned and not yet committed.
+    pub pending_uploads: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            connections: 4096,
+            connections_per_address: 256,
+            header_timeout: 10,
+            plans_per_minute: 120,
+            registrations_per_minute: 30,
+            pending_uploads: 32,
+        }
+    }
+}
+
+/// Where shards go (`core::placement`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementConfig {
+    /// `subnet`: at most one shard of a segment per IPv4 /24 or IPv6 /64; `host`: per IP
+    /// address; `none`: per peer. Loopback addresses are one domain per port in every mode.
+    pub spread: Spread,
+    /// Share of a segment's shards that may go to peers still being vetted (at least one),
+    /// while enough vetted peers exist.
+    pub vetting_share: f64,
+    /// GB a peer is believed to have before it has proven more: a vetted peer earns twice what
+    /// it holds on top; declared space beyond that is a limit, never a weight.
+    pub new_peer_credit_gb: f64,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        PlacementConfig { spread: Spread::Subnet, vetting_share: 0.25, new_peer_credit_gb: 1.0 }
+    }
 }
 
 /// HTTPS: a server (coordinator, node) serves TLS when given a certificate and key; every
@@ -146,6 +210,12 @@ pub struct SecurityConfig {
     pub accounts: AccountAdmission,
     /// Quota of an account that registered itself, in GB of file sizes (plaintext).
     pub default_quota_gb: f64,
+    /// `open`: any node that proves its key and address may register; `allowlist`: only node
+    /// ids an operator allowed (`p2pstore coordinator node allow ID`).
+    pub node_admission: NodeAdmission,
+    /// Bits of proof-of-work a new node's key must carry (each bit doubles the cost of an
+    /// identity; 16 takes a fraction of a second).
+    pub node_pow_bits: u32,
     pub min_reputation: f64,
     /// 0 means no limit.
     pub max_upload_size_mb: u64,
@@ -176,6 +246,8 @@ impl Default for Config {
             reputation: ReputationConfig::default(),
             repair: RepairConfig::default(),
             tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+            placement: PlacementConfig::default(),
             origin: BUILT_IN.into(),
         }
     }
@@ -191,6 +263,8 @@ impl Default for CoordinatorConfig {
             data_dir: "./data/coordinator".into(),
             upload_expiry: 3600,
             gc_interval: 600,
+            allow_private_addresses: None,
+            forget_after: 30,
         }
     }
 }
@@ -214,10 +288,27 @@ impl Default for SecurityConfig {
         SecurityConfig {
             accounts: AccountAdmission::Open,
             default_quota_gb: 100.0,
+            node_admission: NodeAdmission::Open,
+            node_pow_bits: 16,
             min_reputation: 0.5,
             max_upload_size_mb: 0,
             require_encryption: true,
         }
+    }
+}
+
+impl LimitsConfig {
+    /// What a server's connections may hold, from these limits.
+    pub fn connections(&self) -> (usize, usize, std::time::Duration) {
+        (self.connections, self.connections_per_address, std::time::Duration::from_secs(self.header_timeout))
+    }
+}
+
+impl CoordinatorConfig {
+    /// Whether peers may advertise non-public addresses (see `allow_private_addresses`).
+    pub fn private_addresses_allowed(&self) -> bool {
+        self.allow_private_addresses
+            .unwrap_or_else(|| self.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
     }
 }
 
@@ -339,6 +430,34 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&min) {
             return Err(self.invalid("security.min_reputation", format!("must be between 0 and 1, got {min}")));
+        }
+        let share = self.placement.vetting_share;
+        if !(0.0..=1.0).contains(&share) {
+            return Err(self.invalid("placement.vetting_share", format!("must be between 0 and 1, got {share}")));
+        }
+        let credit = self.placement.new_peer_credit_gb;
+        if !(credit > 0.0 && credit.is_finite()) {
+            return Err(
+                self.invalid("placement.new_peer_credit_gb", format!("must be a positive number, got {credit}"))
+            );
+        }
+        for (key, v) in [
+            ("limits.connections", self.limits.connections as u64),
+            ("limits.connections_per_address", self.limits.connections_per_address as u64),
+            ("limits.header_timeout", self.limits.header_timeout),
+            ("limits.plans_per_minute", self.limits.plans_per_minute as u64),
+            ("limits.registrations_per_minute", self.limits.registrations_per_minute as u64),
+            ("limits.pending_uploads", self.limits.pending_uploads as u64),
+        ] {
+            if v == 0 {
+                return Err(self.invalid(key, "must be at least 1"));
+            }
+        }
+        if self.security.node_pow_bits > 40 {
+            let bits = self.security.node_pow_bits;
+            return Err(
+                self.invalid("security.node_pow_bits", format!("at most 40 (2^40 hashes per identity), got {bits}"))
+            );
         }
         let q = self.security.default_quota_gb;
         if !(q >= 0.0 && q.is_finite()) {

@@ -81,6 +81,7 @@ impl Devnet {
             heartbeat_interval: Duration::from_secs(self.config.node.heartbeat_interval),
             clock: self.clock.clone(),
             tls: crate::net::tls::server_config_from(self.config.tls.cert.as_deref(), self.config.tls.key.as_deref())?,
+            limits: crate::net::server::ConnectionLimits::from_parts(self.config.limits.connections()),
         })
         .await
     }

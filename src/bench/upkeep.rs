@@ -164,7 +164,7 @@ pub async fn audits(peers: usize, segments: u64, secs: u64, dir: &std::path::Pat
     let base = format!("http://{}", listener.local_addr()?);
     let s2 = sim.clone();
     let server = server::serve(
-        server::Listener { tcp: listener, tls: None },
+        server::Listener::plain(listener),
         crate::net::metrics::Metrics::new("simulated"),
         move |req| simulated_route(s2.clone(), req),
         server::shutdown_signal(),
@@ -174,8 +174,15 @@ pub async fn audits(peers: usize, segments: u64, secs: u64, dir: &std::path::Pat
     let registered = futures::stream::iter(0..peers)
         .map(|i| {
             let time = Clock::system().now();
-            let hb =
-                Heartbeat { address: format!("{base}/p/{i}"), capacity: 1 << 40, used: 0, shards: 0, time, seq: 1 };
+            let hb = Heartbeat {
+                address: format!("{base}/p/{i}"),
+                capacity: 1 << 40,
+                used: 0,
+                shards: 0,
+                time,
+                seq: 1,
+                pow: 0,
+            };
             let signed = sim.ids[i].sign(&hb);
             let (h, url) = (h.clone(), url.clone());
             async move { h.post_json(&format!("{url}/v2/heartbeat"), &signed).await.map(|r| r.status.is_success()) }

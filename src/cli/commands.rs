@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{BenchCommand, OperatorAccount, PasswordArgs};
+use super::{BenchCommand, PasswordArgs};
 use crate::bench;
 use crate::client::Client;
 use crate::config::Config;
@@ -122,14 +122,9 @@ pub(super) async fn account_show(config: Config, json: bool) -> anyhow::Result<(
     print_accounts(&[view])
 }
 
-pub(super) async fn operator_account(config: Config, a: OperatorAccount) -> anyhow::Result<()> {
-    let (action, json) = match a {
-        OperatorAccount::Add { id, quota_gb } => {
-            (AdminAction::AddAccount { account: id, quota: quota_gb.map(crate::config::gb_to_bytes) }, false)
-        }
-        OperatorAccount::List { json } => (AdminAction::ListAccounts, json),
-        OperatorAccount::Rm { id } => (AdminAction::RemoveAccount { account: id }, false),
-    };
+/// An operator's command, on the database of a stopped coordinator or through the API of a
+/// running one (signed with its key).
+pub(super) async fn operator(config: Config, action: AdminAction, json: bool) -> anyhow::Result<()> {
     let dir = &config.coordinator.data_dir;
     let clock = Clock::system();
     let accounts = match coordinator::admin_offline(dir, action.clone(), &config, &clock) {
@@ -151,7 +146,10 @@ pub(super) async fn operator_account(config: Config, a: OperatorAccount) -> anyh
     if json {
         return print_json(&accounts);
     }
-    print_accounts(&accounts)
+    for node in &accounts.nodes {
+        outln!("{node}  allowed");
+    }
+    print_accounts(&accounts.accounts)
 }
 
 async fn wait_for_ctrl_c() -> anyhow::Result<()> {
@@ -180,6 +178,7 @@ pub(super) async fn node(config: Config, advertise: Option<String>) -> anyhow::R
         heartbeat_interval: Duration::from_secs(config.node.heartbeat_interval),
         clock: Clock::system(),
         tls: crate::net::tls::server_config_from(config.tls.cert.as_deref(), config.tls.key.as_deref())?,
+        limits: crate::net::server::ConnectionLimits::from_parts(config.limits.connections()),
     })
     .await?;
     eprintln!("node listening on {}", h.addr);

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
+use crate::proto::AdminAction;
 pub use password::PasswordArgs;
 
 #[derive(Parser, Debug)]
@@ -178,6 +179,23 @@ pub enum CoordinatorAction {
     /// is --data-dir: directly when it is stopped, through its API when it is running
     #[command(subcommand)]
     Account(OperatorAccount),
+    /// Allow, list or disallow node ids (for [security] node_admission = "allowlist"), as
+    /// `account` does for accounts
+    #[command(subcommand)]
+    Node(OperatorNode),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorNode {
+    /// Let a node id register (as `p2pstore peers` or the node's log prints it)
+    Allow { id: String },
+    /// Every node id allowed
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// No longer let a node id register
+    Rm { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -358,7 +376,22 @@ pub fn run() -> anyhow::Result<()> {
         Command::Config => c::print_config(&config),
         Command::Coordinator { action: Some(CoordinatorAction::Check), .. } => c::check_coordinator(&config),
         Command::Coordinator { action: Some(CoordinatorAction::Account(a)), .. } => {
-            on_runtime("client", c::operator_account(config, a))
+            let (action, json) = match a {
+                OperatorAccount::Add { id, quota_gb } => {
+                    (AdminAction::AddAccount { account: id, quota: quota_gb.map(crate::config::gb_to_bytes) }, false)
+                }
+                OperatorAccount::List { json } => (AdminAction::ListAccounts, json),
+                OperatorAccount::Rm { id } => (AdminAction::RemoveAccount { account: id }, false),
+            };
+            on_runtime("client", c::operator(config, action, json))
+        }
+        Command::Coordinator { action: Some(CoordinatorAction::Node(n)), .. } => {
+            let (action, json) = match n {
+                OperatorNode::Allow { id } => (AdminAction::AllowNode { peer: id }, false),
+                OperatorNode::List { json } => (AdminAction::ListNodes, json),
+                OperatorNode::Rm { id } => (AdminAction::DisallowNode { peer: id }, false),
+            };
+            on_runtime("client", c::operator(config, action, json))
         }
         Command::Account(AccountCommand::New { out }) => c::account_new(&config, out),
         Command::Account(AccountCommand::Show { json }) => on_runtime("client", c::account_show(config, json)),

@@ -5,7 +5,7 @@
 use hyper::StatusCode;
 
 use super::auth::{Caller, fresh_nonce};
-use super::state::{AccountRecord, State};
+use super::state::{AccountRecord, AllowedNode, OwnedRecord, State, UploadRecord};
 use crate::net::server::{ApiError, ApiResult, ok};
 use crate::proto::*;
 use crate::store::{RecordError, Table};
@@ -16,27 +16,42 @@ pub(super) fn info(s: &State) -> CoordinatorInfo {
         coordinator_id: s.id(),
         coordinator_key: s.identity.public_key_hex(),
         accounts: s.config.security.accounts,
+        node_pow_bits: s.config.security.node_pow_bits,
     }
 }
 
 /// What an account keeps and may still keep: (stored bytes, files, pending bytes).
 pub(super) fn usage(s: &State, account: &str) -> Result<(u64, u64, u64), RecordError> {
-    let owned = s.owned.scan_prefix(&format!("{account}/"))?;
-    if let Some(e) = owned.errors.into_iter().next() {
-        return Err(e);
-    }
-    let stored = owned.records.iter().map(|(_, o)| o.size).sum();
-    let pending = s.uploads.readable().iter().filter(|(_, u)| u.account == account).map(|(_, u)| u.size).sum();
-    Ok((stored, owned.records.len() as u64, pending))
+    usage_in(&s.owned, Some(&s.uploads), account)
 }
 
-fn account_view(s: &State, id: &str, a: &AccountRecord) -> Result<AccountView, RecordError> {
-    let (stored, files, pending) = usage(s, id)?;
+fn usage_in(
+    owned: &Table<OwnedRecord>,
+    uploads: Option<&Table<UploadRecord>>,
+    account: &str,
+) -> Result<(u64, u64, u64), RecordError> {
+    let mine = owned.scan_prefix(&format!("{account}/"))?;
+    if let Some(e) = mine.errors.into_iter().next() {
+        return Err(e);
+    }
+    let stored = mine.records.iter().map(|(_, o)| o.size).sum();
+    let pending =
+        uploads.map_or(0, |u| u.readable().iter().filter(|(_, u)| u.account == account).map(|(_, u)| u.size).sum());
+    Ok((stored, mine.records.len() as u64, pending))
+}
+
+fn account_view(
+    owned: &Table<OwnedRecord>,
+    uploads: Option<&Table<UploadRecord>>,
+    id: &str,
+    a: &AccountRecord,
+) -> Result<AccountView, RecordError> {
+    let (stored, files, pending) = usage_in(owned, uploads, id)?;
     Ok(AccountView { account_id: id.to_owned(), quota: a.quota, stored, pending, files, created: a.created })
 }
 
 pub(super) fn view(s: &State, caller: &Caller) -> Result<AccountView, ApiError> {
-    account_view(s, &caller.id, &caller.account).map_err(ApiError::internal)
+    account_view(&s.owned, Some(&s.uploads), &caller.id, &caller.account).map_err(ApiError::internal)
 }
 
 /// Refuses a new upload of `size` bytes that would take the account over its quota.
@@ -66,62 +81,87 @@ pub(super) fn admin(s: &State, signed: Signed<AdminRequest>) -> ApiResult {
         return Err(ApiError::forbidden("stale admin request"));
     }
     fresh_nonce(s, &format!("admin/{}", req.nonce), now)?;
-    let accounts = apply(&s.accounts, req.action, s.config.security.default_quota(), now).map_err(admin_error)?;
-    let views = accounts.iter().map(|(id, a)| account_view(s, id, a)).collect::<Result<Vec<_>, _>>();
-    ok(&views.map_err(ApiError::internal)?)
-}
-
-fn admin_error(e: AdminError) -> ApiError {
-    match e {
-        AdminError::NoAccount(_) | AdminError::BadId(_) => ApiError::bad_request(e.to_string()),
+    let tables =
+        AdminTables { accounts: &s.accounts, owned: &s.owned, uploads: Some(&s.uploads), nodes: &s.allowed_nodes };
+    let reply = apply(&tables, req.action, s.config.security.default_quota(), now).map_err(|e| match e {
         AdminError::Record(e) => ApiError::internal(e),
-    }
+        other => ApiError::bad_request(other.to_string()),
+    })?;
+    ok(&reply)
 }
 
-/// Why an operator's account command failed.
+/// Why an operator's command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("no account {0} here")]
-    NoAccount(String),
-    #[error("`{0}` is not an account id (32 hex digits, as `p2pstore account new` prints)")]
+    #[error("no {0} here")]
+    Missing(String),
+    #[error("`{0}` is not an id (32 hex digits, as `p2pstore account new` or `p2pstore peers` print)")]
     BadId(String),
     #[error(transparent)]
     Record(#[from] RecordError),
 }
 
-/// Applies an account command to the table; returns the accounts it concerns (all of them
+/// The tables an operator's commands change.
+pub(super) struct AdminTables<'a> {
+    pub accounts: &'a Table<AccountRecord>,
+    pub owned: &'a Table<OwnedRecord>,
+    /// Pending uploads, known only while the coordinator runs.
+    pub uploads: Option<&'a Table<UploadRecord>>,
+    pub nodes: &'a Table<AllowedNode>,
+}
+
+fn valid_id(id: &str) -> Result<String, AdminError> {
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(id.to_ascii_lowercase())
+    } else {
+        Err(AdminError::BadId(id.to_owned()))
+    }
+}
+
+/// Applies an operator's command; returns the accounts or nodes it concerns (all of them
 /// for a list).
 pub(super) fn apply(
-    accounts: &Table<AccountRecord>,
+    t: &AdminTables,
     action: AdminAction,
     default_quota: u64,
     now: u64,
-) -> Result<Vec<(String, AccountRecord)>, AdminError> {
-    let valid = |id: &str| {
-        if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            Ok(id.to_ascii_lowercase())
-        } else {
-            Err(AdminError::BadId(id.to_owned()))
-        }
-    };
+) -> Result<AdminReply, AdminError> {
+    let mut reply = AdminReply::default();
+    let mut accounts = Vec::new();
     match action {
         AdminAction::AddAccount { account, quota } => {
-            let id = valid(&account)?;
+            let id = valid_id(&account)?;
             let quota = quota.unwrap_or(default_quota);
-            let rec = accounts.update(&id, |old| {
+            let rec = t.accounts.update(&id, |old| {
                 // The key is learnt from the account's first signed request.
                 let public_key = old.as_ref().map(|a| a.public_key.clone()).unwrap_or_default();
                 let created = old.as_ref().map_or(now, |a| a.created);
                 Some(AccountRecord { public_key, quota, created, invited: true })
             })?;
-            Ok(rec.map(|r| vec![(id, r)]).unwrap_or_default())
+            accounts.extend(rec.map(|r| (id, r)));
         }
         AdminAction::RemoveAccount { account } => {
-            let id = valid(&account)?;
-            let old = accounts.get(&id)?.ok_or_else(|| AdminError::NoAccount(id.clone()))?;
-            accounts.remove(&id)?;
-            Ok(vec![(id, old)])
+            let id = valid_id(&account)?;
+            let old = t.accounts.get(&id)?.ok_or_else(|| AdminError::Missing(format!("account {id}")))?;
+            t.accounts.remove(&id)?;
+            accounts.push((id, old));
         }
-        AdminAction::ListAccounts => Ok(accounts.all()?),
+        AdminAction::ListAccounts => accounts = t.accounts.all()?,
+        AdminAction::AllowNode { peer } => {
+            let id = valid_id(&peer)?;
+            t.nodes.insert(&id, &AllowedNode { added: now })?;
+            reply.nodes.push(id);
+        }
+        AdminAction::DisallowNode { peer } => {
+            let id = valid_id(&peer)?;
+            t.nodes.get(&id)?.ok_or_else(|| AdminError::Missing(format!("allowed node {id}")))?;
+            t.nodes.remove(&id)?;
+            reply.nodes.push(id);
+        }
+        AdminAction::ListNodes => reply.nodes = t.nodes.all()?.into_iter().map(|(id, _)| id).collect(),
     }
+    for (id, a) in accounts {
+        reply.accounts.push(account_view(t.owned, t.uploads, &id, &a)?);
+    }
+    Ok(reply)
 }

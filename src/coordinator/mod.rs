@@ -10,6 +10,7 @@
 //! `files`, `browser`, `stats`, `web`), and one per worker (`audit`, `repair`, `gc`).
 
 mod accounts;
+mod admission;
 mod audit;
 mod auth;
 mod browser;
@@ -40,6 +41,9 @@ use state::{Counters, State};
 
 pub use accounts::AdminError;
 
+/// Dial-backs (admission checks of new addresses) running at once.
+const DIAL_BACKS: usize = 16;
+
 /// Applies an operator's account command to the database of the coordinator whose data
 /// directory is `data_dir`, which must not be running (see [`admin_request`] for one that is).
 pub fn admin_offline(
@@ -47,27 +51,14 @@ pub fn admin_offline(
     action: crate::proto::AdminAction,
     config: &Config,
     clock: &Clock,
-) -> Result<Vec<crate::proto::AccountView>, AdminError> {
-    let db = open_db(data_dir).map_err(|e| AdminError::Record(e.into()))?;
-    let accounts = Table::open(&db, "accounts").map_err(|e| AdminError::Record(e.into()))?;
-    let owned: Table<state::OwnedRecord> = Table::open(&db, "owned").map_err(|e| AdminError::Record(e.into()))?;
-    let changed = accounts::apply(&accounts, action, config.security.default_quota(), clock.now())?;
-    changed
-        .into_iter()
-        .map(|(id, a)| {
-            let mine = owned.scan_prefix(&format!("{id}/")).map_err(|e| AdminError::Record(e.into()))?;
-            let stored = mine.records.iter().map(|(_, o)| o.size).sum();
-            let files = mine.records.len() as u64;
-            Ok(crate::proto::AccountView {
-                account_id: id,
-                quota: a.quota,
-                stored,
-                pending: 0,
-                files,
-                created: a.created,
-            })
-        })
-        .collect()
+) -> Result<crate::proto::AdminReply, AdminError> {
+    let db_err = |e: crate::store::DbError| AdminError::Record(e.into());
+    let db = open_db(data_dir).map_err(db_err)?;
+    let accounts = Table::open(&db, "accounts").map_err(db_err)?;
+    let owned = Table::open(&db, "owned").map_err(db_err)?;
+    let nodes = Table::open(&db, "allowed_nodes").map_err(db_err)?;
+    let tables = accounts::AdminTables { accounts: &accounts, owned: &owned, uploads: None, nodes: &nodes };
+    accounts::apply(&tables, action, config.security.default_quota(), clock.now())
 }
 
 /// An operator's account command for the running coordinator whose data directory (and so
@@ -108,16 +99,21 @@ pub async fn spawn(
         accounts: Table::open(&db, "accounts").map_err(db_err)?,
         owned: Table::open(&db, "owned").map_err(db_err)?,
         nonces: Table::open(&db, "nonces").map_err(db_err)?,
+        allowed_nodes: Table::open(&db, "allowed_nodes").map_err(db_err)?,
+        banned: Table::open(&db, "banned").map_err(db_err)?,
         repair_queue: Mutex::new(HashSet::new()),
         browser_uploads: Mutex::new(HashMap::new()),
         recent_audits: Mutex::new(VecDeque::new()),
         http: http::Client::default(),
         counters: Counters::new(&metrics),
         metrics: metrics.clone(),
+        placed_cache: Mutex::new(None),
+        dial_backs: tokio::sync::Semaphore::new(DIAL_BACKS),
     });
     let tls = crate::net::tls::server_config_from(state.config.tls.cert.as_deref(), state.config.tls.key.as_deref())?;
     let tcp = TcpListener::bind(bind).await.map_err(|source| ServerError::Bind { addr: bind, source })?;
-    let listener = server::Listener { tcp, tls };
+    let limits = server::ConnectionLimits::from_parts(state.config.limits.connections());
+    let listener = server::Listener { tcp, tls, limits };
     let addr = listener.tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%addr, scheme = listener.scheme(), "coordinator listening");
     let signal = server::shutdown_signal();
@@ -166,5 +162,7 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, crate::store::DbError> {
     scan!(state::AccountRecord, "accounts");
     scan!(state::OwnedRecord, "owned");
     scan!(state::NonceRecord, "nonces");
+    scan!(state::AllowedNode, "allowed_nodes");
+    scan!(state::BannedPeer, "banned");
     Ok(report)
 }

@@ -1,7 +1,6 @@
 //! Peers: registration and liveness by signed heartbeats, graceful exit, and the peer list.
 
-use hyper::StatusCode;
-
+use super::admission;
 use super::state::{PeerRecord, State};
 use crate::net::server::{ApiError, ApiResult, ok};
 use crate::proto::*;
@@ -44,7 +43,7 @@ pub(super) fn exit(s: &State, signed: Signed<ExitRequest>) -> ApiResult {
     ok(&s.view(&id, &updated, s.placed_counts().get(&id).copied().unwrap_or(0)))
 }
 
-pub(super) fn heartbeat(s: &State, signed: Signed<Heartbeat>) -> ApiResult {
+pub(super) async fn heartbeat(s: &State, signed: Signed<Heartbeat>) -> ApiResult {
     let hb = signed.open().ok_or_else(|| ApiError::forbidden("heartbeat signature does not verify"))?;
     let id = signed.signer_id();
     let t = s.now();
@@ -54,19 +53,20 @@ pub(super) fn heartbeat(s: &State, signed: Signed<Heartbeat>) -> ApiResult {
             hb.time
         )));
     }
-    if !(hb.address.starts_with("http://") || hb.address.starts_with("https://")) {
-        return Err(ApiError::bad_request("address must be an http:// URL"));
-    }
     // A record that cannot be read is an error here, never a reason to register afresh:
     // that would undo a disqualification.
     let old = s.peers.get(&id).map_err(ApiError::internal)?;
     match &old {
         Some(o) if hb.seq <= o.last_seq => return Err(ApiError::forbidden("replayed heartbeat")),
-        None if s.peers.len() >= s.config.coordinator.max_peers as usize => {
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the coordinator has max_peers peers already"));
-        }
-        None => tracing::info!(peer = %id, address = %hb.address, "peer registered"),
-        _ => {}
+        Some(_) => {}
+        None => admission::check_new_peer(s, &id, &hb, &signed.signer)?,
+    }
+    let reached = match admission::needs_dial_back(old.as_ref(), &hb.address) {
+        true => Some(admission::dial_back(s, &hb.address, &signed.signer).await?),
+        false => None,
+    };
+    if old.is_none() {
+        tracing::info!(peer = %id, address = %hb.address, "peer registered");
     }
     // Read-modify-write in one step: the audit worker updates the same record.
     let mut replayed = false;
@@ -78,6 +78,10 @@ pub(super) fn heartbeat(s: &State, signed: Signed<Heartbeat>) -> ApiResult {
             }
             let mut p = old.unwrap_or_else(|| PeerRecord::new(signed.signer.clone()));
             p.address = hb.address.clone();
+            if let Some(r) = &reached {
+                p.verified_address = hb.address.clone();
+                (p.ip, p.port) = (Some(r.ip), r.port);
+            }
             p.capacity = hb.capacity;
             p.used = hb.used;
             p.shards = hb.shards;

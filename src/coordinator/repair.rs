@@ -217,12 +217,23 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
             return Err(RepairError::Mismatch(j));
         }
     }
-    // New homes: peers in good standing that hold no shard of this segment yet.
-    let exclude: HashSet<&String> = holders.iter().collect();
-    let candidates = s.candidates(&peers_all, &exclude);
-    let targets = placement::plan(&candidates, 1, bad.len(), SPARES, shard_len as u64)
-        .and_then(|mut p| p.pop())
-        .ok_or(RepairError::NoTargets(bad.len()))?;
+    // New homes: peers in good standing, in no failure domain that keeps a shard of this
+    // segment.
+    let kept: HashSet<String> = holders
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| !bad.contains(j))
+        .filter_map(|(_, h)| peers.get(h).map(|p| s.domain(h, p)))
+        .collect();
+    let candidates = s.candidates(&peers_all, &kept);
+    let rules = placement::Rules {
+        n: bad.len(),
+        spares: SPARES,
+        shard_len: shard_len as u64,
+        max_vetting: super::uploads::max_vetting(s, m.shape.n()),
+    };
+    let targets =
+        placement::plan(&candidates, 1, rules).and_then(|mut p| p.pop()).ok_or(RepairError::NoTargets(bad.len()))?;
     // Rebuilt shards join the file's upload on their new nodes, so its read grants cover them.
     let upload_id = if f.upload_id.is_empty() { format!("repair-{file_id}-{seg}") } else { f.upload_id.clone() };
     let placed = place_rebuilt(s, &peers, &upload_id, targets, &bad, &rebuilt, ids).await?;

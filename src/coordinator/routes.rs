@@ -113,7 +113,7 @@ pub(super) async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
     match route.access() {
         Access::Public => public(&s, route),
         Access::Node => match route {
-            Route::Heartbeat => peers::heartbeat(&s, read_json(req, SMALL_BODY).await?),
+            Route::Heartbeat => peers::heartbeat(&s, read_json(req, SMALL_BODY).await?).await,
             _ => peers::exit(&s, read_json(req, SMALL_BODY).await?),
         },
         Access::Operator => accounts::admin(&s, read_json(req, SMALL_BODY).await?),

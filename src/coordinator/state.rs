@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::core::identity::Identity;
 use crate::core::manifest::Manifest;
 use crate::core::merkle::ShardId;
-use crate::core::placement::Candidate;
+use crate::core::placement::{self, Candidate};
 use crate::core::reputation::Beta;
 use crate::net::client as http;
 use crate::net::metrics::Metrics;
@@ -48,6 +48,15 @@ pub(super) struct PeerRecord {
     /// Shards whose last audit failed: not counted healthy until a later audit passes them.
     #[serde(default)]
     pub failed_shards: Vec<ShardId>,
+    /// The address the coordinator reached the peer at and got its signature from (dial-back);
+    /// until it equals `address`, the peer is not online.
+    #[serde(default)]
+    pub verified_address: String,
+    /// The IP address and port `verified_address` resolved to: its failure domain.
+    #[serde(default)]
+    pub ip: Option<std::net::IpAddr>,
+    #[serde(default)]
+    pub port: u16,
     /// A challenge that timed out, asked again so going quiet cannot dodge an audit.
     #[serde(default)]
     pub pending: Option<Challenge>,
@@ -75,6 +84,9 @@ impl PeerRecord {
             online: Beta::default(),
             audits_passed: 0,
             failed_shards: Vec::new(),
+            verified_address: String::new(),
+            ip: None,
+            port: 0,
             pending: None,
             timeouts: 0,
         }
@@ -105,6 +117,26 @@ pub(super) struct OwnedRecord {
 }
 
 impl Record for OwnedRecord {
+    const VERSION: u32 = 1;
+}
+
+/// A node id an operator allowed to register (`[security] node_admission = "allowlist"`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct AllowedNode {
+    pub added: u64,
+}
+
+impl Record for AllowedNode {
+    const VERSION: u32 = 1;
+}
+
+/// A peer that was disqualified and then forgotten: it may not register again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct BannedPeer {
+    pub since: u64,
+}
+
+impl Record for BannedPeer {
     const VERSION: u32 = 1;
 }
 
@@ -188,6 +220,8 @@ pub(super) struct State {
     pub accounts: Table<AccountRecord>,
     pub owned: Table<OwnedRecord>,
     pub nonces: Table<NonceRecord>,
+    pub allowed_nodes: Table<AllowedNode>,
+    pub banned: Table<BannedPeer>,
     /// (file id, segment) pairs waiting for or under repair.
     pub repair_queue: Mutex<HashSet<(String, usize)>>,
     /// Outcomes of the last minute's audits, for the dashboard (the stored history is per peer).
@@ -197,6 +231,11 @@ pub(super) struct State {
     pub http: http::Client,
     pub metrics: Arc<Metrics>,
     pub counters: Counters,
+    /// `placed_bytes`, and the files table's change count it was computed at.
+    pub placed_cache: Mutex<Option<(u64, PlacedBytes)>>,
+    /// Turns for dial-backs, so a burst of registrations cannot make the coordinator dial
+    /// without bound.
+    pub dial_backs: tokio::sync::Semaphore,
 }
 
 /// What the workers count, for /metrics and /v2/stats.
@@ -261,9 +300,14 @@ impl State {
         is_online(p, self.now(), self.config.coordinator.heartbeat_timeout)
     }
 
+    /// Online, and reached at the address it advertises (dial-back): what placement needs.
+    pub fn is_admitted(&self, p: &PeerRecord) -> bool {
+        self.is_online(p) && !p.address.is_empty() && p.verified_address == p.address
+    }
+
     /// Whether a peer may receive new shards: online, in good standing, not leaving.
     pub fn accepts_data(&self, p: &PeerRecord) -> bool {
-        self.is_online(p)
+        self.is_admitted(p)
             && matches!(p.status, PeerStatus::Vetting | PeerStatus::Active)
             && p.audit.score() >= self.config.security.min_reputation
     }
@@ -284,17 +328,58 @@ impl State {
         held
     }
 
-    /// Placement candidates. A peer still being vetted offers a quarter of its free space,
-    /// so it holds only a limited share of new data until it has proven itself.
-    pub fn candidates(&self, peers: &[(String, PeerRecord)], exclude: &HashSet<&String>) -> Vec<Candidate> {
+    /// Placement candidates, except peers in `exclude_domains`: each with the capacity it
+    /// declares as a limit and the capacity it has earned as its weight (`core::placement`).
+    pub fn candidates(&self, peers: &[(String, PeerRecord)], exclude_domains: &HashSet<String>) -> Vec<Candidate> {
+        let placed = self.placed_bytes();
+        let credit = crate::config::gb_to_bytes(self.config.placement.new_peer_credit_gb);
         peers
             .iter()
-            .filter(|(id, p)| self.accepts_data(p) && !exclude.contains(id))
+            .filter(|(_, p)| self.accepts_data(p))
             .map(|(id, p)| {
                 let free = p.capacity.saturating_sub(p.used);
-                Candidate { peer_id: id.clone(), free: if p.status == PeerStatus::Vetting { free / 4 } else { free } }
+                let vetted = p.status == PeerStatus::Active;
+                let held = placed.get(id).copied().unwrap_or(0);
+                Candidate {
+                    peer_id: id.clone(),
+                    free,
+                    weight: placement::believed(free, held, vetted, credit),
+                    domain: self.domain(id, p),
+                    vetting: !vetted,
+                }
             })
+            .filter(|c| !exclude_domains.contains(&c.domain))
             .collect()
+    }
+
+    /// A peer's failure domain under `[placement] spread`.
+    pub fn domain(&self, id: &str, p: &PeerRecord) -> String {
+        placement::domain(id, p.ip, p.port, self.config.placement.spread)
+    }
+
+    /// Shard bytes the coordinator has placed on each peer, over every readable file; kept
+    /// until the files change.
+    pub fn placed_bytes(&self) -> PlacedBytes {
+        let changes = self.files.changes();
+        let mut cache = self.placed_cache.lock().expect("not poisoned");
+        if let Some((at, map)) = &*cache
+            && *at == changes
+        {
+            return map.clone();
+        }
+        let mut map = HashMap::new();
+        for (_, f) in self.files.readable() {
+            let Some(m) = f.parsed() else { continue };
+            for (i, peers) in f.placements.iter().enumerate() {
+                let len = m.shard_len(i) as u64;
+                for peer in peers {
+                    *map.entry(peer.clone()).or_insert(0u64) += len;
+                }
+            }
+        }
+        let map = Arc::new(map);
+        *cache = Some((changes, map.clone()));
+        map
     }
 
     /// A peer as clients and the web UI see it.
@@ -326,6 +411,9 @@ impl State {
         counts
     }
 }
+
+/// Shard bytes placed per peer.
+pub(super) type PlacedBytes = Arc<HashMap<String, u64>>;
 
 /// Seconds a read grant stays valid: long enough for a large download's placements query to
 /// serve it whole.

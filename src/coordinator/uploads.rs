@@ -47,10 +47,11 @@ pub(super) fn plan(s: &State, caller: &Caller, req: PlanRequest) -> Result<Plan,
     }
     let segments = segment_count(req.size, req.segment_size);
     let shard_len = shape.shard_len(req.segment_size as usize) as u64;
-    let layout = placement::plan(&online, segments as usize, need, SPARES, shard_len).ok_or_else(|| {
+    let rules = placement::Rules { n: need, spares: SPARES, shard_len, max_vetting: max_vetting(s, need) };
+    let layout = placement::plan(&online, segments as usize, rules).ok_or_else(|| {
         ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
-            format!("fewer than {need} online peers have room for this file"),
+            format!("fewer than {need} online peers in distinct failure domains have room for this file"),
         )
     })?;
     let upload_id = hex::encode(crate::core::crypto::Salt::random().0);
@@ -79,6 +80,12 @@ pub(super) fn plan(s: &State, caller: &Caller, req: PlanRequest) -> Result<Plan,
     };
     s.uploads.insert(&upload_id, &rec).map_err(ApiError::internal)?;
     Ok(Plan { upload_id, expires, orders, addresses, segments: layout })
+}
+
+/// Shards of an n-shard segment that may go to peers being vetted: `[placement]
+/// vetting_share` of n, at least one.
+pub(super) fn max_vetting(s: &State, n: usize) -> usize {
+    ((n as f64 * s.config.placement.vetting_share) as usize).max(1)
 }
 
 /// Why a commit was refused.

@@ -69,6 +69,33 @@ impl Identity {
     }
 }
 
+/// The proof-of-work an identity carries: the leading zero bits of
+/// SHA-256("p2pstore/v2/pow\n" ‖ public key ‖ nonce as 8 big-endian bytes). A coordinator asks
+/// new peers for a number of bits, so a key costs about 2^bits hashes to make usable (Storj
+/// asks the same of node ids); one key is found in milliseconds, thousands are not.
+pub fn pow_bits(public_key: &[u8], nonce: u64) -> u32 {
+    let mut m = Vec::with_capacity(16 + public_key.len() + 8);
+    m.extend_from_slice(b"p2pstore/v2/pow\n");
+    m.extend_from_slice(public_key);
+    m.extend_from_slice(&nonce.to_be_bytes());
+    let d = digest(&SHA256, &m);
+    let mut bits = 0;
+    for b in d.as_ref() {
+        if *b == 0 {
+            bits += 8;
+        } else {
+            bits += b.leading_zeros();
+            break;
+        }
+    }
+    bits
+}
+
+/// The first nonce whose proof-of-work has at least `bits` bits (about 2^bits tries).
+pub fn solve_pow(public_key: &[u8], bits: u32) -> u64 {
+    (0..).find(|&n| pow_bits(public_key, n) >= bits).expect("a nonce exists below 2^64")
+}
+
 /// Whether `sig` is `public_key`'s signature of `message`.
 pub fn verify(public_key: &[u8], message: &[u8], sig: &[u8]) -> bool {
     UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, public_key).verify(message, sig).is_ok()
@@ -89,5 +116,13 @@ mod tests {
         assert!(!verify(a.public_key(), b"n", &sig));
         assert!(!verify(Identity::generate().public_key(), b"m", &sig));
         assert!(Identity::from_pkcs8(b"junk").is_err());
+    }
+
+    #[test]
+    fn proofs_of_work_are_found_and_checked() {
+        let a = Identity::generate();
+        let n = solve_pow(a.public_key(), 12);
+        assert!(pow_bits(a.public_key(), n) >= 12);
+        assert!(pow_bits(Identity::generate().public_key(), n) < 12 || n == 0, "bound to the key");
     }
 }

@@ -7,6 +7,7 @@
 //! dependency inside the crate is the buffer pool (`sys::pool`). A test (`tests/it/layers.rs`)
 //! enforces it, so all of this is unit-tested without servers, files or waiting.
 
+pub mod address;
 pub mod codec;
 pub mod crypto;
 pub mod erasure;

@@ -167,6 +167,9 @@ pub fn declared_len(headers: &hyper::HeaderMap) -> Option<u64> {
     headers.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
 }
 
+/// A request body that sends nothing for this long is abandoned.
+const BODY_STALL: Duration = Duration::from_secs(30);
+
 /// Bodies up to this size are drained before a 413 answer.
 const DRAIN_LIMIT: u64 = 4 << 20;
 
@@ -187,7 +190,11 @@ async fn read_frames(
         return Err(too_big());
     }
     let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
+    loop {
+        // A body that stalls holds a connection: each piece must come within the timeout.
+        let next = tokio::time::timeout(BODY_STALL, body.frame()).await;
+        let next = next.map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, "the body stalled; giving up"))?;
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
         if let Ok(data) = frame.into_data() {
             total += data.len();
@@ -262,23 +269,95 @@ impl ServerHandle {
     }
 }
 
-/// Where a server listens: a bound socket, and TLS when it serves HTTPS.
+/// Where a server listens: a bound socket, TLS when it serves HTTPS, and how many
+/// connections it keeps.
 pub struct Listener {
     pub tcp: TcpListener,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub limits: ConnectionLimits,
+}
+
+/// Bounds on what connections may hold. Chosen for the server's side of abuse: half-open
+/// and idle connections are closed after `header_timeout`, and one address cannot take all
+/// the connections.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Connections open at once; more wait in the kernel's backlog.
+    pub total: usize,
+    /// Connections open at once from one IP address; more are closed at once.
+    pub per_address: usize,
+    /// Time to send a request's headers, and to start the next request on a kept-alive
+    /// connection.
+    pub header_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits { total: 4096, per_address: 256, header_timeout: Duration::from_secs(10) }
+    }
+}
+
+impl ConnectionLimits {
+    /// From `(total, per_address, header_timeout)` (the configuration's `[limits]`).
+    pub fn from_parts((total, per_address, header_timeout): (usize, usize, Duration)) -> ConnectionLimits {
+        ConnectionLimits { total, per_address, header_timeout }
+    }
 }
 
 impl Listener {
+    /// A plain HTTP listener with default limits.
+    pub fn plain(tcp: TcpListener) -> Listener {
+        Listener { tcp, tls: None, limits: ConnectionLimits::default() }
+    }
+
     /// The URL scheme clients use to reach it.
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }
     }
 }
 
+/// The remote address of a request, put in its extensions by the server loop.
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteAddr(pub std::net::SocketAddr);
+
 /// A TLS handshake that has not finished after this long is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// After a failed accept (out of file descriptors, say), wait this long before the next:
+/// retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 type Handler<F> = Arc<dyn Fn(Request<Incoming>) -> F + Send + Sync>;
+
+/// Counts connections per address; a slot is given back when its guard drops.
+#[derive(Clone, Default)]
+struct PerAddress(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+struct AddressSlot(PerAddress, std::net::IpAddr);
+
+impl PerAddress {
+    fn take(&self, ip: std::net::IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut m = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
 
 /// Serves `handler` on `listener` until `trigger` fires. `workers` run beside it (heartbeats,
 /// audits, repair…), watching the same signal, and are waited for when it stops.
@@ -296,29 +375,46 @@ where
     let addr = listener.tcp.local_addr().expect("bound listener has an address");
     let handler: Handler<F> = Arc::new(handler);
     let tls = listener.tls.map(tokio_rustls::TlsAcceptor::from);
+    let limits = listener.limits;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.total));
+    let per_address = PerAddress::default();
     let mut stop = shutdown.clone();
     let mut workers: JoinSet<()> = workers.into_iter().collect();
     let task = tokio::spawn(async move {
         let mut conns = JoinSet::new();
         loop {
-            tokio::select! {
+            // At the cap, stop accepting until a connection ends: new ones wait in the backlog.
+            let slot = tokio::select! {
                 _ = stop.wait() => break,
-                accepted = listener.tcp.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let _ = stream.set_nodelay(true);
-                    let (h, m, stop, tls) = (handler.clone(), metrics.clone(), stop.clone(), tls.clone());
-                    conns.spawn(async move {
-                        let Some(acceptor) = tls else {
-                            return connection(TokioIo::new(stream), h, m, stop).await;
-                        };
-                        // A failed or slow handshake has nothing to answer.
-                        if let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                            connection(TokioIo::new(tls), h, m, stop).await
-                        }
-                    });
+                slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            };
+            let (stream, remote) = tokio::select! {
+                _ = stop.wait() => break,
+                accepted = listener.tcp.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed; backing off");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                },
+            };
+            while conns.try_join_next().is_some() {}
+            let Some(address_slot) = per_address.take(remote.ip(), limits.per_address) else {
+                continue; // dropped: this address holds its share already
+            };
+            let _ = stream.set_nodelay(true);
+            let (h, m, stop, tls) = (handler.clone(), metrics.clone(), stop.clone(), tls.clone());
+            conns.spawn(async move {
+                let _slots = (slot, address_slot);
+                let Some(acceptor) = tls else {
+                    return connection(TokioIo::new(stream), remote, limits, h, m, stop).await;
+                };
+                // A failed or slow handshake has nothing to answer.
+                if let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    connection(TokioIo::new(tls), remote, limits, h, m, stop).await
                 }
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            }
+            });
         }
         drop(listener.tcp);
         let finish = async {
@@ -335,12 +431,19 @@ where
 }
 
 /// Serves one connection until it closes, or finishes its request in flight at shutdown.
-async fn connection<I, F>(io: I, h: Handler<F>, m: Arc<Metrics>, mut stop: Shutdown)
-where
+async fn connection<I, F>(
+    io: I,
+    remote: std::net::SocketAddr,
+    limits: ConnectionLimits,
+    h: Handler<F>,
+    m: Arc<Metrics>,
+    mut stop: Shutdown,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     F: Future<Output = ApiResult> + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(RemoteAddr(remote));
         let (method, path, start) = (req.method().clone(), req.uri().path().to_owned(), Instant::now());
         // Every server is healthy while it answers at all.
         let fut = if method == hyper::Method::GET && path == "/healthz" {
@@ -356,7 +459,10 @@ where
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(io, svc);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}

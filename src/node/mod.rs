@@ -39,6 +39,7 @@ pub struct NodeOptions {
     pub clock: Clock,
     /// Serve HTTPS with this configuration (see `net::tls`); None: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub limits: server::ConnectionLimits,
 }
 
 struct State {
@@ -57,11 +58,36 @@ struct State {
     orders: Mutex<HashMap<String, PutOrder>>,
     /// Read grants already checked, by their exact header, for the same reason.
     grants: Mutex<HashMap<String, ReadGrant>>,
+    /// Bits of proof-of-work the coordinator asks of a node key, once known.
+    pow_bits: OnceCell<u32>,
     /// The last heartbeat's `seq`: each one is strictly greater.
     seq: std::sync::atomic::AtomicU64,
     bytes_in: IntCounter,
     bytes_out: IntCounter,
     gauges: IntGaugeVec,
+}
+
+/// The nonce of this node's proof-of-work, as strong as its coordinator asks: found once (on
+/// a blocking thread) and kept in `identity.pow` beside the key.
+async fn proof_of_work(s: &State) -> Result<u64, HeartbeatError> {
+    let bits = match s.pow_bits.get() {
+        Some(b) => *b,
+        None => {
+            let info: CoordinatorInfo = s.http.get(&format!("{}/v2/info", s.coordinator)).await?.json()?;
+            *s.pow_bits.get_or_init(|| async { info.node_pow_bits }).await
+        }
+    };
+    let file = s.key_file.with_file_name("identity.pow");
+    let stored = std::fs::read_to_string(&file).ok().and_then(|t| t.trim().parse::<u64>().ok());
+    let key = s.identity.public_key().to_vec();
+    if let Some(n) = stored.filter(|n| crate::core::identity::pow_bits(&key, *n) >= bits) {
+        return Ok(n);
+    }
+    let nonce = tokio::task::spawn_blocking(move || crate::core::identity::solve_pow(&key, bits))
+        .await
+        .map_err(|e| HeartbeatError::Pin { file: file.clone(), source: std::io::Error::other(e) })?;
+    write_durably(&file, nonce.to_string().as_bytes()).map_err(|source| HeartbeatError::Pin { file, source })?;
+    Ok(nonce)
 }
 
 /// Why a heartbeat did not register this node.
@@ -74,7 +100,7 @@ enum HeartbeatError {
          (delete {file} only if the coordinator was replaced on purpose)"
     )]
     WrongCoordinator { url: String, found: String, pinned: String, file: PathBuf },
-    #[error("pinning the coordinator's key in {file}")]
+    #[error("writing {file}")]
     Pin { file: PathBuf, source: std::io::Error },
 }
 
@@ -89,7 +115,7 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         other => dir_err(other.into()),
     })?;
     let tcp = TcpListener::bind(opts.bind).await.map_err(|source| ServerError::Bind { addr: opts.bind, source })?;
-    let listener = server::Listener { tcp, tls: opts.tls };
+    let listener = server::Listener { tcp, tls: opts.tls, limits: opts.limits };
     let addr = listener.tcp.local_addr().map_err(|e| dir_err(e.into()))?;
     let key_file = dir.join("coordinator.pub");
     let pinned = OnceCell::new();
@@ -109,6 +135,7 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         orders: Mutex::new(HashMap::new()),
         grants: Mutex::new(HashMap::new()),
         seq: std::sync::atomic::AtomicU64::new(0),
+        pow_bits: OnceCell::new(),
         bytes_in: metrics.add(IntCounter::new("shard_bytes_in_total", "Shard bytes stored").expect("valid")),
         bytes_out: metrics.add(IntCounter::new("shard_bytes_out_total", "Shard bytes served").expect("valid")),
         gauges: metrics.add(
@@ -116,13 +143,17 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         ),
         metrics: metrics.clone(),
     });
-    if let Err(e) = heartbeat(&state).await {
-        tracing::warn!(error = %e, "first heartbeat failed; retrying in the background");
-    }
     let signal = server::shutdown_signal();
     let beats = heartbeats(state.clone(), opts.heartbeat_interval, signal.1.clone());
     tracing::info!(peer = %state.identity.peer_id(), %addr, "node listening");
-    Ok(server::serve(listener, metrics, move |req| routes::route(state.clone(), req), signal, vec![Box::pin(beats)]))
+    let s2 = state.clone();
+    let handle =
+        server::serve(listener, metrics, move |req| routes::route(s2.clone(), req), signal, vec![Box::pin(beats)]);
+    // Registering needs the node to answer the coordinator's dial-back: it serves first.
+    if let Err(e) = heartbeat(&state).await {
+        tracing::warn!(error = %e, "first heartbeat failed; retrying in the background");
+    }
+    Ok(handle)
 }
 
 /// Sends a heartbeat every `interval` until shutdown.
@@ -136,6 +167,7 @@ async fn heartbeats(s: Arc<State>, interval: Duration, mut shutdown: Shutdown) {
 
 /// Sends one signed heartbeat and pins (or checks) the coordinator's key.
 async fn heartbeat(s: &State) -> Result<(), HeartbeatError> {
+    let pow = proof_of_work(s).await?;
     let time = s.clock.now();
     let next = |last: u64| Some((last + 1).max(time * 1000));
     let seq = s.seq.fetch_update(Ordering::SeqCst, Ordering::SeqCst, next).map_or(0, |last| next(last).unwrap_or(0));
@@ -146,6 +178,7 @@ async fn heartbeat(s: &State) -> Result<(), HeartbeatError> {
         shards: s.store.count(),
         time,
         seq,
+        pow,
     };
     let reply: HeartbeatReply =
         s.http.post_json(&format!("{}/v2/heartbeat", s.coordinator), &s.identity.sign(&hb)).await?.json()?;

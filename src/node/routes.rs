@@ -22,6 +22,7 @@ pub(super) enum Route {
     DeleteShards,
     Audit,
     CollectGarbage,
+    Identify,
 }
 
 impl Route {
@@ -38,6 +39,7 @@ impl Route {
             (&Method::GET, ["v2", "shards", id]) => Route::GetShard(shard(id)?),
             (&Method::POST, ["v2", "audit"]) => Route::Audit,
             (&Method::POST, ["v2", "gc"]) => Route::CollectGarbage,
+            (&Method::POST, ["v2", "identify"]) => Route::Identify,
             _ => return Err(ApiError::not_found(format!("no route {method} {path}"))),
         })
     }
@@ -63,6 +65,12 @@ pub(super) async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
         Route::DeleteShards => delete(&s, read_json(req, MAX_JSON_BODY).await?).await,
         Route::Audit => audit(&s, read_json(req, 64 * 1024).await?).await,
         Route::CollectGarbage => collect_garbage(&s, read_json(req, MAX_JSON_BODY).await?).await,
+        Route::Identify => {
+            // Anyone may ask: the answer proves only that this key listens at this address.
+            let c: IdentifyChallenge = read_json(req, 4096).await?;
+            let answer = Identified { coordinator: c.coordinator, nonce: c.nonce, address: s.address.clone() };
+            ok(&s.identity.sign(&answer))
+        }
     }
 }
 

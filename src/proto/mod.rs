@@ -37,6 +37,26 @@ pub struct Heartbeat {
     pub time: u64,
     /// Strictly increasing over the node's heartbeats: a captured one is never accepted again.
     pub seq: u64,
+    /// The nonce of the key's proof-of-work (`core::identity::pow_bits`), checked at
+    /// registration against the coordinator's `node_pow_bits`.
+    #[serde(default)]
+    pub pow: u64,
+}
+
+/// Coordinator → node, unsigned (`POST /v2/identify`): prove you hold your key and listen at
+/// the address you advertise, by signing this nonce.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IdentifyChallenge {
+    pub coordinator: String,
+    pub nonce: String,
+}
+
+/// Node → coordinator, signed: the answer to an [`IdentifyChallenge`] (the dial-back).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Identified {
+    pub coordinator: String,
+    pub nonce: String,
+    pub address: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -311,6 +331,9 @@ pub struct CoordinatorInfo {
     pub coordinator_key: String,
     /// `open`: any account may register; `invite`: only accounts an operator added.
     pub accounts: AccountAdmission,
+    /// Bits of proof-of-work a new node's key must carry (`Heartbeat::pow`).
+    #[serde(default)]
+    pub node_pow_bits: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,6 +373,25 @@ pub enum AdminAction {
     AddAccount { account: String, quota: Option<u64> },
     RemoveAccount { account: String },
     ListAccounts,
+    AllowNode { peer: String },
+    DisallowNode { peer: String },
+    ListNodes,
+}
+
+/// What an operator's command concerns: accounts, or allowed node ids.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AdminReply {
+    pub accounts: Vec<AccountView>,
+    pub nodes: Vec<String>,
+}
+
+/// Node → coordinator under `[security] node_admission = "allowlist"`: who may register.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeAdmission {
+    #[default]
+    Open,
+    Allowlist,
 }
 
 /// Coordinator → node: drop these shards (after `rm`).
@@ -382,6 +424,7 @@ message! {
     Challenge => "audit-challenge",
     AuditAnswer => "audit-answer",
     ReadGrant => "read-grant",
+    Identified => "identify",
     AdminRequest => "admin",
 }
 

@@ -23,7 +23,10 @@ const LAYERS: &[(&str, &[&str])] = &[
 /// What the pure core must not name: files, sockets, the clock, threads that sleep.
 const IMPURE: &[&str] = &[
     "std::fs",
-    "std::net",
+    "TcpListener",
+    "UdpSocket",
+    "ToSocketAddrs",
+    "lookup_host",
     "tokio",
     "hyper",
     "sled",
