@@ -94,7 +94,7 @@ impl Default for LimitsConfig {
             connections: 4096,
             connections_per_address: 256,
             header_timeout: 10,
-            plans_per_minute: 120,
+            plans_per_minute: 600,
             registrations_per_minute: 30,
             pending_uploads: 32,
         }
@@ -217,7 +217,8 @@ pub struct SecurityConfig {
     /// identity; 16 takes a fraction of a second).
     pub node_pow_bits: u32,
     pub min_reputation: f64,
-    /// 0 means no limit.
+    /// The largest file a plan may be for, in MB (2^20 bytes); 0 means the protocol's own
+    /// bound (a plan covers at most 65,536 segments).
     pub max_upload_size_mb: u64,
     /// p2pstore always encrypts; kept for the seed's config files, and `false` is refused.
     pub require_encryption: bool,
@@ -291,7 +292,7 @@ impl Default for SecurityConfig {
             node_admission: NodeAdmission::Open,
             node_pow_bits: 16,
             min_reputation: 0.5,
-            max_upload_size_mb: 0,
+            max_upload_size_mb: 65_536,
             require_encryption: true,
         }
     }
@@ -313,6 +314,14 @@ impl CoordinatorConfig {
 }
 
 impl SecurityConfig {
+    /// `max_upload_size_mb` in bytes (no limit of its own when 0).
+    pub fn max_upload_size(&self) -> u64 {
+        match self.max_upload_size_mb {
+            0 => u64::MAX,
+            mb => mb.saturating_mul(1 << 20),
+        }
+    }
+
     /// `default_quota_gb` in bytes.
     pub fn default_quota(&self) -> u64 {
         gb_to_bytes(self.default_quota_gb)

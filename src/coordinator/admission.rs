@@ -86,23 +86,11 @@ pub(super) async fn dial_back(s: &State, addr: &str, key: &str) -> Result<Reache
     };
     let req = request("POST", &url, &[("content-type", "application/json")], body).map_err(ApiError::internal)?;
     let client = http::Client::new(DIAL_TIMEOUT);
-    let reply = client.send_limited(req, DIAL_REPLY_LIMIT).await.map_err(|e| unreachable(kind_of(&e)))?;
+    let reply = client.send_limited(req, DIAL_REPLY_LIMIT).await.map_err(|e| unreachable(e.summary()))?;
     let answer: Signed<Identified> = reply.json().map_err(|_| unreachable("no valid answer".into()))?;
     match answer.open_by(key) {
         Some(i) if i.nonce == nonce && i.coordinator == s.id() && i.address == addr => Ok(Reached { ip, port: a.port }),
         _ => Err(unreachable("another key, or a wrong answer, at that address".into())),
-    }
-}
-
-/// What went wrong reaching a peer, in a few words: a failure is reported to the peer and
-/// logged, never the remote's own text.
-fn kind_of(e: &http::HttpError) -> String {
-    match e {
-        http::HttpError::Connect { .. } => "connection refused or unreachable".into(),
-        http::HttpError::Timeout { .. } => "no answer in time".into(),
-        http::HttpError::TooLarge { .. } => "an answer too large".into(),
-        http::HttpError::Status { status, .. } => format!("HTTP {status}"),
-        _ => "the request failed".into(),
     }
 }
 

@@ -25,6 +25,10 @@ const CONCURRENCY: usize = 16;
 const ITEMS: usize = 3;
 /// Consecutive unanswered audits that count as one failure.
 const TIMEOUTS_AS_FAILURE: u32 = 3;
+/// Bytes of an audit answer read at most: ITEMS proofs of a 4 KiB chunk (hex in JSON) with
+/// their paths, and room to spare.
+const ANSWER_LIMIT: usize = 64 << 10;
+
 /// Audit records kept per peer.
 const HISTORY: usize = 200;
 
@@ -195,13 +199,22 @@ async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<(Shard
         Some(c) if c.items.iter().all(|i| lens.contains_key(&i.shard_id)) => Challenge { deadline, ..c },
         _ => new_challenge(&id, &shards, deadline),
     };
-    let client = http::Client::new(Duration::from_secs(timeout));
     let url = format!("{}/v2/audit", p.address);
-    let (outcome, failed, detail) = match client.post_json(&url, &s.identity.sign(&challenge)).await {
-        Err(e) => (AuditOutcome::Offline, Vec::new(), e.to_string()),
+    let body = bytes::Bytes::from(serde_json::to_vec(&s.identity.sign(&challenge)).expect("wire types serialize"));
+    let req = http::request("POST", &url, &[("content-type", "application/json")], body);
+    // An answer is a few proofs of one 4 KiB chunk each: read no more than that.
+    let sent = match req {
+        Ok(req) => s.audit_http.send_limited(req, ANSWER_LIMIT).await,
+        Err(e) => Err(e),
+    };
+    let (outcome, failed, detail) = match sent {
+        Err(e) => {
+            tracing::info!(peer = %id, error = %e, "audit got no answer");
+            (AuditOutcome::Offline, Vec::new(), e.summary())
+        }
         Ok(r) => match r
             .json::<Signed<AuditAnswer>>()
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.summary())
             .and_then(|a| check(&p, &challenge, &lens, &a))
         {
             Ok(failed) if failed.is_empty() => (AuditOutcome::Success, failed, String::new()),
@@ -245,6 +258,13 @@ async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<(Shard
         reputation: rec.audit.score(),
     };
     let _ = s.audits.insert(&format!("{id}/{:020}/{}", record.time, challenge.nonce), &record);
+    {
+        let mut log = s.audit_log.lock().expect("not poisoned");
+        log.push_back(record);
+        if log.len() > LOG {
+            log.pop_front();
+        }
+    }
     let mine = s.audits.scan_prefix(&format!("{id}/")).map(|scan| scan.records).unwrap_or_default();
     for (key, _) in mine.iter().take(mine.len().saturating_sub(HISTORY)) {
         let _ = s.audits.remove(key);
@@ -252,11 +272,32 @@ async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<(Shard
     id
 }
 
-/// The newest `limit` audits, of one peer or of all.
+/// Audits of all peers the log shows, newest first.
+const LOG: usize = 1000;
+
+/// Fills the all-peers log with the newest stored audits (at start).
+pub(super) fn load_log(s: &State) {
+    let mut all: Vec<AuditRecord> = s.audits.readable().into_iter().map(|(_, r)| r).collect();
+    all.sort_by_key(|a| a.time);
+    let keep = all.len().saturating_sub(LOG);
+    *s.audit_log.lock().expect("not poisoned") = all.into_iter().skip(keep).collect();
+}
+
+/// The newest `limit` audits (at most [`LOG`]), of one peer (its stored history) or of all
+/// (the log kept in memory): a bounded read whatever is asked.
 pub(super) fn history(s: &State, peer: Option<&str>, limit: usize) -> Vec<AuditRecord> {
-    let scan = s.audits.scan_prefix(&peer.map(|p| format!("{p}/")).unwrap_or_default());
-    let mut all: Vec<AuditRecord> =
-        scan.map(|scan| scan.records).unwrap_or_default().into_iter().map(|(_, r)| r).collect();
+    let limit = limit.min(LOG);
+    let mut all: Vec<AuditRecord> = match peer {
+        Some(p) => s
+            .audits
+            .scan_prefix(&format!("{p}/"))
+            .map(|scan| scan.records)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect(),
+        None => s.audit_log.lock().expect("not poisoned").iter().cloned().collect(),
+    };
     all.sort_by_key(|a| std::cmp::Reverse(a.time));
     all.truncate(limit);
     all

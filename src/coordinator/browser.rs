@@ -77,7 +77,13 @@ pub(super) async fn put_segment(s: &State, caller: &Caller, id: &str, index: usi
     let per = plain_per_segment(up.segment_size);
     let plain = if index + 1 == up.segments.len() { up.size - per * index as u64 } else { per };
     let expected = (plain + TAG_LEN as u64) as usize;
+    let _turn = s.browser_turns.acquire().await.map_err(ApiError::internal)?;
     let sealed = caller.body(body, expected).await?;
+    if !crate::core::crypto::looks_sealed(&sealed) {
+        return Err(ApiError::bad_request(format!(
+            "segment {index} is not ciphertext: the page must seal segments (AES-256-GCM) before sending them"
+        )));
+    }
     if sealed.len() != expected {
         return Err(ApiError::bad_request(format!(
             "segment {index} must be {expected} sealed bytes, got {}",

@@ -16,6 +16,7 @@ mod auth;
 mod browser;
 mod files;
 mod gc;
+mod limits;
 mod peers;
 mod repair;
 mod routes;
@@ -88,6 +89,8 @@ pub async fn spawn(
     let db_err = |e: crate::store::DbError| ServerError::Db { dir: data_dir.clone(), source: e.into() };
     let db = open_db(&data_dir).map_err(db_err)?;
     let metrics = Metrics::new("coordinator");
+    let config_limits = config.limits.clone();
+    let audit_timeout = std::time::Duration::from_secs(config.audit.timeout);
     let state = Arc::new(State {
         identity,
         config,
@@ -104,12 +107,17 @@ pub async fn spawn(
         repair_queue: Mutex::new(HashSet::new()),
         browser_uploads: Mutex::new(HashMap::new()),
         recent_audits: Mutex::new(VecDeque::new()),
+        audit_log: Mutex::new(VecDeque::new()),
         http: http::Client::default(),
+        audit_http: http::Client::new(audit_timeout),
         counters: Counters::new(&metrics),
         metrics: metrics.clone(),
         placed_cache: Mutex::new(None),
         dial_backs: tokio::sync::Semaphore::new(DIAL_BACKS),
+        limits: limits::Limits::new(&config_limits),
+        browser_turns: tokio::sync::Semaphore::new(2),
     });
+    audit::load_log(&state);
     let tls = crate::net::tls::server_config_from(state.config.tls.cert.as_deref(), state.config.tls.key.as_deref())?;
     let tcp = TcpListener::bind(bind).await.map_err(|source| ServerError::Bind { addr: bind, source })?;
     let limits = server::ConnectionLimits::from_parts(state.config.limits.connections());
@@ -123,7 +131,8 @@ pub async fn spawn(
         Box::pin(repair::run(state.clone(), stop.clone())) as _,
         Box::pin(gc::run(state.clone(), stop.clone())) as _,
     ];
-    Ok(server::serve(listener, metrics, move |req| routes::route(state.clone(), req), signal, workers))
+    let handler = move |req| routes::route(state.clone(), req);
+    Ok(server::serve(listener, (metrics, routes::label), handler, signal, workers))
 }
 
 fn open_db(data_dir: &Path) -> Result<sled::Db, crate::store::DbError> {

@@ -43,7 +43,7 @@ pub(super) fn exit(s: &State, signed: Signed<ExitRequest>) -> ApiResult {
     ok(&s.view(&id, &updated, s.placed_counts().get(&id).copied().unwrap_or(0)))
 }
 
-pub(super) async fn heartbeat(s: &State, signed: Signed<Heartbeat>) -> ApiResult {
+pub(super) async fn heartbeat(s: &State, signed: Signed<Heartbeat>, remote: Option<std::net::IpAddr>) -> ApiResult {
     let hb = signed.open().ok_or_else(|| ApiError::forbidden("heartbeat signature does not verify"))?;
     let id = signed.signer_id();
     let t = s.now();
@@ -59,7 +59,10 @@ pub(super) async fn heartbeat(s: &State, signed: Signed<Heartbeat>) -> ApiResult
     match &old {
         Some(o) if hb.seq <= o.last_seq => return Err(ApiError::forbidden("replayed heartbeat")),
         Some(_) => {}
-        None => admission::check_new_peer(s, &id, &hb, &signed.signer)?,
+        None => {
+            admission::check_new_peer(s, &id, &hb, &signed.signer)?;
+            s.limits.registration(remote)?;
+        }
     }
     let reached = match admission::needs_dial_back(old.as_ref(), &hb.address) {
         true => Some(admission::dial_back(s, &hb.address, &signed.signer).await?),

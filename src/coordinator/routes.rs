@@ -9,7 +9,7 @@ use hyper::{Method, Request};
 use super::auth::{self, Caller};
 use super::state::State;
 use super::{accounts, audit, browser, files, peers, stats, uploads, web};
-use crate::net::server::{self, ApiError, ApiResult, ok, read_json};
+use crate::net::server::{self, ApiError, ApiResult, RemoteAddr, ok, read_json};
 use crate::proto::*;
 
 /// Small JSON bodies: heartbeats, plans, browser commits.
@@ -58,6 +58,31 @@ pub(super) enum Access {
 }
 
 impl Route {
+    /// The route's name in metrics.
+    pub(super) fn label(&self) -> &'static str {
+        match self {
+            Route::Metrics => "/metrics",
+            Route::Info => "/v2/info",
+            Route::Stats => "/v2/stats",
+            Route::Heartbeat => "/v2/heartbeat",
+            Route::Peers => "/v2/peers",
+            Route::Exit => "/v2/peers/exit",
+            Route::Audits { .. } => "/v2/audits",
+            Route::Plan => "/v2/uploads",
+            Route::Commit(_) => "/v2/uploads/:id/commit",
+            Route::Files => "/v2/files",
+            Route::File(_) | Route::Delete(_) => "/v2/files/:id",
+            Route::Manifest(_) => "/v2/files/:id/manifest",
+            Route::BrowserStart => "/v2/browser/uploads",
+            Route::BrowserSegment(..) => "/v2/browser/uploads/:id/segments/:i",
+            Route::BrowserCommit(_) => "/v2/browser/uploads/:id/commit",
+            Route::SealedSegment(..) => "/v2/files/:id/segments/:i",
+            Route::Account => "/v2/account",
+            Route::Admin => "/v2/admin",
+            Route::Asset(_) => "/ (web UI)",
+        }
+    }
+
     pub(super) fn access(&self) -> Access {
         match self {
             Route::Metrics | Route::Info | Route::Stats | Route::Peers | Route::Audits { .. } | Route::Asset(_) => {
@@ -108,18 +133,27 @@ impl Route {
     }
 }
 
+/// The metrics label of a request: its route's, or `other`.
+pub(super) fn label(method: &Method, path: &str) -> &'static str {
+    Route::parse(method, path, None).map_or("other", |r| r.label())
+}
+
 pub(super) async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
     let route = Route::parse(req.method(), req.uri().path(), req.uri().query())?;
+    let remote = req.extensions().get::<RemoteAddr>().map(|r| r.0.ip());
     match route.access() {
         Access::Public => public(&s, route),
         Access::Node => match route {
-            Route::Heartbeat => peers::heartbeat(&s, read_json(req, SMALL_BODY).await?).await,
+            Route::Heartbeat => peers::heartbeat(&s, read_json(req, SMALL_BODY).await?, remote).await,
             _ => peers::exit(&s, read_json(req, SMALL_BODY).await?),
         },
         Access::Operator => accounts::admin(&s, read_json(req, SMALL_BODY).await?),
         Access::Account => {
             let (parts, body) = req.into_parts();
             let caller = auth::authenticate(&s, &parts)?;
+            if matches!(route, Route::Plan | Route::BrowserStart) {
+                s.limits.plan(&caller.id, remote)?;
+            }
             for_account(&s, &caller, route, body).await
         }
     }

@@ -226,9 +226,14 @@ pub(super) struct State {
     pub repair_queue: Mutex<HashSet<(String, usize)>>,
     /// Outcomes of the last minute's audits, for the dashboard (the stored history is per peer).
     pub recent_audits: Mutex<VecDeque<(u64, AuditOutcome)>>,
+    /// The newest audits of all peers, newest last: what the audit log shows without
+    /// reading every peer's history.
+    pub audit_log: Mutex<VecDeque<AuditRecord>>,
     /// Uploads from browsers in progress.
     pub browser_uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<browser::Upload>>>>,
     pub http: http::Client,
+    /// The audit worker's client: its timeout is `[audit] timeout`.
+    pub audit_http: http::Client,
     pub metrics: Arc<Metrics>,
     pub counters: Counters,
     /// `placed_bytes`, and the files table's change count it was computed at.
@@ -236,13 +241,16 @@ pub(super) struct State {
     /// Turns for dial-backs, so a burst of registrations cannot make the coordinator dial
     /// without bound.
     pub dial_backs: tokio::sync::Semaphore,
+    pub limits: super::limits::Limits,
+    /// Turns for coding browsers' segments: each holds a segment and its shards in memory.
+    pub browser_turns: tokio::sync::Semaphore,
 }
 
 /// What the workers count, for /metrics and /v2/stats.
 pub(super) struct Counters {
     pub audits: IntCounterVec,
     pub repaired_shards: IntCounter,
-    pub network: IntGaugeVec,
+    pub network: super::stats::Gauges,
     /// Reads that met a stored record that does not decode, by table.
     pub undecodable: IntGaugeVec,
     /// Rounds of the periodic workers, by worker and outcome (`done`, `skipped`).
@@ -256,7 +264,7 @@ impl Counters {
                 .add(IntCounterVec::new(Opts::new("audits_total", "Audits by outcome"), &["outcome"]).expect("valid")),
             repaired_shards: m
                 .add(IntCounter::new("repaired_shards_total", "Shards rebuilt and re-placed").expect("valid")),
-            network: m.add(super::stats::gauge_vec()),
+            network: super::stats::Gauges::new(m),
             undecodable: m.add(
                 IntGaugeVec::new(
                     Opts::new("undecodable_record_reads", "Reads that met a stored record that does not decode"),

@@ -2,10 +2,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use prometheus::{IntGaugeVec, Opts};
+use prometheus::{IntGauge, IntGaugeVec, Opts};
 
 use super::repair::Rules;
 use super::state::{PeerRecord, State};
+use crate::net::metrics::Metrics;
 use crate::proto::*;
 
 pub(super) fn compute(s: &State) -> NetworkStats {
@@ -21,15 +22,15 @@ pub(super) fn compute(s: &State) -> NetworkStats {
             _ => st.peers_offline += 1,
         }
         if s.is_online(p) {
-            st.capacity += p.capacity;
-            st.used += p.used;
+            st.capacity = st.capacity.saturating_add(p.capacity);
+            st.used = st.used.saturating_add(p.used);
         }
     }
     let mut health: BTreeMap<u32, u64> = BTreeMap::new();
     for (_, f) in s.files.readable() {
         let Some(m) = f.parsed() else { continue };
         st.files += 1;
-        st.stored_bytes += m.plaintext_size;
+        st.stored_bytes = st.stored_bytes.saturating_add(m.plaintext_size);
         for seg in 0..f.placements.len() {
             let healthy = (f.placements[seg].len() - rules.unhealthy(&peers, &m, &f, seg).len()) as u32;
             *health.entry(healthy).or_default() += 1;
@@ -47,6 +48,30 @@ pub(super) fn compute(s: &State) -> NetworkStats {
     st
 }
 
+/// The network's gauges on /metrics, one quantity each, units in their names.
+pub(super) struct Gauges {
+    peers: IntGaugeVec,
+    capacity: IntGauge,
+    used: IntGauge,
+    files: IntGauge,
+    stored: IntGauge,
+    repair_queue: IntGauge,
+}
+
+impl Gauges {
+    pub fn new(m: &Metrics) -> Gauges {
+        let gauge = |name: &str, help: &str| m.add(IntGauge::new(name, help).expect("valid metric"));
+        Gauges {
+            peers: m.add(IntGaugeVec::new(Opts::new("peers", "Peers by state"), &["state"]).expect("valid metric")),
+            capacity: gauge("capacity_bytes", "Bytes online peers offer"),
+            used: gauge("used_bytes", "Bytes online peers use"),
+            files: gauge("files", "Committed files"),
+            stored: gauge("stored_bytes", "Plaintext bytes of all committed files"),
+            repair_queue: gauge("repair_queue_segments", "Segments waiting for or under repair"),
+        }
+    }
+}
+
 /// Sets the gauges a scrape reads from the current state.
 pub(super) fn refresh_gauges(s: &State) {
     let st = compute(s);
@@ -57,13 +82,14 @@ pub(super) fn refresh_gauges(s: &State) {
         ("disqualified", st.peers_disqualified),
         ("exiting", st.peers_exiting),
     ] {
-        g.with_label_values(&["peers", state]).set(n as i64);
+        g.peers.with_label_values(&[state]).set(n as i64);
     }
-    g.with_label_values(&["capacity_bytes", ""]).set(st.capacity as i64);
-    g.with_label_values(&["used_bytes", ""]).set(st.used as i64);
-    g.with_label_values(&["files", ""]).set(st.files as i64);
-    g.with_label_values(&["stored_bytes", ""]).set(st.stored_bytes as i64);
-    g.with_label_values(&["repair_queue", ""]).set(st.repair_queue as i64);
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    g.capacity.set(clamp(st.capacity));
+    g.used.set(clamp(st.used));
+    g.files.set(clamp(st.files));
+    g.stored.set(clamp(st.stored_bytes));
+    g.repair_queue.set(clamp(st.repair_queue));
     for (table, errors) in [
         (s.peers.name(), s.peers.decode_errors()),
         (s.files.name(), s.files.decode_errors()),
@@ -72,12 +98,4 @@ pub(super) fn refresh_gauges(s: &State) {
     ] {
         s.counters.undecodable.with_label_values(&[table]).set(errors as i64);
     }
-}
-
-pub(super) fn gauge_vec() -> IntGaugeVec {
-    IntGaugeVec::new(
-        Opts::new("network", "Peers by state, capacity, files, stored bytes, repair queue"),
-        &["what", "state"],
-    )
-    .expect("valid metric")
 }

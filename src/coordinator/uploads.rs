@@ -18,20 +18,40 @@ use crate::core::placement;
 use crate::net::server::{ApiError, ApiResult, ok};
 use crate::proto::*;
 
+/// Segments one plan may cover, whatever the configuration: a plan's layout and orders are
+/// held in memory and sent whole.
+pub(super) const MAX_PLAN_SEGMENTS: u64 = 1 << 16;
+
 /// Spare peers planned per segment beyond n, for shards whose first peer fails.
 const SPARES: usize = 3;
 
 pub(super) fn plan(s: &State, caller: &Caller, req: PlanRequest) -> Result<Plan, ApiError> {
     let shape = Shape::new(req.k, req.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
     manifest::check_segment_size(req.segment_size).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let limit = s.config.security.max_upload_size_mb;
-    if limit > 0 && req.size > limit << 20 {
+    // Decided before anything is allocated for the plan: its layout grows with the segments.
+    let limit = s.config.security.max_upload_size();
+    if req.size > limit {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("file of {} bytes is over this network's limit of {limit} MB", req.size),
+            format!("a file of {} bytes is over this network's limit of {limit} bytes", req.size),
+        ));
+    }
+    if segment_count(req.size, req.segment_size) > MAX_PLAN_SEGMENTS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a plan covers at most {MAX_PLAN_SEGMENTS} segments; use larger segments"),
         ));
     }
     accounts::check_quota(s, caller, req.size)?;
+    let pending = s.uploads.readable().iter().filter(|(_, u)| u.account == caller.id).count();
+    if pending >= s.config.limits.pending_uploads {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{pending} uploads of this account are in progress, the most allowed; commit them or let them expire"
+            ),
+        ));
+    }
     let peers = s.peers.readable();
     let online = s.candidates(&peers, &HashSet::new());
     let need = req.n as usize;

@@ -140,6 +140,24 @@ impl FileKeys {
     }
 }
 
+/// Whether `sealed` looks like AES-GCM output: bytes spread evenly over all 256 values. A
+/// coordinator coding a browser's "sealed" segment cannot check it without the key, but it
+/// can refuse what is plainly not ciphertext (text, zeros, structured data) rather than host
+/// it for free. Chi-square of the byte histogram against uniform; ciphertext gives 255 ± 23,
+/// the bound is ten standard deviations above. Below 4 KiB the test says nothing: true.
+pub fn looks_sealed(sealed: &[u8]) -> bool {
+    if sealed.len() < 4096 {
+        return true;
+    }
+    let mut counts = [0u64; 256];
+    for b in sealed {
+        counts[*b as usize] += 1;
+    }
+    let expected = sealed.len() as f64 / 256.0;
+    let chi2: f64 = counts.iter().map(|&c| (c as f64 - expected).powi(2) / expected).sum();
+    chi2 < 255.0 + 10.0 * (2.0f64 * 255.0).sqrt()
+}
+
 /// STREAM nonce: 7 zero bytes ‖ segment index (u32 big-endian) ‖ last-segment flag.
 /// The key is unique to the upload (fresh salt), so the prefix need not be random.
 pub fn segment_nonce(index: u32, last: bool) -> Nonce {
@@ -202,6 +220,20 @@ mod tests {
         assert_ne!(a.owner_token(), b.owner_token());
         assert!(FileKeys::derive(b"pw", Salt([0; 16]), MIN_ITERATIONS - 1).is_err());
         assert!(FileKeys::derive(b"pw", Salt([0; 16]), MAX_ITERATIONS + 1).is_err());
+    }
+
+    #[test]
+    fn ciphertext_looks_sealed_and_plaintext_does_not() {
+        let k = keys("pw", 3);
+        let mut buf = vec![b'a'; 64 * 1024];
+        assert!(!looks_sealed(&buf), "text");
+        buf.resize(64 * 1024 + TAG_LEN, 0);
+        k.seal_segment(0, true, &mut buf);
+        assert!(looks_sealed(&buf), "AES-GCM output");
+        assert!(!looks_sealed(&[0u8; 8192]));
+        let counting: Vec<u8> = (0..65536u32).map(|i| (i % 200) as u8).collect();
+        assert!(!looks_sealed(&counting), "skewed bytes");
+        assert!(looks_sealed(b"short"), "too short to judge");
     }
 
     #[test]

@@ -45,6 +45,19 @@ pub enum HttpError {
 }
 
 impl HttpError {
+    /// What went wrong, in a few words and without the remote's own text: for reports about
+    /// a peer that others may read (audit logs, admission answers).
+    pub fn summary(&self) -> String {
+        match self {
+            HttpError::Connect { .. } => "connection refused or unreachable".into(),
+            HttpError::Timeout { .. } => "no answer in time".into(),
+            HttpError::TooLarge { .. } => "an answer too large".into(),
+            HttpError::Status { status, .. } => format!("HTTP {status}"),
+            HttpError::Decode { .. } => "an answer that does not parse".into(),
+            _ => "the request failed".into(),
+        }
+    }
+
     /// The status the server answered with, if it answered.
     pub fn status(&self) -> Option<StatusCode> {
         match self {

@@ -329,6 +329,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 type Handler<F> = Arc<dyn Fn(Request<Incoming>) -> F + Send + Sync>;
 
+/// A role's name for a request's route in metrics: one of its known routes, or `other`.
+pub type Labeler = fn(&hyper::Method, &str) -> &'static str;
+
 /// Counts connections per address; a slot is given back when its guard drops.
 #[derive(Clone, Default)]
 struct PerAddress(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
@@ -363,7 +366,7 @@ impl Drop for AddressSlot {
 /// audits, repair…), watching the same signal, and are waited for when it stops.
 pub fn serve<H, F>(
     listener: Listener,
-    metrics: Arc<Metrics>,
+    (metrics, labels): (Arc<Metrics>, Labeler),
     handler: H,
     (trigger, shutdown): (Trigger, Shutdown),
     workers: Vec<BoxFuture<'static, ()>>,
@@ -404,7 +407,7 @@ where
                 continue; // dropped: this address holds its share already
             };
             let _ = stream.set_nodelay(true);
-            let (h, m, stop, tls) = (handler.clone(), metrics.clone(), stop.clone(), tls.clone());
+            let (h, m, stop, tls) = (handler.clone(), (metrics.clone(), labels), stop.clone(), tls.clone());
             conns.spawn(async move {
                 let _slots = (slot, address_slot);
                 let Some(acceptor) = tls else {
@@ -436,7 +439,7 @@ async fn connection<I, F>(
     remote: std::net::SocketAddr,
     limits: ConnectionLimits,
     h: Handler<F>,
-    m: Arc<Metrics>,
+    (m, labels): (Arc<Metrics>, Labeler),
     mut stop: Shutdown,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -444,18 +447,16 @@ async fn connection<I, F>(
 {
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(RemoteAddr(remote));
-        let (method, path, start) = (req.method().clone(), req.uri().path().to_owned(), Instant::now());
+        let (method, start) = (req.method().clone(), Instant::now());
         // Every server is healthy while it answers at all.
-        let fut = if method == hyper::Method::GET && path == "/healthz" {
-            Either::Left(async { ok(&"ok") })
-        } else {
-            Either::Right(h(req))
-        };
+        let health = method == hyper::Method::GET && req.uri().path() == "/healthz";
+        let route = if health { "/healthz" } else { labels(&method, req.uri().path()) };
+        let fut = if health { Either::Left(async { ok(&"ok") }) } else { Either::Right(h(req)) };
         let m = m.clone();
         async move {
             let mut resp = fut.await.unwrap_or_else(error_response);
             harden(resp.headers_mut());
-            m.observe(method.as_str(), &path, resp.status().as_u16(), start.elapsed().as_secs_f64());
+            m.observe(method.as_str(), route, resp.status().as_u16(), start.elapsed().as_secs_f64());
             Ok::<_, std::convert::Infallible>(resp)
         }
     });

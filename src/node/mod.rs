@@ -24,7 +24,7 @@ use crate::store::identity as keyfile;
 use crate::store::shards::{ShardStore, StoreError};
 use crate::sys::clock::Clock;
 use crate::sys::fs::write_durably;
-use prometheus::{IntCounter, IntGaugeVec, Opts};
+use prometheus::{IntCounter, IntGauge};
 
 /// What a node needs to start.
 #[derive(Clone, Debug)]
@@ -64,7 +64,9 @@ struct State {
     seq: std::sync::atomic::AtomicU64,
     bytes_in: IntCounter,
     bytes_out: IntCounter,
-    gauges: IntGaugeVec,
+    shards: IntGauge,
+    used_bytes: IntGauge,
+    capacity_bytes: IntGauge,
 }
 
 /// The nonce of this node's proof-of-work, as strong as its coordinator asks: found once (on
@@ -138,17 +140,22 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         pow_bits: OnceCell::new(),
         bytes_in: metrics.add(IntCounter::new("shard_bytes_in_total", "Shard bytes stored").expect("valid")),
         bytes_out: metrics.add(IntCounter::new("shard_bytes_out_total", "Shard bytes served").expect("valid")),
-        gauges: metrics.add(
-            IntGaugeVec::new(Opts::new("store", "Shards held and bytes used and offered"), &["what"]).expect("valid"),
-        ),
+        shards: metrics.add(IntGauge::new("shards", "Shards held").expect("valid")),
+        used_bytes: metrics.add(IntGauge::new("used_bytes", "Bytes of shards held").expect("valid")),
+        capacity_bytes: metrics.add(IntGauge::new("capacity_bytes", "Bytes offered").expect("valid")),
         metrics: metrics.clone(),
     });
     let signal = server::shutdown_signal();
     let beats = heartbeats(state.clone(), opts.heartbeat_interval, signal.1.clone());
     tracing::info!(peer = %state.identity.peer_id(), %addr, "node listening");
     let s2 = state.clone();
-    let handle =
-        server::serve(listener, metrics, move |req| routes::route(s2.clone(), req), signal, vec![Box::pin(beats)]);
+    let handle = server::serve(
+        listener,
+        (metrics, routes::label),
+        move |req| routes::route(s2.clone(), req),
+        signal,
+        vec![Box::pin(beats)],
+    );
     // Registering needs the node to answer the coordinator's dial-back: it serves first.
     if let Err(e) = heartbeat(&state).await {
         tracing::warn!(error = %e, "first heartbeat failed; retrying in the background");

@@ -26,6 +26,19 @@ pub(super) enum Route {
 }
 
 impl Route {
+    /// The route's name in metrics.
+    pub(super) fn label(&self) -> &'static str {
+        match self {
+            Route::Metrics => "/metrics",
+            Route::Status => "/v2/status",
+            Route::PutShard(_) | Route::GetShard(_) => "/v2/shards/:id",
+            Route::DeleteShards => "/v2/shards/delete",
+            Route::Audit => "/v2/audit",
+            Route::CollectGarbage => "/v2/gc",
+            Route::Identify => "/v2/identify",
+        }
+    }
+
     /// The route of a request, `Err` with the answer for paths that name none.
     pub(super) fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
         let p: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -45,12 +58,18 @@ impl Route {
     }
 }
 
+/// The metrics label of a request: its route's, or `other`.
+pub(super) fn label(method: &Method, path: &str) -> &'static str {
+    Route::parse(method, path).map_or("other", |r| r.label())
+}
+
 pub(super) async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
     match Route::parse(req.method(), req.uri().path())? {
         Route::Metrics => {
-            s.gauges.with_label_values(&["shards"]).set(s.store.count() as i64);
-            s.gauges.with_label_values(&["used_bytes"]).set(s.store.used() as i64);
-            s.gauges.with_label_values(&["capacity_bytes"]).set(s.store.capacity() as i64);
+            let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            s.shards.set(clamp(s.store.count()));
+            s.used_bytes.set(clamp(s.store.used()));
+            s.capacity_bytes.set(clamp(s.store.capacity()));
             Ok(server::metrics_text(&s.metrics))
         }
         Route::Status => ok(&NodeStatus {

@@ -45,7 +45,9 @@ async fn ui_assets_api_and_metrics() {
     assert!(!scrape.samples.is_empty());
     assert!(text.contains("p2pstore_coordinator_audits_total{outcome=\"success\"}"), "{text}");
     assert!(text.contains("route=\"/v2/uploads/:id/commit\""), "{text}");
-    assert!(text.contains("p2pstore_coordinator_network{state=\"online\",what=\"peers\"} 4"), "{text}");
+    assert!(text.contains("p2pstore_coordinator_peers{state=\"online\"} 4"), "{text}");
+    assert!(text.contains("p2pstore_coordinator_capacity_bytes "), "{text}");
+    assert!(text.contains("p2pstore_coordinator_process_resident_memory_bytes "), "{text}");
     let node = c.client.peers().await.unwrap()[0].address.clone();
     let (text, _) = metrics(node.clone()).await;
     let stored: f64 = text
