@@ -200,6 +200,8 @@ pub struct NodeConfig {
     pub audit_interval: Option<u64>,
     /// Seconds between a node's heartbeats.
     pub heartbeat_interval: u64,
+    /// Days a deleted shard stays in the node's trash, restorable, before it is removed.
+    pub trash_retention: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -280,6 +282,7 @@ impl Default for NodeConfig {
             shards_required: 8,
             audit_interval: None,
             heartbeat_interval: 10,
+            trash_retention: 7,
         }
     }
 }

@@ -86,6 +86,7 @@ impl Devnet {
             clock: self.clock.clone(),
             tls: crate::net::tls::server_config_from(self.config.tls.cert.as_deref(), self.config.tls.key.as_deref())?,
             limits: crate::net::server::ConnectionLimits::from_parts(self.config.limits.connections()),
+            trash_retention: self.config.node.trash_retention.saturating_mul(86_400),
         })
         .await
     }

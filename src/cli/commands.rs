@@ -20,7 +20,7 @@ use crate::core::erasure::Shape;
 use crate::core::manifest::FileId;
 use crate::devnet::Devnet;
 use crate::node::{self, NodeOptions};
-use crate::proto::{AccountAdmission, AccountView, AdminAction, Deleted, PeerState, PeerStatus};
+use crate::proto::{AccountAdmission, AccountView, AdminAction, AdminReply, Deleted, PeerState, PeerStatus};
 use crate::store::identity as keyfile;
 use crate::sys::clock::Clock;
 
@@ -122,34 +122,72 @@ pub(super) async fn account_show(config: Config, json: bool) -> anyhow::Result<(
     print_accounts(&[view])
 }
 
+/// An operator's command for the running coordinator whose data directory (and key) is
+/// `[coordinator] data_dir`, signed with that key.
+async fn ask_running(config: &Config, action: AdminAction) -> anyhow::Result<AdminReply> {
+    let dir = &config.coordinator.data_dir;
+    let signed = coordinator::admin_request(dir, action, &Clock::system())?;
+    let c = &config.coordinator;
+    let host = if c.host == "0.0.0.0" || c.host == "::" { "127.0.0.1" } else { &c.host };
+    let scheme = if config.tls.cert.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{host}:{}/v2/admin", c.port);
+    let reply = crate::net::client::Client::default().post_json(&url, &signed).await;
+    reply
+        .and_then(|r| r.json())
+        .with_context(|| format!("the coordinator of {} did not answer at {url}", dir.display()))
+}
+
 /// An operator's command, on the database of a stopped coordinator or through the API of a
 /// running one (signed with its key).
 pub(super) async fn operator(config: Config, action: AdminAction, json: bool) -> anyhow::Result<()> {
     let dir = &config.coordinator.data_dir;
-    let clock = Clock::system();
-    let accounts = match coordinator::admin_offline(dir, action.clone(), &config, &clock) {
+    let reply = match coordinator::admin_offline(dir, action.clone(), &config, &Clock::system()) {
         Ok(a) => a,
-        // The database is held by the running coordinator: ask it, signed with its own key.
-        Err(coordinator::AdminError::Record(local)) => {
-            let signed = coordinator::admin_request(dir, action, &clock)?;
-            let c = &config.coordinator;
-            let host = if c.host == "0.0.0.0" || c.host == "::" { "127.0.0.1" } else { &c.host };
-            let scheme = if config.tls.cert.is_some() { "https" } else { "http" };
-            let url = format!("{scheme}://{host}:{}/v2/admin", c.port);
-            let reply = crate::net::client::Client::default().post_json(&url, &signed).await;
-            reply.and_then(|r| r.json()).with_context(|| {
-                format!("the database in {} is in use ({local}), and its coordinator did not answer", dir.display())
-            })?
+        // The database is held by the running coordinator (or the command needs it running).
+        Err(coordinator::AdminError::Record(_) | coordinator::AdminError::NeedsRunning) => {
+            ask_running(&config, action).await?
         }
         Err(e) => return Err(e.into()),
     };
     if json {
-        return print_json(&accounts);
+        return print_json(&reply);
     }
-    for node in &accounts.nodes {
+    if let Some(r) = &reply.recovery {
+        outln!(
+            "asked {} peers holding {} shards: {} files recovered, {} placements filled in",
+            r.peers,
+            r.shards,
+            r.files_recovered,
+            r.placements_filled
+        );
+    }
+    for node in &reply.nodes {
         outln!("{node}  allowed");
     }
-    print_accounts(&accounts.accounts)
+    print_accounts(&reply.accounts)
+}
+
+/// A backup of the running coordinator's database, written to `file` (mode 0600).
+pub(super) async fn backup(config: Config, file: PathBuf) -> anyhow::Result<()> {
+    let reply = ask_running(&config, AdminAction::Backup).await?;
+    let mut text = String::new();
+    for r in &reply.backup {
+        text += &serde_json::to_string(r)?;
+        text.push('\n');
+    }
+    crate::sys::fs::write_private(&file, text.as_bytes()).with_context(|| format!("writing {}", file.display()))?;
+    eprintln!(
+        "{} records written to {}; keep the coordinator's identity.p8 safe too",
+        reply.backup.len(),
+        file.display()
+    );
+    Ok(())
+}
+
+pub(super) fn restore(config: &Config, file: &Path) -> anyhow::Result<()> {
+    let n = coordinator::restore(&config.coordinator.data_dir, file)?;
+    eprintln!("{n} records restored into {}", config.coordinator.data_dir.display());
+    Ok(())
 }
 
 async fn wait_for_ctrl_c() -> anyhow::Result<()> {
@@ -179,6 +217,7 @@ pub(super) async fn node(config: Config, advertise: Option<String>) -> anyhow::R
         clock: Clock::system(),
         tls: crate::net::tls::server_config_from(config.tls.cert.as_deref(), config.tls.key.as_deref())?,
         limits: crate::net::server::ConnectionLimits::from_parts(config.limits.connections()),
+        trash_retention: config.node.trash_retention.saturating_mul(86_400),
     })
     .await?;
     eprintln!("node listening on {}", h.addr);

@@ -183,6 +183,14 @@ pub enum CoordinatorAction {
     /// `account` does for accounts
     #[command(subcommand)]
     Node(OperatorNode),
+    /// Ask every node what it holds and rebuild what the database does not know (a
+    /// coordinator that lost its database, or was restored from an old backup); runs against
+    /// the running coordinator
+    Recover,
+    /// Write a backup of the running coordinator's database to FILE (mode 0600)
+    Backup { file: PathBuf },
+    /// Write a backup into the empty database of the stopped coordinator in --data-dir
+    Restore { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -385,6 +393,13 @@ pub fn run() -> anyhow::Result<()> {
             };
             on_runtime("client", c::operator(config, action, json))
         }
+        Command::Coordinator { action: Some(CoordinatorAction::Recover), .. } => {
+            on_runtime("client", c::operator(config, AdminAction::Recover, false))
+        }
+        Command::Coordinator { action: Some(CoordinatorAction::Backup { file }), .. } => {
+            on_runtime("client", c::backup(config, file))
+        }
+        Command::Coordinator { action: Some(CoordinatorAction::Restore { file }), .. } => c::restore(&config, &file),
         Command::Coordinator { action: Some(CoordinatorAction::Node(n)), .. } => {
             let (action, json) = match n {
                 OperatorNode::Allow { id } => (AdminAction::AllowNode { peer: id }, false),

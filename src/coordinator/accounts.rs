@@ -72,7 +72,7 @@ pub(super) fn check_quota(s: &State, caller: &Caller, size: u64) -> Result<(), A
 }
 
 /// An operator's command, signed with the coordinator's own key.
-pub(super) fn admin(s: &State, signed: Signed<AdminRequest>) -> ApiResult {
+pub(super) async fn admin(s: &State, signed: Signed<AdminRequest>) -> ApiResult {
     let req = signed
         .open_by(&s.identity.public_key_hex())
         .ok_or_else(|| ApiError::forbidden("admin requests must be signed with this coordinator's own key"))?;
@@ -81,8 +81,24 @@ pub(super) fn admin(s: &State, signed: Signed<AdminRequest>) -> ApiResult {
         return Err(ApiError::forbidden("stale admin request"));
     }
     fresh_nonce(s, &format!("admin/{}", req.nonce), now)?;
-    let tables =
-        AdminTables { accounts: &s.accounts, owned: &s.owned, uploads: Some(&s.uploads), nodes: &s.allowed_nodes };
+    match req.action {
+        AdminAction::Recover => {
+            let report = super::recovery::recover_all(s).await.map_err(ApiError::internal)?;
+            return ok(&AdminReply { recovery: Some(report), ..AdminReply::default() });
+        }
+        AdminAction::Backup => {
+            let backup = super::backup::dump(&s.db).map_err(ApiError::internal)?;
+            return ok(&AdminReply { backup, ..AdminReply::default() });
+        }
+        _ => {}
+    }
+    let tables = AdminTables {
+        accounts: &s.accounts,
+        owned: &s.owned,
+        uploads: Some(&s.uploads),
+        nodes: &s.allowed_nodes,
+        db: &s.db,
+    };
     let reply = apply(&tables, req.action, s.config.security.default_quota(), now).map_err(|e| match e {
         AdminError::Record(e) => ApiError::internal(e),
         other => ApiError::bad_request(other.to_string()),
@@ -97,6 +113,8 @@ pub enum AdminError {
     Missing(String),
     #[error("`{0}` is not an id (32 hex digits, as `p2pstore account new` or `p2pstore peers` print)")]
     BadId(String),
+    #[error("recovery asks the nodes: run it against the running coordinator")]
+    NeedsRunning,
     #[error(transparent)]
     Record(#[from] RecordError),
 }
@@ -108,6 +126,7 @@ pub(super) struct AdminTables<'a> {
     /// Pending uploads, known only while the coordinator runs.
     pub uploads: Option<&'a Table<UploadRecord>>,
     pub nodes: &'a Table<AllowedNode>,
+    pub db: &'a sled::Db,
 }
 
 fn valid_id(id: &str) -> Result<String, AdminError> {
@@ -159,6 +178,8 @@ pub(super) fn apply(
             reply.nodes.push(id);
         }
         AdminAction::ListNodes => reply.nodes = t.nodes.all()?.into_iter().map(|(id, _)| id).collect(),
+        AdminAction::Recover => return Err(AdminError::NeedsRunning),
+        AdminAction::Backup => reply.backup = super::backup::dump(t.db).map_err(|e| AdminError::Record(e.into()))?,
     }
     for (id, a) in accounts {
         reply.accounts.push(account_view(t.owned, t.uploads, &id, &a)?);

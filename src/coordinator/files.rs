@@ -1,15 +1,14 @@
 //! Committed files: the list, one file's placements and health, its manifest, and deletion
 //! by its owner.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use ring::digest::{SHA256, digest};
 
 use super::auth::Caller;
-use super::repair;
 use super::state::{FileRecord, PeerRecord, State};
-use crate::core::merkle::ShardId;
+use super::{notices, repair};
 use crate::net::server::{self, ApiError, ApiResult, ok};
 use crate::proto::*;
 
@@ -99,31 +98,16 @@ pub(super) async fn delete(s: &State, caller: &Caller, id: &str, req: DeleteRequ
     if hex::encode(digest(&SHA256, &token)) != rec.owner_hash {
         return Err(ApiError::forbidden("wrong password for this file: not deleted"));
     }
+    // The notices go in the outbox with the deletion; nodes holding a shard another file
+    // also needs (identical padding shards) keep it: they count files per shard.
+    let keys = notices::deleted(s, id, &rec).map_err(ApiError::internal)?;
     s.files.remove(id).map_err(ApiError::internal)?;
     s.owned.remove(&format!("{}/{id}", rec.owner)).map_err(ApiError::internal)?;
     s.files.flush().await.map_err(ApiError::internal)?;
-    // Shards still placed by another file on the same peer (identical padding shards) stay.
-    let keep: HashSet<(ShardId, String)> =
-        s.files.readable().iter().flat_map(|(_, other)| other.placed_shards()).collect();
-    let mut by_peer: BTreeMap<String, Vec<ShardId>> = BTreeMap::new();
-    for (sid, peer) in rec.placed_shards() {
-        if !keep.contains(&(sid, peer.clone())) {
-            by_peer.entry(peer).or_default().push(sid);
-        }
+    // Online peers are told now; the others when they are back.
+    if let Err(e) = notices::deliver(s, Some(&keys)).await {
+        tracing::warn!(error = %e, "delivering deletion notices failed; they stay queued");
     }
-    // Online peers are told now, all at once; the others get the next live list (gc).
-    let expires = s.now() + 600;
-    let tell = by_peer.into_iter().filter_map(|(peer, ids)| {
-        let p = s.peers.get(&peer).ok().flatten().filter(|p| s.is_online(p))?;
-        let order = s.identity.sign(&DeleteOrder { peer_id: peer.clone(), shard_ids: ids, expires });
-        let url = format!("{}/v2/shards/delete", p.address);
-        Some(async move {
-            if let Err(e) = s.http.post_json(&url, &order).await.and_then(|r| r.json::<Removed>()) {
-                tracing::warn!(peer = %peer, error = %e, "could not tell the peer to delete shards");
-            }
-        })
-    });
-    futures::future::join_all(tell).await;
     tracing::info!(file = %id, "file deleted");
     ok(&Deleted { deleted: id.to_owned() })
 }

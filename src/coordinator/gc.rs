@@ -1,17 +1,15 @@
-//! Garbage collection: every `[coordinator] gc_interval`, expired uploads are forgotten and
-//! each online peer gets a signed list of the shards it should keep. A node deletes what is
-//! not listed and older than `keep_newer_than`: the shards of deleted files, of uploads never
-//! committed, and of shards repair moved away. Anything younger than an upload may take is
-//! kept, so no upload or repair in progress loses a shard.
+//! Collection: every `[coordinator] gc_interval`, expired uploads are forgotten and their
+//! planned peers hear they were abandoned (`notices`); stale request nonces, idle rate
+//! limiter keys and long-silent peers are forgotten. Nodes delete only what notices name
+//! (deleted files, abandoned uploads, moved shards), never by absence from a list.
 //!
-//! Nodes delete by absence from the list, so a list must be complete: a round in which any
-//! file record cannot be read is skipped, with an error, rather than sent without its shards.
+//! A round in which any file record cannot be read is skipped, with an error: a damaged
+//! database is reported, never acted on.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-
+use super::notices;
 use super::state::State;
 use crate::net::server::Shutdown;
 use crate::proto::*;
@@ -35,42 +33,21 @@ pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
 pub(super) async fn collect(s: &State) -> Result<(), RecordError> {
     let files = s.files.all()?;
     let t = s.now();
-    let mut oldest_pending = t;
     for (id, u) in s.uploads.all()? {
         if u.expires < t {
+            // Its planned peers may let go of what they stored for it (unless they know it
+            // committed): the notice is queued before the record goes.
+            for peer in &u.peers {
+                notices::queue(s, peer, NoticeEvent::Abandoned { upload_id: id.clone() })?;
+            }
             s.uploads.remove(&id)?;
-        } else {
-            oldest_pending = oldest_pending.min(u.created);
         }
     }
     super::auth::prune_nonces(s)?;
     s.limits.forget_idle();
     forget_peers(s, &files)?;
-    let keep_newer_than = t.saturating_sub(s.config.coordinator.upload_expiry).min(oldest_pending);
-    let held = s.shards_by_peer(&files);
-    let online: Vec<_> = s.peers.readable().into_iter().filter(|(_, p)| s.is_admitted(p)).collect();
-    futures::stream::iter(online)
-        .for_each_concurrent(CONCURRENCY, |(id, p)| {
-            let list = LiveList {
-                peer_id: id.clone(),
-                shard_ids: held.get(&id).map(|v| v.iter().map(|(sid, _)| *sid).collect()).unwrap_or_default(),
-                keep_newer_than,
-                expires: t + 600,
-            };
-            async move {
-                match s.http.post_json(&format!("{}/v2/gc", p.address), &s.identity.sign(&list)).await {
-                    Ok(r) if r.status.is_success() => {}
-                    Ok(r) => tracing::warn!(peer = %id, status = %r.status, "garbage collection refused"),
-                    Err(e) => tracing::warn!(peer = %id, error = %e, "garbage collection failed"),
-                }
-            }
-        })
-        .await;
     Ok(())
 }
-
-/// Peers visited at once.
-const CONCURRENCY: usize = 16;
 
 /// Disqualified peers remembered at most; the oldest are forgotten first.
 const MAX_BANNED: usize = 100_000;
@@ -90,6 +67,7 @@ fn forget_peers(s: &State, files: &[(String, super::state::FileRecord)]) -> Resu
             s.banned.insert(&id, &super::state::BannedPeer { since: now })?;
         }
         s.peers.remove(&id)?;
+        notices::drop_for(s, &id)?;
         tracing::info!(peer = %id, "peer forgotten after a long silence");
     }
     let mut banned = s.banned.all()?;

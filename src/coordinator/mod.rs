@@ -13,11 +13,14 @@ mod accounts;
 mod admission;
 mod audit;
 mod auth;
+mod backup;
 mod browser;
 mod files;
 mod gc;
 mod limits;
+mod notices;
 mod peers;
+mod recovery;
 mod repair;
 mod routes;
 mod state;
@@ -41,6 +44,7 @@ use crate::sys::clock::Clock;
 use state::{Counters, State};
 
 pub use accounts::AdminError;
+pub use backup::restore;
 
 /// Dial-backs (admission checks of new addresses) running at once.
 const DIAL_BACKS: usize = 16;
@@ -58,7 +62,7 @@ pub fn admin_offline(
     let accounts = Table::open(&db, "accounts").map_err(db_err)?;
     let owned = Table::open(&db, "owned").map_err(db_err)?;
     let nodes = Table::open(&db, "allowed_nodes").map_err(db_err)?;
-    let tables = accounts::AdminTables { accounts: &accounts, owned: &owned, uploads: None, nodes: &nodes };
+    let tables = accounts::AdminTables { accounts: &accounts, owned: &owned, uploads: None, nodes: &nodes, db: &db };
     accounts::apply(&tables, action, config.security.default_quota(), clock.now())
 }
 
@@ -90,6 +94,9 @@ pub async fn spawn(
     let db = open_db(&data_dir).map_err(db_err)?;
     let metrics = Metrics::new("coordinator");
     let config_limits = config.limits.clone();
+    let fresh = db.open_tree("meta").map_err(|e| db_err(e.into()))?.is_empty()
+        && db.open_tree("files").map_err(|e| db_err(e.into()))?.is_empty();
+    let (recovery_queue, recovery_rx) = tokio::sync::mpsc::unbounded_channel();
     let audit_timeout = std::time::Duration::from_secs(config.audit.timeout);
     let state = Arc::new(State {
         identity,
@@ -104,6 +111,13 @@ pub async fn spawn(
         nonces: Table::open(&db, "nonces").map_err(db_err)?,
         allowed_nodes: Table::open(&db, "allowed_nodes").map_err(db_err)?,
         banned: Table::open(&db, "banned").map_err(db_err)?,
+        meta: Table::open(&db, "meta").map_err(db_err)?,
+        outbox: Table::open(&db, "outbox").map_err(db_err)?,
+        outbox_ready: tokio::sync::Notify::new(),
+        delivering: Mutex::new(HashMap::new()),
+        recovering: std::sync::atomic::AtomicBool::new(fresh),
+        recovery_queue,
+        db: db.clone(),
         repair_queue: Mutex::new(HashSet::new()),
         browser_uploads: Mutex::new(HashMap::new()),
         recent_audits: Mutex::new(VecDeque::new()),
@@ -118,6 +132,7 @@ pub async fn spawn(
         browser_turns: tokio::sync::Semaphore::new(2),
     });
     audit::load_log(&state);
+    notices::generation(&state).map_err(|e| ServerError::Db { dir: data_dir.clone(), source: e.into() })?;
     let tls = crate::net::tls::server_config_from(state.config.tls.cert.as_deref(), state.config.tls.key.as_deref())?;
     let tcp = TcpListener::bind(bind).await.map_err(|source| ServerError::Bind { addr: bind, source })?;
     let limits = server::ConnectionLimits::from_parts(state.config.limits.connections());
@@ -130,6 +145,8 @@ pub async fn spawn(
         Box::pin(audit::run(state.clone(), stop.clone())) as _,
         Box::pin(repair::run(state.clone(), stop.clone())) as _,
         Box::pin(gc::run(state.clone(), stop.clone())) as _,
+        Box::pin(notices::run(state.clone(), stop.clone())) as _,
+        Box::pin(recovery::run(state.clone(), recovery_rx, stop.clone())) as _,
     ];
     let handler = move |req| routes::route(state.clone(), req);
     Ok(server::serve(listener, (metrics, routes::label), handler, signal, workers))
@@ -173,5 +190,7 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, crate::store::DbError> {
     scan!(state::NonceRecord, "nonces");
     scan!(state::AllowedNode, "allowed_nodes");
     scan!(state::BannedPeer, "banned");
+    scan!(notices::MetaRecord, "meta");
+    scan!(notices::OutboxRecord, "outbox");
     Ok(report)
 }

@@ -1,7 +1,7 @@
 //! Peers: registration and liveness by signed heartbeats, graceful exit, and the peer list.
 
-use super::admission;
 use super::state::{PeerRecord, State};
+use super::{admission, notices};
 use crate::net::server::{ApiError, ApiResult, ok};
 use crate::proto::*;
 
@@ -59,18 +59,19 @@ pub(super) async fn heartbeat(s: &State, signed: Signed<Heartbeat>, remote: Opti
     match &old {
         Some(o) if hb.seq <= o.last_seq => return Err(ApiError::forbidden("replayed heartbeat")),
         Some(_) => {}
-        None => {
-            admission::check_new_peer(s, &id, &hb, &signed.signer)?;
-            s.limits.registration(remote)?;
-        }
+        None => admission::check_new_peer(s, &id, &hb, &signed.signer)?,
     }
     let reached = match admission::needs_dial_back(old.as_ref(), &hb.address) {
         true => Some(admission::dial_back(s, &hb.address, &signed.signer).await?),
         false => None,
     };
     if old.is_none() {
+        // Only registrations that got this far count against the address: an attacker's
+        // unreachable identities do not use up the registrations of its neighbours.
+        s.limits.registration(remote)?;
         tracing::info!(peer = %id, address = %hb.address, "peer registered");
     }
+    let new = old.is_none();
     // Read-modify-write in one step: the audit worker updates the same record.
     let mut replayed = false;
     s.peers
@@ -96,5 +97,10 @@ pub(super) async fn heartbeat(s: &State, signed: Signed<Heartbeat>, remote: Opti
     if replayed {
         return Err(ApiError::forbidden("replayed heartbeat"));
     }
-    ok(&HeartbeatReply { peer_id: id, coordinator_key: s.identity.public_key_hex() })
+    if new {
+        // What it holds may be files this database does not know (recovery).
+        let _ = s.recovery_queue.send(id.clone());
+    }
+    let generation = notices::generation(s).map_err(ApiError::internal)?;
+    ok(&HeartbeatReply { peer_id: id, coordinator_key: s.identity.public_key_hex(), generation })
 }

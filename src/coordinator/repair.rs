@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use super::notices;
 use super::state::{FileRecord, PeerRecord, State};
 use crate::core::codec::VerifiedShard;
 use crate::core::erasure;
@@ -240,17 +241,34 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
     let moved: Vec<(usize, String, String)> =
         placed.into_iter().map(|(j, target)| (j, holders[j].clone(), target)).collect();
     // Placements change only now, and only where nobody else changed them meanwhile.
+    let mut changed = Vec::new();
     s.files.update(file_id, |r| {
+        changed.clear();
         r.map(|mut r| {
             for (j, old, new) in &moved {
                 if r.placements.get(seg).and_then(|p| p.get(*j)) == Some(old) {
                     r.placements[seg][*j] = new.clone();
+                    changed.push((ids[*j], old.clone(), new.clone()));
                 }
             }
             r
         })
     })?;
     s.files.flush().await?;
+    // The new holders keep their copies for the file; the old ones may let theirs go.
+    for (sid, old, new) in changed {
+        let upload_id = f.upload_id.clone();
+        let kept = NoticeEvent::Committed {
+            upload_id,
+            file_id: file_id.to_owned(),
+            shard_ids: vec![sid],
+            complete: false,
+            manifest: None,
+        };
+        notices::queue(s, &new, kept)?;
+        let freed = NoticeEvent::Released { file_id: file_id.to_owned(), shard_ids: vec![sid], deleted: false };
+        notices::queue(s, &old, freed)?;
+    }
     s.counters.repaired_shards.inc_by(moved.len() as u64);
     Ok(moved.len())
 }

@@ -147,7 +147,7 @@ pub(super) async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
             Route::Heartbeat => peers::heartbeat(&s, read_json(req, SMALL_BODY).await?, remote).await,
             _ => peers::exit(&s, read_json(req, SMALL_BODY).await?),
         },
-        Access::Operator => accounts::admin(&s, read_json(req, SMALL_BODY).await?),
+        Access::Operator => accounts::admin(&s, read_json(req, SMALL_BODY).await?).await,
         Access::Account => {
             let (parts, body) = req.into_parts();
             let caller = auth::authenticate(&s, &parts)?;

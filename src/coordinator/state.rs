@@ -183,6 +183,10 @@ pub(super) struct FileRecord {
     /// The upload its shards were stored under: read grants name it (empty: before grants).
     #[serde(default)]
     pub upload_id: String,
+    /// When it was rebuilt from the network (0: committed here): its placements not yet
+    /// filled in are not repaired during the grace period, while peers come back.
+    #[serde(default)]
+    pub recovered_at: u64,
 }
 
 impl Record for FileRecord {
@@ -222,6 +226,18 @@ pub(super) struct State {
     pub nonces: Table<NonceRecord>,
     pub allowed_nodes: Table<AllowedNode>,
     pub banned: Table<BannedPeer>,
+    pub meta: Table<super::notices::MetaRecord>,
+    pub outbox: Table<super::notices::OutboxRecord>,
+    /// Woken when a notice is queued.
+    pub outbox_ready: tokio::sync::Notify,
+    /// One delivery at a time per peer, so its notices arrive in order.
+    pub delivering: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Whether this database started empty (then it adopts its nodes' generation).
+    pub recovering: std::sync::atomic::AtomicBool,
+    /// Peers whose inventory the recovery worker is to take.
+    pub recovery_queue: tokio::sync::mpsc::UnboundedSender<String>,
+    /// The database the tables live in (backups read all of it).
+    pub db: sled::Db,
     /// (file id, segment) pairs waiting for or under repair.
     pub repair_queue: Mutex<HashSet<(String, usize)>>,
     /// Outcomes of the last minute's audits, for the dashboard (the stored history is per peer).

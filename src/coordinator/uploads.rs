@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use hyper::StatusCode;
 use rayon::prelude::*;
 
-use super::accounts;
 use super::auth::Caller;
 use super::state::{FileRecord, OwnedRecord, State, UploadRecord};
+use super::{accounts, notices};
 use crate::core::erasure::Shape;
 use crate::core::error::CodecError;
 use crate::core::manifest::{self, Manifest, segment_count};
@@ -217,6 +217,7 @@ pub(super) fn verify_commit(
         created: now,
         owner: account.to_owned(),
         upload_id: upload_id.to_owned(),
+        recovered_at: 0,
     };
     Ok((m, record))
 }
@@ -272,7 +273,10 @@ fn record_file(s: &State, file_id: &str, rec: FileRecord, size: u64) -> Result<(
             format!("file {file_id} is already stored, by another account or with other data: refused"),
         )),
         Some(false) => Ok(()),
-        None => s.owned.insert(&format!("{owner}/{file_id}"), &OwnedRecord { size }).map_err(ApiError::internal),
+        None => {
+            s.owned.insert(&format!("{owner}/{file_id}"), &OwnedRecord { size }).map_err(ApiError::internal)?;
+            notices::committed(s, file_id, &rec).map_err(ApiError::internal)
+        }
     }
 }
 

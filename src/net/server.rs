@@ -298,6 +298,16 @@ impl Default for ConnectionLimits {
 }
 
 impl ConnectionLimits {
+    /// These limits, lowered to fit the process's file descriptors: at most half of them for
+    /// connections (the rest for files, the database and outgoing requests), and a quarter of
+    /// those for one address, so a flood from one address cannot exhaust them. The soft limit
+    /// is first raised to the hard one.
+    fn within_fd_limit(self) -> ConnectionLimits {
+        let fds = raise_fd_limit();
+        let total = self.total.min((fds / 2).max(8));
+        ConnectionLimits { total, per_address: self.per_address.min((total / 4).max(2)), ..self }
+    }
+
     /// From `(total, per_address, header_timeout)` (the configuration's `[limits]`).
     pub fn from_parts((total, per_address, header_timeout): (usize, usize, Duration)) -> ConnectionLimits {
         ConnectionLimits { total, per_address, header_timeout }
@@ -314,6 +324,24 @@ impl Listener {
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }
     }
+}
+
+/// Raises the soft limit on open files to the hard one; returns the limit now in force.
+fn raise_fd_limit() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit with a valid pointer to an rlimit we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
 }
 
 /// The remote address of a request, put in its extensions by the server loop.
@@ -378,7 +406,7 @@ where
     let addr = listener.tcp.local_addr().expect("bound listener has an address");
     let handler: Handler<F> = Arc::new(handler);
     let tls = listener.tls.map(tokio_rustls::TlsAcceptor::from);
-    let limits = listener.limits;
+    let limits = listener.limits.within_fd_limit();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.total));
     let per_address = PerAddress::default();
     let mut stop = shutdown.clone();

@@ -21,7 +21,7 @@ use crate::net::metrics::Metrics;
 use crate::net::server::{self, ServerError, ServerHandle, Shutdown};
 use crate::proto::*;
 use crate::store::identity as keyfile;
-use crate::store::shards::{ShardStore, StoreError};
+use crate::store::shards::{Observation, ShardStore, StoreError};
 use crate::sys::clock::Clock;
 use crate::sys::fs::write_durably;
 use prometheus::{IntCounter, IntGauge};
@@ -40,6 +40,8 @@ pub struct NodeOptions {
     /// Serve HTTPS with this configuration (see `net::tls`); None: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub limits: server::ConnectionLimits,
+    /// Seconds a deleted shard stays in the trash, restorable, before it is removed.
+    pub trash_retention: u64,
 }
 
 struct State {
@@ -60,6 +62,8 @@ struct State {
     grants: Mutex<HashMap<String, ReadGrant>>,
     /// Bits of proof-of-work the coordinator asks of a node key, once known.
     pow_bits: OnceCell<u32>,
+    /// Notices are taken one at a time: each must be newer than the last.
+    notices: tokio::sync::Mutex<()>,
     /// The last heartbeat's `seq`: each one is strictly greater.
     seq: std::sync::atomic::AtomicU64,
     bytes_in: IntCounter,
@@ -137,6 +141,7 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         orders: Mutex::new(HashMap::new()),
         grants: Mutex::new(HashMap::new()),
         seq: std::sync::atomic::AtomicU64::new(0),
+        notices: tokio::sync::Mutex::new(()),
         pow_bits: OnceCell::new(),
         bytes_in: metrics.add(IntCounter::new("shard_bytes_in_total", "Shard bytes stored").expect("valid")),
         bytes_out: metrics.add(IntCounter::new("shard_bytes_out_total", "Shard bytes served").expect("valid")),
@@ -147,6 +152,7 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
     });
     let signal = server::shutdown_signal();
     let beats = heartbeats(state.clone(), opts.heartbeat_interval, signal.1.clone());
+    let trash = empty_trash(state.clone(), opts.trash_retention, signal.1.clone());
     tracing::info!(peer = %state.identity.peer_id(), %addr, "node listening");
     let s2 = state.clone();
     let handle = server::serve(
@@ -154,7 +160,7 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         (metrics, routes::label),
         move |req| routes::route(s2.clone(), req),
         signal,
-        vec![Box::pin(beats)],
+        vec![Box::pin(beats), Box::pin(trash)],
     );
     // Registering needs the node to answer the coordinator's dial-back: it serves first.
     if let Err(e) = heartbeat(&state).await {
@@ -189,6 +195,7 @@ async fn heartbeat(s: &State) -> Result<(), HeartbeatError> {
     };
     let reply: HeartbeatReply =
         s.http.post_json(&format!("{}/v2/heartbeat", s.coordinator), &s.identity.sign(&hb)).await?.json()?;
+    observe_coordinator(s, &reply);
     match s.coordinator_key.get() {
         Some(k) if *k != reply.coordinator_key => Err(HeartbeatError::WrongCoordinator {
             url: s.coordinator.clone(),
@@ -202,6 +209,39 @@ async fn heartbeat(s: &State) -> Result<(), HeartbeatError> {
                 .map_err(|source| HeartbeatError::Pin { file: s.key_file.clone(), source })?;
             let _ = s.coordinator_key.set(reply.coordinator_key);
             Ok(())
+        }
+    }
+}
+
+/// Remembers the coordinator database's generation the first reply names; a later one naming
+/// another database is reported (its deletions are refused).
+fn observe_coordinator(s: &State, reply: &HeartbeatReply) {
+    let Ok(mut mark) = s.store.mark() else { return };
+    let before = mark.clone();
+    if mark.observe(&reply.generation) == Observation::OtherDatabase {
+        tracing::error!(
+            generation = %reply.generation,
+            "the coordinator's database is not the one this node registered with: its notices are refused until it \
+             is recovered from the network (p2pstore coordinator recover)"
+        );
+    }
+    if mark != before
+        && let Err(e) = s.store.set_mark(&mark)
+    {
+        tracing::warn!(error = %e, "could not record the coordinator's generation");
+    }
+}
+
+/// Empties the trash of what was put there longer ago than the retention, every hour.
+async fn empty_trash(s: Arc<State>, retention: u64, mut shutdown: Shutdown) {
+    while !shutdown.sleep(Duration::from_secs(3600).min(Duration::from_secs(retention.max(1)))).await {
+        let s2 = s.clone();
+        let cutoff = s.clock.now().saturating_sub(retention);
+        match tokio::task::spawn_blocking(move || s2.store.empty_trash(cutoff)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(removed = n, "trash emptied"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "emptying the trash failed"),
+            Err(e) => tracing::warn!(error = %e, "emptying the trash failed"),
         }
     }
 }

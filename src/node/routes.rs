@@ -19,9 +19,9 @@ pub(super) enum Route {
     Status,
     PutShard(ShardId),
     GetShard(ShardId),
-    DeleteShards,
+    Notice,
+    Inventory,
     Audit,
-    CollectGarbage,
     Identify,
 }
 
@@ -32,9 +32,9 @@ impl Route {
             Route::Metrics => "/metrics",
             Route::Status => "/v2/status",
             Route::PutShard(_) | Route::GetShard(_) => "/v2/shards/:id",
-            Route::DeleteShards => "/v2/shards/delete",
+            Route::Notice => "/v2/notices",
+            Route::Inventory => "/v2/inventory",
             Route::Audit => "/v2/audit",
-            Route::CollectGarbage => "/v2/gc",
             Route::Identify => "/v2/identify",
         }
     }
@@ -47,11 +47,11 @@ impl Route {
         Ok(match (method, p.as_slice()) {
             (&Method::GET, ["metrics"]) => Route::Metrics,
             (&Method::GET, ["v2", "status"]) => Route::Status,
-            (&Method::POST, ["v2", "shards", "delete"]) => Route::DeleteShards,
+            (&Method::POST, ["v2", "notices"]) => Route::Notice,
+            (&Method::POST, ["v2", "inventory"]) => Route::Inventory,
             (&Method::PUT, ["v2", "shards", id]) => Route::PutShard(shard(id)?),
             (&Method::GET, ["v2", "shards", id]) => Route::GetShard(shard(id)?),
             (&Method::POST, ["v2", "audit"]) => Route::Audit,
-            (&Method::POST, ["v2", "gc"]) => Route::CollectGarbage,
             (&Method::POST, ["v2", "identify"]) => Route::Identify,
             _ => return Err(ApiError::not_found(format!("no route {method} {path}"))),
         })
@@ -81,9 +81,9 @@ pub(super) async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
         }),
         Route::PutShard(id) => put_shard(&s, id, req).await,
         Route::GetShard(id) => get_shard(&s, id, &req).await,
-        Route::DeleteShards => delete(&s, read_json(req, MAX_JSON_BODY).await?).await,
+        Route::Notice => notice(&s, read_json(req, MAX_JSON_BODY).await?).await,
+        Route::Inventory => inventory(&s, read_json(req, 64 * 1024).await?).await,
         Route::Audit => audit(&s, read_json(req, 64 * 1024).await?).await,
-        Route::CollectGarbage => collect_garbage(&s, read_json(req, MAX_JSON_BODY).await?).await,
         Route::Identify => {
             // Anyone may ask: the answer proves only that this key listens at this address.
             let c: IdentifyChallenge = read_json(req, 4096).await?;
@@ -232,29 +232,83 @@ async fn audit(s: &Arc<State>, signed: Signed<Challenge>) -> ApiResult {
     ok(&s.identity.sign(&AuditAnswer { nonce: c.nonce, proofs }))
 }
 
-/// Drops every shard the coordinator no longer lists, once it is old enough.
-async fn collect_garbage(s: &Arc<State>, signed: Signed<LiveList>) -> ApiResult {
-    let list = addressed_to_me(s, &signed, "live list")?;
-    let s2 = s.clone();
+/// Takes a notice of what became of an upload or a file: shards no file needs any more go
+/// to the trash. A deletion from a coordinator database this node does not know, or from one
+/// that went back in time, is refused (409): such a database may not know what is committed.
+async fn notice(s: &Arc<State>, signed: Signed<Notice>) -> ApiResult {
+    let n = addressed_to_me(s, &signed, "notice")?;
+    {
+        let _one_at_a_time = s.notices.lock().await;
+        let mut mark = s.store.mark().map_err(ApiError::internal)?;
+        if let Err(why) = mark.accept(&n.generation, n.seq) {
+            tracing::error!(reason = %why, "a notice from the coordinator was refused");
+            return Err(ApiError::new(StatusCode::CONFLICT, why));
+        }
+        s.store.set_mark(&mark).map_err(ApiError::internal)?;
+    }
+    let (s2, now) = (s.clone(), s.clock.now());
     let removed = blocking(move || {
-        let live = list.shard_ids.into_iter().collect();
-        s2.store.collect_garbage(&live, list.keep_newer_than).map_err(ApiError::internal)
+        let st = &s2.store;
+        let r = (|| match n.event {
+            NoticeEvent::Committed { upload_id, file_id, shard_ids, complete, manifest } => {
+                if let Some(copy) = manifest {
+                    st.keep_manifest(&file_id, serde_json::to_vec(&copy).expect("serializes").as_slice())?;
+                }
+                st.commit(&upload_id, &file_id, &shard_ids, complete, now)
+            }
+            NoticeEvent::Abandoned { upload_id } => match st.abandon(&upload_id, now) {
+                Err(StoreError::Committed(u)) => {
+                    tracing::warn!(upload = %u, "asked to abandon an upload this node knows committed: kept");
+                    Ok(0)
+                }
+                r => r,
+            },
+            NoticeEvent::Released { file_id, shard_ids, deleted } => {
+                if deleted {
+                    st.drop_manifest(&file_id)?;
+                }
+                st.release(&file_id, &shard_ids, now)
+            }
+        })();
+        r.map_err(ApiError::internal)
     })
     .await?;
     if removed > 0 {
-        tracing::info!(removed, "garbage shards deleted");
+        tracing::info!(removed, "shards moved to the trash");
     }
     ok(&Removed { removed })
 }
 
-async fn delete(s: &Arc<State>, signed: Signed<DeleteOrder>) -> ApiResult {
-    let order = addressed_to_me(s, &signed, "delete order")?;
+/// Shards in one inventory page.
+const INVENTORY_PAGE: usize = 10_000;
+
+/// A page of what this node holds, for a coordinator rebuilding its database.
+async fn inventory(s: &Arc<State>, signed: Signed<InventoryRequest>) -> ApiResult {
+    let req = addressed_to_me(s, &signed, "inventory request")?;
     let s2 = s.clone();
-    let removed = blocking(move || {
-        Ok(order.shard_ids.iter().map(|id| s2.store.delete(id)).filter(|r| matches!(r, Ok(true))).count())
+    let page = blocking(move || {
+        let st = &s2.store;
+        let held = st.inventory(req.after.as_ref(), INVENTORY_PAGE + 1).map_err(ApiError::internal)?;
+        let more = held.len() > INVENTORY_PAGE;
+        let shards = held
+            .into_iter()
+            .take(INVENTORY_PAGE)
+            .map(|(shard_id, e)| HeldShard { shard_id, len: e.len, files: e.files })
+            .collect();
+        let manifests = match req.after {
+            None => st
+                .manifests()
+                .map_err(ApiError::internal)?
+                .iter()
+                .filter_map(|m| serde_json::from_slice(m).ok())
+                .collect(),
+            Some(_) => Vec::new(),
+        };
+        let mark = st.mark().map_err(ApiError::internal)?;
+        Ok(Inventory { shards, manifests, generation: mark.generation, last_notice: mark.last_notice, more })
     })
     .await?;
-    ok(&Removed { removed })
+    ok(&page)
 }
 
 #[cfg(test)]
@@ -272,7 +326,7 @@ mod tests {
         let path = format!("/v2/shards/{id}");
         assert_eq!(Route::parse(&Method::PUT, &path).unwrap(), Route::PutShard(id));
         assert_eq!(Route::parse(&Method::GET, &path).unwrap(), Route::GetShard(id));
-        assert_eq!(Route::parse(&Method::POST, "/v2/shards/delete").unwrap(), Route::DeleteShards);
+        assert_eq!(Route::parse(&Method::POST, "/v2/notices").unwrap(), Route::Notice);
         assert_eq!(Route::parse(&Method::GET, "//metrics").unwrap(), Route::Metrics);
         assert_eq!(Route::parse(&Method::GET, "/v2/shards/zz").unwrap_err().status, StatusCode::BAD_REQUEST);
         assert_eq!(Route::parse(&Method::DELETE, &path).unwrap_err().status, StatusCode::NOT_FOUND);

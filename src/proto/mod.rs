@@ -64,6 +64,10 @@ pub struct HeartbeatReply {
     pub peer_id: String,
     /// Hex public key of the coordinator; a node pins it on first registration.
     pub coordinator_key: String,
+    /// The coordinator database's generation: a node that knows another one refuses its
+    /// notices.
+    #[serde(default)]
+    pub generation: String,
 }
 
 /// Client → coordinator: a placement plan for a file of `size` bytes.
@@ -279,16 +283,6 @@ pub struct AuditRecord {
     pub reputation: f64,
 }
 
-/// Coordinator → node: every shard you should keep. Shards not listed and stored before
-/// `keep_newer_than` are garbage (deleted files, abandoned uploads, moved shards).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LiveList {
-    pub peer_id: String,
-    pub shard_ids: Vec<ShardId>,
-    pub keep_newer_than: u64,
-    pub expires: u64,
-}
-
 /// Node → coordinator, signed: this peer wants to leave; move its shards first.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ExitRequest {
@@ -370,19 +364,56 @@ pub struct AdminRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "do")]
 pub enum AdminAction {
-    AddAccount { account: String, quota: Option<u64> },
-    RemoveAccount { account: String },
+    AddAccount {
+        account: String,
+        quota: Option<u64>,
+    },
+    RemoveAccount {
+        account: String,
+    },
     ListAccounts,
-    AllowNode { peer: String },
-    DisallowNode { peer: String },
+    AllowNode {
+        peer: String,
+    },
+    DisallowNode {
+        peer: String,
+    },
     ListNodes,
+    /// Ask every peer what it holds and rebuild what the database does not know.
+    Recover,
+    /// Every record of the database, to keep as a backup.
+    Backup,
 }
 
-/// What an operator's command concerns: accounts, or allowed node ids.
+/// What an operator's command concerns: accounts, allowed node ids, or what a recovery found.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct AdminReply {
     pub accounts: Vec<AccountView>,
     pub nodes: Vec<String>,
+    #[serde(default)]
+    pub recovery: Option<RecoveryReport>,
+    /// Every record, for `Backup`.
+    #[serde(default)]
+    pub backup: Vec<BackupRecord>,
+}
+
+/// One record of a coordinator's database, as a backup keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackupRecord {
+    pub table: String,
+    pub key: String,
+    /// The stored JSON text.
+    pub value: String,
+}
+
+/// What a recovery from the network found: peers asked, shards they hold, files rebuilt from
+/// manifest copies, and placements filled in.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RecoveryReport {
+    pub peers: usize,
+    pub shards: usize,
+    pub files_recovered: usize,
+    pub placements_filled: usize,
 }
 
 /// Node → coordinator under `[security] node_admission = "allowlist"`: who may register.
@@ -394,12 +425,81 @@ pub enum NodeAdmission {
     Allowlist,
 }
 
-/// Coordinator → node: drop these shards (after `rm`).
+/// Coordinator → node (`POST /v2/notices`): what became of an upload or a file. Nodes
+/// delete only what notices name, and only what nothing else needs (`store::shards`). Each
+/// carries the coordinator's database generation (a random id made with the database) and
+/// the next number of this node's own sequence: a node takes notices only from the database
+/// it knows, and only newer than the last it took (no replay; nothing from a database
+/// restored from an older backup until it is recovered).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DeleteOrder {
+pub struct Notice {
     pub peer_id: String,
-    pub shard_ids: Vec<ShardId>,
+    pub generation: String,
+    pub seq: u64,
+    pub event: NoticeEvent,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum NoticeEvent {
+    /// The upload committed as the file, which needs these of its shards from this node;
+    /// when `complete`, no more of the upload's shards will be named. Some nodes also keep
+    /// the file's signed manifest copy, from which a coordinator can be rebuilt.
+    Committed {
+        upload_id: String,
+        file_id: String,
+        shard_ids: Vec<ShardId>,
+        complete: bool,
+        manifest: Option<Signed<ManifestCopy>>,
+    },
+    /// The upload expired without a commit.
+    Abandoned { upload_id: String },
+    /// The file no longer needs these of its shards from this node: it was `deleted` (then
+    /// its manifest copy goes too), or repair moved them and their new copies are confirmed.
+    Released { file_id: String, shard_ids: Vec<ShardId>, deleted: bool },
+}
+
+/// A committed file as the coordinator recorded it, signed by the coordinator and kept by a
+/// few of its nodes: with the manifest (checked against the file id when read back) and
+/// what only the coordinator knew, its owner.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ManifestCopy {
+    pub file_id: String,
+    /// Hex of the canonical manifest.
+    pub manifest: String,
+    pub owner: String,
+    pub owner_hash: String,
+    pub upload_id: String,
+    pub created: u64,
+}
+
+/// Coordinator → node, signed (`POST /v2/inventory`): a page of what you hold.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InventoryRequest {
+    pub peer_id: String,
+    /// Shards after this id (None: from the start).
+    pub after: Option<ShardId>,
     pub expires: u64,
+}
+
+/// Node → coordinator: a page of its shards and the files that need them, the manifest
+/// copies it keeps (first page only), and the coordinator generation and the last notice
+/// number it took.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Inventory {
+    pub shards: Vec<HeldShard>,
+    pub manifests: Vec<Signed<ManifestCopy>>,
+    pub generation: Option<String>,
+    pub last_notice: u64,
+    /// Whether more pages follow.
+    pub more: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeldShard {
+    pub shard_id: ShardId,
+    pub len: u64,
+    pub files: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -419,8 +519,9 @@ message! {
     ExitRequest => "exit",
     PutOrder => "put-order",
     Receipt => "receipt",
-    DeleteOrder => "delete-order",
-    LiveList => "live-list",
+    Notice => "notice",
+    ManifestCopy => "manifest-copy",
+    InventoryRequest => "inventory",
     Challenge => "audit-challenge",
     AuditAnswer => "audit-answer",
     ReadGrant => "read-grant",
@@ -449,9 +550,19 @@ macro_rules! for_peer {
 }
 for_peer!(PutOrder, expires);
 for_peer!(Challenge, deadline);
-for_peer!(LiveList, expires);
-for_peer!(DeleteOrder, expires);
+for_peer!(InventoryRequest, expires);
 for_peer!(ReadGrant, expires);
+
+impl ForPeer for Notice {
+    fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+    /// Notices do not expire: the coordinator delivers them until they are taken, and taking
+    /// one twice changes nothing.
+    fn valid_until(&self) -> u64 {
+        u64::MAX
+    }
+}
 
 /// A node's own view of itself (`GET /v2/status` on a node).
 #[derive(Clone, Debug, Serialize, Deserialize)]

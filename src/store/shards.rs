@@ -1,21 +1,27 @@
 //! A node's shards: one file per shard under `shards/xx/<hex id>` (written to a temporary
-//! name, synced, renamed) beside a sled index of shard id → length and time. Why files for
-//! bodies: measured here, sled 0.34 writes 1 MiB values at ~300 MB/s, takes 2.9× their size
-//! on disk and returns no space after deletes (shared/LIMITS.md), while a synced file per
-//! shard writes at ~975 MB/s, takes 1.0× (plus the block tail) and frees its space on unlink.
+//! name, synced, renamed) beside a sled index. Why files for bodies: measured here, sled 0.34
+//! writes 1 MiB values at ~300 MB/s, takes 2.9× their size on disk and returns no space after
+//! deletes (shared/LIMITS.md), while a synced file per shard writes at ~975 MB/s, takes 1.0×
+//! (plus the block tail) and frees its space on unlink.
+//!
+//! The index remembers, per shard, the uploads that stored it and the committed files that
+//! need it; per upload, whether it is pending, committed or abandoned. A shard is garbage
+//! only when no file needs it and every upload that stored it has ended (committed without
+//! it, or abandoned): never because something is missing from a list. Garbage goes to a
+//! trash (`trash/<hex id>`) first, and is removed only after the retention time; a commit
+//! that names a trashed shard brings it back.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::core::merkle::ShardId;
-use crate::sys::fs::{read_whole, write_durably};
+use crate::sys::fs::{TEMP_MARK, read_whole, write_durably};
 
 /// The scope of a read grant that covers every shard (the coordinator's, for repair).
 pub const ANY: &str = "*";
@@ -26,28 +32,38 @@ pub fn shard_file(data_dir: &Path, id: &ShardId) -> PathBuf {
     data_dir.join("shards").join(&hex[..2]).join(hex)
 }
 
+fn trash_file(data_dir: &Path, id: &ShardId) -> PathBuf {
+    data_dir.join("trash").join(id.to_hex())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("node is full: {used} of {capacity} bytes used, {wanted} more requested")]
     Full { used: u64, capacity: u64, wanted: u64 },
+    #[error("upload {0} was committed: it is not abandoned")]
+    Committed(String),
     #[error("shard store")]
     Io(#[from] io::Error),
     #[error("shard index")]
     Db(#[from] sled::Error),
 }
 
-/// Uploads remembered per shard: identical shards (zero padding of small files) are shared
-/// by many uploads, and the most recent ones are what read grants name.
-const MAX_UPLOADS: usize = 64;
+/// Uploads and files remembered per shard: identical shards (zero padding of small files) are
+/// shared by many; read grants name uploads.
+const MAX_REFS: usize = 64;
 
-/// A shard's index entry: its length, when it was last stored (unix seconds), and the
-/// uploads it was stored for (from their put orders).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct Entry {
-    len: u64,
-    stored_at: u64,
+/// A shard's index entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub len: u64,
+    /// When it was last stored (unix seconds).
+    pub stored_at: u64,
+    /// Uploads whose put orders stored it.
     #[serde(default)]
-    uploads: Vec<String>,
+    pub uploads: Vec<String>,
+    /// Committed files that need it.
+    #[serde(default)]
+    pub files: Vec<String>,
 }
 
 impl Entry {
@@ -63,90 +79,192 @@ impl Entry {
         Some(Entry {
             len: u64::from_be_bytes(b.get(..8)?.try_into().ok()?),
             stored_at: u64::from_be_bytes(b.get(8..16)?.try_into().ok()?),
-            uploads: Vec::new(),
+            ..Entry::default()
         })
     }
+}
 
-    fn remember(&mut self, upload: &str, now: u64) {
-        self.stored_at = self.stored_at.max(now);
-        self.uploads.retain(|u| u != upload);
-        self.uploads.push(upload.to_owned());
-        if self.uploads.len() > MAX_UPLOADS {
-            self.uploads.remove(0);
+fn remember(list: &mut Vec<String>, item: &str) {
+    list.retain(|u| u != item);
+    list.push(item.to_owned());
+    if list.len() > MAX_REFS {
+        list.remove(0);
+    }
+}
+
+/// Where an upload stands, as this node knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadState {
+    Pending,
+    Committed,
+    Abandoned,
+}
+
+/// What a node knows of its coordinator's database: the generation it was made with, and
+/// the sequence number of the last notice it took (notices to one node are numbered one
+/// after the other and delivered in order).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CoordinatorMark {
+    pub generation: Option<String>,
+    pub last_notice: u64,
+}
+
+/// What a heartbeat reply told a node about its coordinator's database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observation {
+    Known,
+    /// Another database than the one this node registered with (lost, or replaced).
+    OtherDatabase,
+}
+
+impl CoordinatorMark {
+    /// Takes the generation a heartbeat reply names: the first one is remembered.
+    pub fn observe(&mut self, generation: &str) -> Observation {
+        match &self.generation {
+            _ if generation.is_empty() => Observation::Known,
+            None => {
+                self.generation = Some(generation.to_owned());
+                Observation::Known
+            }
+            Some(g) if g != generation => Observation::OtherDatabase,
+            Some(_) => Observation::Known,
         }
     }
+
+    /// Takes a notice numbered `seq` from the database `generation`, or says why not: from
+    /// another database (lost and replaced: it may not know what is committed), or not newer
+    /// than the last one taken (a replay, or a database restored from an older backup).
+    pub fn accept(&mut self, generation: &str, seq: u64) -> Result<(), String> {
+        if let Some(g) = &self.generation
+            && g != generation
+        {
+            return Err(format!(
+                "the notice comes from another coordinator database (generation {generation}, not {g}): refused until \
+                 the coordinator is recovered from the network (p2pstore coordinator recover)"
+            ));
+        }
+        if seq <= self.last_notice {
+            return Err(format!(
+                "notice {seq} is not newer than the last one taken ({}): a replay, or a coordinator database restored \
+                 from an older backup; refused until it is recovered from the network (p2pstore coordinator recover)",
+                self.last_notice
+            ));
+        }
+        self.generation = Some(generation.to_owned());
+        self.last_notice = seq;
+        Ok(())
+    }
+}
+
+/// A trashed shard: what its entry was, and when it was trashed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Trashed {
+    entry: Entry,
+    at: u64,
 }
 
 /// Locks per group of shard ids: a write, a delete and a "store if absent" of one shard
 /// never interleave.
 const STRIPES: usize = 64;
 
-/// A node's shards: files under `shards/xx/`, indexed in sled.
+/// A node's shards: files under `shards/xx/`, indexed in sled, and the trash.
 pub struct ShardStore {
     dir: PathBuf,
     _db: sled::Db,
     index: sled::Tree,
+    uploads: sled::Tree,
+    /// `upload id ‖ 0 ‖ shard id` for every shard an upload stored.
+    by_upload: sled::Tree,
+    trash: sled::Tree,
+    /// Signed manifest copies kept for a coordinator's recovery, by file id.
+    manifests: sled::Tree,
+    /// What this node knows of its coordinator's database (generation, sequence numbers).
+    meta: sled::Tree,
     used: AtomicU64,
+    trashed: AtomicU64,
     capacity: u64,
     stripes: [Mutex<()>; STRIPES],
 }
 
+/// Every shard file in `dir` (and its subdirectories), by id, with its length and mtime;
+/// interrupted writes (temporary names) are removed.
+fn files_in(dir: &Path) -> Result<Vec<(ShardId, u64, u64)>, StoreError> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            out.extend(files_in(&p)?);
+            continue;
+        }
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        match ShardId::from_hex(name) {
+            Some(id) => {
+                let meta = p.metadata()?;
+                let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                out.push((id, meta.len(), mtime.map_or(0, |d| d.as_secs())));
+            }
+            None if name.contains(TEMP_MARK) || name.ends_with(".tmp") => fs::remove_file(&p)?,
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+fn key(id: &ShardId) -> [u8; 32] {
+    id.0
+}
+
+fn id_of(k: &[u8]) -> ShardId {
+    ShardId(k.try_into().unwrap_or([0; 32]))
+}
+
 impl ShardStore {
-    /// Opens the store and reconciles the index with the files actually present (a crash
-    /// may have left either one ahead of the other).
+    /// Opens the store and reconciles the index and the trash with the files actually
+    /// present (a crash may have left either one ahead of the other).
     pub fn open(dir: &Path, capacity: u64) -> Result<ShardStore, StoreError> {
         let root = dir.join("shards");
         // All 256 fan-out directories up front, so no shard write waits on a mkdir.
         for b in 0..=255u8 {
             fs::create_dir_all(root.join(hex::encode([b])))?;
         }
+        fs::create_dir_all(dir.join("trash"))?;
         fs::File::open(&root)?.sync_all()?;
         let db = sled::open(dir.join("index"))?;
-        let index = db.open_tree("shards")?;
-        let mut on_disk = std::collections::HashMap::new();
-        for sub in fs::read_dir(&root)? {
-            let sub = sub?.path();
-            if !sub.is_dir() {
-                continue;
-            }
-            for f in fs::read_dir(&sub)? {
-                let p = f?.path();
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                match ShardId::from_hex(name) {
-                    Some(id) => {
-                        let meta = p.metadata()?;
-                        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-                        let stored_at = mtime.map_or(0, |d| d.as_secs());
-                        on_disk.insert(id, Entry { len: meta.len(), stored_at, uploads: Vec::new() });
-                    }
-                    None => fs::remove_file(&p)?, // an interrupted write
-                }
-            }
-        }
-        for item in index.iter() {
-            let (k, _) = item?;
-            let id = ShardId(k.as_ref().try_into().unwrap_or([0; 32]));
-            if !on_disk.contains_key(&id) {
-                index.remove(k)?;
-            }
-        }
-        let mut used = 0;
-        for (id, e) in on_disk {
-            // Keep what the index knew of shards it had; adopt the file's time otherwise.
-            let e = index.get(id.0)?.and_then(|v| Entry::decode(&v)).filter(|old| old.len == e.len).unwrap_or(e);
-            index.insert(id.0, e.encode())?;
-            used += e.len;
-        }
-        let stripes = std::array::from_fn(|_| Mutex::new(()));
-        Ok(ShardStore { dir: dir.to_owned(), _db: db, index, used: AtomicU64::new(used), capacity, stripes })
+        let (index, trash) = (db.open_tree("shards")?, db.open_tree("trash")?);
+        let used = reconcile(&index, files_in(&root)?, |len, at| Entry { len, stored_at: at, ..Entry::default() })?;
+        let trashed = reconcile(&trash, files_in(&dir.join("trash"))?, |len, at| Trashed {
+            entry: Entry { len, stored_at: at, ..Entry::default() },
+            at,
+        })?;
+        Ok(ShardStore {
+            dir: dir.to_owned(),
+            index,
+            uploads: db.open_tree("uploads")?,
+            by_upload: db.open_tree("by_upload")?,
+            trash,
+            manifests: db.open_tree("manifests")?,
+            meta: db.open_tree("meta")?,
+            _db: db,
+            used: AtomicU64::new(used),
+            trashed: AtomicU64::new(trashed),
+            capacity,
+            stripes: std::array::from_fn(|_| Mutex::new(())),
+        })
     }
 
     fn path(&self, id: &ShardId) -> PathBuf {
         shard_file(&self.dir, id)
     }
 
+    /// Bytes of the shards held (not counting the trash).
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// Bytes in the trash, freed when it is emptied.
+    pub fn trashed(&self) -> u64 {
+        self.trashed.load(Ordering::Relaxed)
     }
 
     pub fn capacity(&self) -> u64 {
@@ -158,7 +276,7 @@ impl ShardStore {
     }
 
     pub fn contains(&self, id: &ShardId) -> bool {
-        self.index.contains_key(id.0).unwrap_or(false)
+        self.index.contains_key(key(id)).unwrap_or(false)
     }
 
     fn lock(&self, id: &ShardId) -> std::sync::MutexGuard<'_, ()> {
@@ -166,30 +284,61 @@ impl ShardStore {
         self.stripes[id.0[0] as usize % STRIPES].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn entry(&self, id: &ShardId) -> Result<Option<Entry>, StoreError> {
-        Ok(self.index.get(id.0)?.and_then(|v| Entry::decode(&v)))
+    pub fn entry(&self, id: &ShardId) -> Result<Option<Entry>, StoreError> {
+        Ok(self.index.get(key(id))?.and_then(|v| Entry::decode(&v)))
+    }
+
+    pub fn upload_state(&self, upload: &str) -> Result<Option<UploadState>, StoreError> {
+        Ok(self.uploads.get(upload)?.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    fn set_upload_state(&self, upload: &str, state: UploadState) -> Result<(), StoreError> {
+        self.uploads.insert(upload, serde_json::to_vec(&state).expect("states serialize"))?;
+        Ok(())
+    }
+
+    fn link(&self, upload: &str, id: &ShardId) -> Result<(), StoreError> {
+        let mut k = upload.as_bytes().to_vec();
+        k.push(0);
+        k.extend_from_slice(&id.0);
+        self.by_upload.insert(k, &[])?;
+        Ok(())
+    }
+
+    /// The shards `upload` stored here.
+    fn shards_of(&self, upload: &str) -> Result<Vec<ShardId>, StoreError> {
+        let mut prefix = upload.as_bytes().to_vec();
+        prefix.push(0);
+        let n = prefix.len();
+        self.by_upload.scan_prefix(&prefix).map(|kv| Ok(id_of(&kv?.0[n..]))).collect()
     }
 
     /// Stores a shard durably for `upload` (blocking I/O: call from a blocking thread). A
     /// shard already here is not written again: the node remembers the upload and the time.
     pub fn put(&self, id: &ShardId, data: &[u8], upload: &str, now: u64) -> Result<(), StoreError> {
         let _guard = self.lock(id);
+        if self.upload_state(upload)?.is_none() {
+            self.set_upload_state(upload, UploadState::Pending)?;
+        }
+        self.link(upload, id)?;
         if let Some(mut e) = self.entry(id)? {
-            e.remember(upload, now);
-            self.index.insert(id.0, e.encode())?;
+            remember(&mut e.uploads, upload);
+            e.stored_at = e.stored_at.max(now);
+            self.index.insert(key(id), e.encode())?;
             return Ok(());
         }
         let len = data.len() as u64;
         let before = self.used.fetch_add(len, Ordering::SeqCst);
-        if before + len > self.capacity {
+        let held = before + self.trashed();
+        if held + len > self.capacity {
             self.used.fetch_sub(len, Ordering::SeqCst);
-            return Err(StoreError::Full { used: before, capacity: self.capacity, wanted: len });
+            return Err(StoreError::Full { used: held, capacity: self.capacity, wanted: len });
         }
         let r = (|| {
             write_durably(&self.path(id), data)?;
-            let mut e = Entry { len, stored_at: now, uploads: Vec::new() };
-            e.remember(upload, now);
-            self.index.insert(id.0, e.encode())?;
+            let mut e = Entry { len, stored_at: now, ..Entry::default() };
+            remember(&mut e.uploads, upload);
+            self.index.insert(key(id), e.encode())?;
             Ok(())
         })();
         if r.is_err() {
@@ -214,41 +363,202 @@ impl ShardStore {
         }
     }
 
-    /// Deletes every shard not in `live` that was stored before `older_than` (unix seconds);
-    /// returns how many went.
-    pub fn collect_garbage(
+    /// `upload` was committed as `file`, which needs `shards` from this node. A shard it
+    /// names that was trashed comes back. When the upload is `complete`, its shards that no
+    /// file needs are garbage. Returns the shards trashed.
+    pub fn commit(
         &self,
-        live: &std::collections::HashSet<ShardId>,
-        older_than: u64,
+        upload: &str,
+        file: &str,
+        shards: &[ShardId],
+        complete: bool,
+        now: u64,
     ) -> Result<usize, StoreError> {
-        let mut doomed = Vec::new();
-        for item in self.index.iter() {
-            let (k, v) = item?;
-            let id = ShardId(k.as_ref().try_into().unwrap_or([0; 32]));
-            if !live.contains(&id) && Entry::decode(&v).is_some_and(|e| e.stored_at < older_than) {
-                doomed.push(id);
+        for id in shards {
+            let _guard = self.lock(id);
+            self.restore_locked(id)?;
+            if let Some(mut e) = self.entry(id)? {
+                remember(&mut e.files, file);
+                remember(&mut e.uploads, upload);
+                self.index.insert(key(id), e.encode())?;
+                self.link(upload, id)?;
             }
         }
-        let mut removed = 0;
-        for id in doomed {
-            removed += self.delete(&id)? as usize;
+        self.set_upload_state(upload, UploadState::Committed)?;
+        if !complete {
+            return Ok(0);
         }
-        Ok(removed)
+        self.trash_garbage(&self.shards_of(upload)?, now)
     }
 
-    /// Removes a shard; its space is free again at once.
-    pub fn delete(&self, id: &ShardId) -> Result<bool, StoreError> {
-        let _guard = self.lock(id);
-        let Some(v) = self.index.remove(id.0)? else { return Ok(false) };
-        let len = Entry::decode(&v).map_or(0, |e| e.len);
-        match fs::remove_file(self.path(id)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
+    /// `upload` was never committed: its shards that nothing else needs are garbage. An
+    /// upload this node knows as committed is not abandoned (a coordinator restored from an
+    /// old backup may think so). Returns the shards trashed.
+    pub fn abandon(&self, upload: &str, now: u64) -> Result<usize, StoreError> {
+        if self.upload_state(upload)? == Some(UploadState::Committed) {
+            return Err(StoreError::Committed(upload.to_owned()));
         }
-        self.used.fetch_sub(len, Ordering::SeqCst);
+        self.set_upload_state(upload, UploadState::Abandoned)?;
+        self.trash_garbage(&self.shards_of(upload)?, now)
+    }
+
+    /// `file` was deleted (or its shards here moved): it no longer needs `shards`. Returns
+    /// the shards trashed.
+    pub fn release(&self, file: &str, shards: &[ShardId], now: u64) -> Result<usize, StoreError> {
+        for id in shards {
+            let _guard = self.lock(id);
+            if let Some(mut e) = self.entry(id)? {
+                e.files.retain(|f| f != file);
+                self.index.insert(key(id), e.encode())?;
+            }
+        }
+        self.trash_garbage(shards, now)
+    }
+
+    /// Trashes those of `shards` that are garbage: no file needs them and every upload that
+    /// stored them has ended.
+    fn trash_garbage(&self, shards: &[ShardId], now: u64) -> Result<usize, StoreError> {
+        let mut trashed = 0;
+        for id in shards {
+            let _guard = self.lock(id);
+            let Some(e) = self.entry(id)? else { continue };
+            let mut ended = true;
+            for u in &e.uploads {
+                ended &= matches!(self.upload_state(u)?, Some(UploadState::Committed | UploadState::Abandoned));
+            }
+            if e.files.is_empty() && ended {
+                fs::rename(self.path(id), trash_file(&self.dir, id))?;
+                self.trash
+                    .insert(key(id), serde_json::to_vec(&Trashed { entry: e.clone(), at: now }).expect("serializes"))?;
+                self.index.remove(key(id))?;
+                self.used.fetch_sub(e.len, Ordering::SeqCst);
+                self.trashed.fetch_add(e.len, Ordering::SeqCst);
+                trashed += 1;
+            }
+        }
+        Ok(trashed)
+    }
+
+    /// Brings a trashed shard back (caller holds its lock); true if it was in the trash.
+    fn restore_locked(&self, id: &ShardId) -> Result<bool, StoreError> {
+        let Some(v) = self.trash.get(key(id))? else { return Ok(false) };
+        let t: Trashed = serde_json::from_slice(&v).unwrap_or(Trashed { entry: Entry::default(), at: 0 });
+        fs::rename(trash_file(&self.dir, id), self.path(id))?;
+        self.index.insert(key(id), t.entry.encode())?;
+        self.trash.remove(key(id))?;
+        self.trashed.fetch_sub(t.entry.len, Ordering::SeqCst);
+        self.used.fetch_add(t.entry.len, Ordering::SeqCst);
         Ok(true)
     }
+
+    /// Brings trashed shards back: those named, or all. Returns how many.
+    pub fn restore(&self, shards: Option<&[ShardId]>) -> Result<usize, StoreError> {
+        let ids: Vec<ShardId> = match shards {
+            Some(s) => s.to_vec(),
+            None => self.trash.iter().keys().map(|k| Ok(id_of(&k?))).collect::<Result<_, StoreError>>()?,
+        };
+        let mut n = 0;
+        for id in &ids {
+            let _guard = self.lock(id);
+            n += self.restore_locked(id)? as usize;
+        }
+        Ok(n)
+    }
+
+    /// Removes for good what was trashed before `older_than` (unix seconds); returns how many.
+    pub fn empty_trash(&self, older_than: u64) -> Result<usize, StoreError> {
+        let mut doomed = Vec::new();
+        for kv in self.trash.iter() {
+            let (k, v) = kv?;
+            if serde_json::from_slice::<Trashed>(&v).is_ok_and(|t| t.at < older_than) {
+                doomed.push(id_of(&k));
+            }
+        }
+        for id in &doomed {
+            let _guard = self.lock(id);
+            let Some(v) = self.trash.remove(key(id))? else { continue };
+            let len = serde_json::from_slice::<Trashed>(&v).map_or(0, |t| t.entry.len);
+            match fs::remove_file(trash_file(&self.dir, id)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+            self.trashed.fetch_sub(len, Ordering::SeqCst);
+        }
+        Ok(doomed.len())
+    }
+
+    /// Keeps a (signed, JSON) manifest copy of `file`.
+    pub fn keep_manifest(&self, file: &str, copy: &[u8]) -> Result<(), StoreError> {
+        self.manifests.insert(file, copy)?;
+        Ok(())
+    }
+
+    pub fn drop_manifest(&self, file: &str) -> Result<(), StoreError> {
+        self.manifests.remove(file)?;
+        Ok(())
+    }
+
+    /// Every manifest copy kept.
+    pub fn manifests(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.manifests.iter().values().map(|v| Ok(v?.to_vec())).collect()
+    }
+
+    /// What this node knows of its coordinator's database.
+    pub fn mark(&self) -> Result<CoordinatorMark, StoreError> {
+        Ok(self.meta.get("coordinator")?.and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_default())
+    }
+
+    pub fn set_mark(&self, mark: &CoordinatorMark) -> Result<(), StoreError> {
+        self.meta.insert("coordinator", serde_json::to_vec(mark).expect("serializes"))?;
+        self.meta.flush()?;
+        Ok(())
+    }
+
+    /// Every shard held, with its entry, `after` a shard id (exclusive), at most `limit`: an
+    /// inventory in pages.
+    pub fn inventory(&self, after: Option<&ShardId>, limit: usize) -> Result<Vec<(ShardId, Entry)>, StoreError> {
+        let start = after.map(|a| {
+            let mut k = a.0.to_vec();
+            k.push(0);
+            k
+        });
+        let range = match &start {
+            Some(s) => self.index.range(s.as_slice()..),
+            None => self.index.iter(),
+        };
+        range
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((id_of(&k), Entry::decode(&v).unwrap_or_default()))
+            })
+            .collect()
+    }
+}
+
+/// Makes `tree` list exactly the files found (id, length, mtime): entries whose file is gone
+/// are dropped, files the tree did not know are adopted with `adopt(len, mtime)`. Returns the
+/// bytes of the files.
+fn reconcile<T: Serialize + serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    found: Vec<(ShardId, u64, u64)>,
+    adopt: impl Fn(u64, u64) -> T,
+) -> Result<u64, StoreError> {
+    let present: std::collections::HashSet<ShardId> = found.iter().map(|(id, ..)| *id).collect();
+    for kv in tree.iter() {
+        let (k, _) = kv?;
+        if !present.contains(&id_of(&k)) {
+            tree.remove(k)?;
+        }
+    }
+    let mut bytes = 0;
+    for (id, len, mtime) in found {
+        if !tree.contains_key(key(&id))? {
+            tree.insert(key(&id), serde_json::to_vec(&adopt(len, mtime)).expect("serializes"))?;
+        }
+        bytes += len;
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -256,7 +566,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn put_get_delete_capacity_and_reopen() {
+    fn notices_from_another_or_an_older_database_are_refused() {
+        let mut m = CoordinatorMark::default();
+        assert_eq!(m.observe("g1"), Observation::Known);
+        assert!(m.accept("g1", 1).is_ok() && m.accept("g1", 2).is_ok());
+        assert!(m.accept("g1", 2).is_err(), "a replay");
+        assert!(m.accept("g1", 1).is_err(), "an older database");
+        assert!(m.accept("g2", 9).is_err(), "another database");
+        assert_eq!(m.observe("g2"), Observation::OtherDatabase);
+        assert!(m.accept("g1", 3).is_ok());
+        assert_eq!(m.last_notice, 3);
+    }
+
+    #[test]
+    fn put_get_capacity_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let a = ShardId([1; 32]);
         let b = ShardId([2; 32]);
@@ -273,22 +596,49 @@ mod tests {
         }
         // A leftover temporary file is cleaned; a file missing from the index is adopted.
         let hex = b.to_hex();
-        fs::create_dir_all(dir.path().join("shards").join(&hex[..2])).unwrap();
         fs::write(dir.path().join("shards").join(&hex[..2]).join(&hex), [9; 10]).unwrap();
-        fs::write(dir.path().join("shards").join(&hex[..2]).join("x.tmp-1-0"), [9; 10]).unwrap();
+        fs::write(dir.path().join("shards").join(&hex[..2]).join(format!("{hex}{TEMP_MARK}1-0")), [9; 10]).unwrap();
         let s = ShardStore::open(dir.path(), 100).unwrap();
-        assert_eq!(s.used(), 70);
-        assert_eq!(s.count(), 2);
-        assert!(s.delete(&a).unwrap());
-        assert!(!s.delete(&a).unwrap());
-        assert_eq!(s.used(), 10);
-        assert!(!shard_file(dir.path(), &a).exists());
-        // Garbage collection keeps live and recent shards.
-        s.put(&a, &[1; 5], "u", 1).unwrap();
-        let live: std::collections::HashSet<ShardId> = [b].into_iter().collect();
-        assert_eq!(s.collect_garbage(&live, 0).unwrap(), 0, "nothing is older than time 0");
-        assert_eq!(s.collect_garbage(&live, u64::MAX).unwrap(), 1);
-        assert!(s.contains(&b) && !s.contains(&a));
-        assert_eq!(s.used(), 10);
+        assert_eq!((s.used(), s.count()), (70, 2));
+        assert_eq!(crate::sys::fs::TEMP_MARK, TEMP_MARK);
+        assert_eq!(fs::read_dir(dir.path().join("shards").join(&hex[..2])).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn only_shards_nothing_needs_are_trashed_and_they_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ShardStore::open(dir.path(), 1000).unwrap();
+        let (a, b, c, pad) = (ShardId([1; 32]), ShardId([2; 32]), ShardId([3; 32]), ShardId([9; 32]));
+        s.put(&a, &[1; 10], "u1", 1).unwrap();
+        s.put(&b, &[2; 10], "u1", 1).unwrap(); // a PUT the client thought failed: not in the file
+        s.put(&pad, &[0; 10], "u1", 1).unwrap();
+        s.put(&pad, &[0; 10], "u2", 2).unwrap(); // the same padding shard in another upload
+        s.put(&c, &[3; 10], "u2", 2).unwrap();
+        // u1 commits with a and pad here: b is garbage, a and pad are not.
+        assert_eq!(s.commit("u1", "f1", &[a, pad], true, 10).unwrap(), 1);
+        assert!(s.contains(&a) && s.contains(&pad) && !s.contains(&b));
+        assert_eq!((s.used(), s.trashed()), (30, 10));
+        // A committed upload is never abandoned; an abandoned one frees what only it held.
+        assert!(matches!(s.abandon("u1", 11), Err(StoreError::Committed(_))));
+        assert_eq!(s.abandon("u2", 11).unwrap(), 1, "c goes, pad stays for f1");
+        assert!(s.contains(&pad) && !s.contains(&c));
+        // Deleting f1 frees a and pad.
+        assert_eq!(s.release("f1", &[a, pad], 12).unwrap(), 2);
+        assert_eq!((s.used(), s.trashed()), (0, 40));
+        // A later commit naming a trashed shard brings it back; the rest can be restored.
+        s.commit("u3", "f3", &[a], false, 13).unwrap();
+        assert!(s.contains(&a) && s.get(&a).unwrap().unwrap()[..] == [1; 10]);
+        assert_eq!(s.restore(Some(&[b])).unwrap(), 1);
+        assert_eq!(s.used(), 20);
+        // Emptying the trash removes only what is older than the retention.
+        assert_eq!(s.empty_trash(12).unwrap(), 1, "c, trashed at 11");
+        assert_eq!(s.empty_trash(100).unwrap(), 1, "pad, trashed at 12");
+        assert_eq!(s.trashed(), 0);
+        // The trash survives a restart.
+        s.release("f3", &[a], 20).unwrap();
+        drop(s);
+        let s = ShardStore::open(dir.path(), 1000).unwrap();
+        assert_eq!((s.trashed(), s.restore(None).unwrap()), (10, 1));
+        assert!(s.contains(&a));
     }
 }

@@ -2,6 +2,7 @@
 
 mod browser;
 mod cli;
+mod durability;
 mod harness;
 mod layers;
 mod network;

@@ -260,7 +260,7 @@ async fn bad_requests_get_clear_statuses_and_servers_keep_serving() {
         ("DELETE", format!("{base}/v2/files/xyz"), Bytes::new(), 401),
         ("GET", format!("{node}/v2/shards/zz"), Bytes::new(), 400),
         ("GET", format!("{node}/v2/shards/{}", "ab".repeat(32)), Bytes::new(), 403),
-        ("POST", format!("{node}/v2/shards/delete"), Bytes::from_static(b"[]"), 400),
+        ("POST", format!("{node}/v2/notices"), Bytes::from_static(b"[]"), 400),
         ("DELETE", format!("{node}/v2/shards"), Bytes::new(), 404),
     ];
     for (method, url, body, want) in cases {

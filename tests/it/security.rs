@@ -116,16 +116,17 @@ async fn captured_messages_are_refused_on_every_other_route_and_when_replayed() 
     assert!(!held.is_empty());
     let later = c.net.clock.now() + 600;
 
-    // What an eavesdropper sees, made with the same keys: a live list (GC), a delete order,
-    // a challenge, a put order and a read grant from the coordinator; a heartbeat and an
-    // exit request from the node.
-    let live =
-        LiveList { peer_id: node.peer_id.clone(), shard_ids: Vec::new(), keep_newer_than: u64::MAX, expires: later };
-    let delete = DeleteOrder { peer_id: node.peer_id.clone(), shard_ids: held.clone(), expires: later };
+    // What an eavesdropper sees, made with the same keys: a deletion notice, an inventory
+    // request, a challenge, a put order and a read grant from the coordinator; a heartbeat and
+    // an exit request from the node.
+    let file_id = id.to_string();
+    let release = NoticeEvent::Released { file_id, shard_ids: held.clone(), deleted: true };
+    let notice = Notice { peer_id: node.peer_id.clone(), generation: "g".into(), seq: 1, event: release };
+    let inventory = InventoryRequest { peer_id: node.peer_id.clone(), after: None, expires: later };
     let challenge = Challenge { peer_id: node.peer_id.clone(), nonce: "n".into(), items: Vec::new(), deadline: later };
     let coord_msgs: Vec<(&str, String)> = vec![
-        ("live list", serde_json::to_string(&coordinator.sign(&live)).unwrap()),
-        ("delete order", serde_json::to_string(&coordinator.sign(&delete)).unwrap()),
+        ("notice", serde_json::to_string(&coordinator.sign(&notice)).unwrap()),
+        ("inventory request", serde_json::to_string(&coordinator.sign(&inventory)).unwrap()),
         ("challenge", serde_json::to_string(&coordinator.sign(&challenge)).unwrap()),
     ];
     let h = http::Client::default();
@@ -136,7 +137,7 @@ async fn captured_messages_are_refused_on_every_other_route_and_when_replayed() 
             h.send(req).await.unwrap()
         }
     };
-    let node_routes = [("gc", "live list"), ("shards/delete", "delete order"), ("audit", "challenge")];
+    let node_routes = [("notices", "notice"), ("inventory", "inventory request"), ("audit", "challenge")];
     for (route, meant) in node_routes {
         for (kind, msg) in &coord_msgs {
             if *kind == meant {

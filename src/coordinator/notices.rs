@@ -1,0 +1,209 @@
+//! Telling nodes what became of uploads and files. Nodes delete nothing by absence: they drop
+//! a shard only when a notice says the file that needed it was deleted (or repair moved it),
+//! or that the upload that stored it was abandoned, and nothing else needs it (see
+//! `store::shards`). Notices go through an outbox in the database and are delivered until a
+//! node takes them, so a node that was offline hears them later.
+//!
+//! Every notice carries the database's generation (a random id made with the database) and
+//! the next number of its node's own sequence; notices to a node are delivered one at a time,
+//! in order. A node takes a notice only from the database it knows and only newer than the
+//! last it took: a replay is refused, and so is everything from a database restored from an
+//! older backup, until recovery has moved its sequences past what the nodes saw.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::state::{FileRecord, State};
+use crate::core::merkle::ShardId;
+use crate::net::server::Shutdown;
+use crate::proto::*;
+use crate::store::{Record, RecordError};
+
+/// The database's identity under "generation"; each peer's notice counter under
+/// "seq/<peer id>".
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) enum MetaRecord {
+    Generation(String),
+    Seq(u64),
+}
+
+impl Record for MetaRecord {
+    const VERSION: u32 = 1;
+}
+
+/// A notice waiting to be taken, under `<peer id>/<seq, 20 digits>`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct OutboxRecord {
+    pub notice: Signed<Notice>,
+}
+
+impl Record for OutboxRecord {
+    const VERSION: u32 = 1;
+}
+
+/// This database's generation, made on first use.
+pub(super) fn generation(s: &State) -> Result<String, RecordError> {
+    let fresh = hex::encode(crate::core::crypto::Salt::random().0);
+    let rec = s.meta.update("generation", |old| Some(old.unwrap_or(MetaRecord::Generation(fresh.clone()))))?;
+    match rec {
+        Some(MetaRecord::Generation(g)) => Ok(g),
+        _ => Ok(fresh),
+    }
+}
+
+/// Moves `peer`'s counter past `taken` (the last number the node took) and numbers anew,
+/// in order, its waiting notices it would refuse as old: what recovery does for each node.
+pub(super) fn catch_up(s: &State, peer: &str, taken: u64) -> Result<(), RecordError> {
+    s.meta.update(&format!("seq/{peer}"), |old| match old {
+        Some(MetaRecord::Seq(n)) => Some(MetaRecord::Seq(n.max(taken))),
+        _ => Some(MetaRecord::Seq(taken)),
+    })?;
+    let waiting = s.outbox.scan_prefix(&format!("{peer}/"))?.records;
+    if !waiting.iter().any(|(_, r)| r.notice.open().is_some_and(|n| n.seq <= taken)) {
+        return Ok(());
+    }
+    for (key, rec) in waiting {
+        if let Some(n) = rec.notice.open() {
+            s.outbox.remove(&key)?;
+            queue(s, peer, n.event)?;
+        }
+    }
+    Ok(())
+}
+
+fn next_seq(s: &State, peer: &str) -> Result<u64, RecordError> {
+    let rec = s.meta.update(&format!("seq/{peer}"), |old| match old {
+        Some(MetaRecord::Seq(n)) => Some(MetaRecord::Seq(n + 1)),
+        _ => Some(MetaRecord::Seq(1)),
+    })?;
+    Ok(match rec {
+        Some(MetaRecord::Seq(n)) => n,
+        _ => 1,
+    })
+}
+
+/// Puts a notice for `peer` in the outbox; returns its key.
+pub(super) fn queue(s: &State, peer: &str, event: NoticeEvent) -> Result<String, RecordError> {
+    let seq = next_seq(s, peer)?;
+    let notice = Notice { peer_id: peer.to_owned(), generation: generation(s)?, seq, event };
+    let key = format!("{peer}/{seq:020}");
+    s.outbox.insert(&key, &OutboxRecord { notice: s.identity.sign(&notice) })?;
+    s.outbox_ready.notify_one();
+    Ok(key)
+}
+
+/// Copies of a file's manifest kept on this many of its nodes (for recovery).
+const MANIFEST_COPIES: usize = 3;
+
+/// The shards of a file on each of its peers.
+fn shards_by_peer(rec: &FileRecord) -> BTreeMap<String, Vec<ShardId>> {
+    let mut by_peer: BTreeMap<String, Vec<ShardId>> = BTreeMap::new();
+    for (sid, peer) in rec.placed_shards() {
+        by_peer.entry(peer).or_default().push(sid);
+    }
+    by_peer
+}
+
+/// Queues the notices of a commit: every peer of the file hears which of its shards the file
+/// needs; the first few keep a signed copy of the manifest.
+pub(super) fn committed(s: &State, file_id: &str, rec: &FileRecord) -> Result<(), RecordError> {
+    let copy = s.identity.sign(&ManifestCopy {
+        file_id: file_id.to_owned(),
+        manifest: rec.manifest.clone(),
+        owner: rec.owner.clone(),
+        owner_hash: rec.owner_hash.clone(),
+        upload_id: rec.upload_id.clone(),
+        created: rec.created,
+    });
+    for (i, (peer, shard_ids)) in shards_by_peer(rec).into_iter().enumerate() {
+        let event = NoticeEvent::Committed {
+            upload_id: rec.upload_id.clone(),
+            file_id: file_id.to_owned(),
+            shard_ids,
+            complete: true,
+            manifest: (i < MANIFEST_COPIES).then(|| copy.clone()),
+        };
+        queue(s, &peer, event)?;
+    }
+    Ok(())
+}
+
+/// Queues the notices of a deletion; returns the keys, to deliver at once.
+pub(super) fn deleted(s: &State, file_id: &str, rec: &FileRecord) -> Result<Vec<String>, RecordError> {
+    shards_by_peer(rec)
+        .into_iter()
+        .map(|(peer, shard_ids)| {
+            queue(s, &peer, NoticeEvent::Released { file_id: file_id.to_owned(), shard_ids, deleted: true })
+        })
+        .collect()
+}
+
+/// Notices delivered at once per round.
+const CONCURRENCY: usize = 16;
+
+/// Delivers waiting notices: when some are queued, and every few seconds for those that
+/// could not be delivered yet.
+pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
+    let retry = Duration::from_secs(s.config.coordinator.gc_interval.clamp(1, 30));
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            _ = s.outbox_ready.notified() => {}
+            _ = tokio::time::sleep(retry) => {}
+        }
+        if let Err(e) = deliver(&s, None).await {
+            tracing::warn!(error = %e, "delivering notices failed");
+        }
+    }
+}
+
+/// Delivers the waiting notices of every peer (only of the peers of `only`'s keys, when
+/// given) that is online: one peer's in order, one at a time; each one taken leaves the
+/// outbox.
+pub(super) async fn deliver(s: &State, only: Option<&[String]>) -> Result<(), RecordError> {
+    let peers: BTreeMap<String, ()> = match only {
+        Some(keys) => keys.iter().filter_map(|k| Some((k.split_once('/')?.0.to_owned(), ()))).collect(),
+        None => s.outbox.all()?.into_iter().filter_map(|(k, _)| Some((k.split_once('/')?.0.to_owned(), ()))).collect(),
+    };
+    futures::stream::iter(peers.into_keys())
+        .for_each_concurrent(CONCURRENCY, |peer| async move {
+            if let Err(e) = deliver_to(s, &peer).await {
+                tracing::warn!(peer = %peer, error = %e, "delivering notices failed");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// Delivers `peer`'s waiting notices in order, stopping at the first not taken.
+async fn deliver_to(s: &State, peer: &str) -> Result<(), RecordError> {
+    let turn = s.delivering.lock().expect("not poisoned").entry(peer.to_owned()).or_default().clone();
+    let _one_at_a_time = turn.lock().await;
+    let Some(p) = s.peers.get(peer)?.filter(|p| s.is_admitted(p)) else { return Ok(()) };
+    for (key, rec) in s.outbox.scan_prefix(&format!("{peer}/"))?.records {
+        match s.http.post_json(&format!("{}/v2/notices", p.address), &rec.notice).await {
+            Ok(r) if r.status.is_success() => s.outbox.remove(&key)?,
+            Ok(r) => {
+                tracing::warn!(peer = %peer, status = %r.status, error = %r.error_message(), "a notice was refused");
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %peer, error = %e, "a notice could not be delivered; later");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Forgets the waiting notices of a peer that is gone for good.
+pub(super) fn drop_for(s: &State, peer: &str) -> Result<(), RecordError> {
+    for (key, _) in s.outbox.scan_prefix(&format!("{peer}/"))?.records {
+        s.outbox.remove(&key)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! Rebuilding the coordinator's database from the network. Every node keeps, per shard, the
+//! files that need it, and a few nodes of every file keep the file's manifest copy signed by
+//! the coordinator (with its owner). Each peer that registers is asked for its inventory, in
+//! pages; a manifest copy is taken when the coordinator's own key signed it and the manifest
+//! hashes to the file id, and a file's placements are filled in as the peers holding its
+//! shards report. So a coordinator that lost its database (its key kept) gets every file back
+//! as its nodes come back, and `p2pstore coordinator recover` asks every peer again.
+//!
+//! A fresh database adopts the generation its nodes remember, and every peer's notice
+//! counter continues above the last notice that peer took, so the nodes take its notices
+//! again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use ring::digest::{SHA256, digest};
+use tokio::sync::mpsc;
+
+use super::notices;
+use super::state::{FileRecord, OwnedRecord, State};
+use crate::core::manifest::Manifest;
+use crate::core::merkle::ShardId;
+use crate::net::server::Shutdown;
+use crate::proto::*;
+use crate::store::RecordError;
+
+/// Why a peer's inventory was not taken.
+#[derive(Debug, thiserror::Error)]
+enum RecoveryError {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Http(#[from] crate::net::client::HttpError),
+}
+
+/// Inventories peers as they are queued: every newly registered peer, and every peer when
+/// an operator asks (`recover`).
+pub(super) async fn run(s: Arc<State>, mut queue: mpsc::UnboundedReceiver<String>, mut shutdown: Shutdown) {
+    loop {
+        let peer = tokio::select! {
+            _ = shutdown.wait() => break,
+            p = queue.recv() => match p { Some(p) => p, None => break },
+        };
+        match take_inventory(&s, &peer).await {
+            Ok(r) if r.files_recovered + r.placements_filled > 0 => {
+                tracing::info!(peer = %peer, files = r.files_recovered, placements = r.placements_filled, "recovered from a peer's inventory");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(peer = %peer, error = %e, "taking a peer's inventory failed"),
+        }
+    }
+}
+
+/// Asks every known peer for its inventory now; returns what was found.
+pub(super) async fn recover_all(s: &State) -> Result<RecoveryReport, RecordError> {
+    let mut total = RecoveryReport::default();
+    for (peer, _) in s.peers.readable() {
+        match take_inventory(s, &peer).await {
+            Ok(r) => {
+                total.peers += 1;
+                total.shards += r.shards;
+                total.files_recovered += r.files_recovered;
+                total.placements_filled += r.placements_filled;
+            }
+            Err(e) => tracing::warn!(peer = %peer, error = %e, "taking a peer's inventory failed"),
+        }
+    }
+    Ok(total)
+}
+
+/// Reads one peer's inventory and merges it: manifests it keeps become files (when unknown),
+/// and its shards fill the empty placements of the files that need them.
+async fn take_inventory(s: &State, peer: &str) -> Result<RecoveryReport, RecoveryError> {
+    let Some(p) = s.peers.get(peer)? else { return Ok(RecoveryReport::default()) };
+    let mut report = RecoveryReport { peers: 1, ..RecoveryReport::default() };
+    let mut after = None;
+    let mut held: HashMap<String, HashSet<ShardId>> = HashMap::new();
+    loop {
+        let req = InventoryRequest { peer_id: peer.to_owned(), after, expires: s.now() + 600 };
+        let page: Inventory =
+            s.http.post_json(&format!("{}/v2/inventory", p.address), &s.identity.sign(&req)).await?.json()?;
+        if after.is_none() {
+            adopt_generation(s, page.generation.as_deref())?;
+            notices::catch_up(s, peer, page.last_notice)?;
+            for copy in &page.manifests {
+                report.files_recovered += recover_file(s, copy)? as usize;
+            }
+        }
+        report.shards += page.shards.len();
+        after = page.shards.last().map(|h| h.shard_id);
+        for h in page.shards {
+            for f in h.files {
+                held.entry(f).or_default().insert(h.shard_id);
+            }
+        }
+        if !page.more || after.is_none() {
+            break;
+        }
+    }
+    for (file, shards) in held {
+        report.placements_filled += fill_placements(s, &file, peer, &shards)?;
+    }
+    s.files.flush().await.map_err(RecordError::from)?;
+    Ok(report)
+}
+
+/// A fresh database takes the generation its nodes remember.
+fn adopt_generation(s: &State, generation: Option<&str>) -> Result<(), RecordError> {
+    if let Some(g) = generation
+        && s.recovering.swap(false, std::sync::atomic::Ordering::SeqCst)
+    {
+        tracing::info!(generation = %g, "an empty database takes the generation its nodes remember");
+        s.meta.insert("generation", &notices::MetaRecord::Generation(g.to_owned()))?;
+    }
+    Ok(())
+}
+
+/// Records the file of a manifest copy the coordinator signed, if it is not known; its
+/// placements are filled in as peers report the shards. Returns whether it was new.
+fn recover_file(s: &State, copy: &Signed<ManifestCopy>) -> Result<bool, RecordError> {
+    let Some(c) = copy.open_by(&s.identity.public_key_hex()) else { return Ok(false) };
+    let Ok(bytes) = hex::decode(&c.manifest) else { return Ok(false) };
+    if hex::encode(digest(&SHA256, &bytes)) != c.file_id {
+        return Ok(false); // altered: the file id is the manifest's hash
+    }
+    let Ok(m) = Manifest::from_bytes(&bytes) else { return Ok(false) };
+    if s.files.get(&c.file_id)?.is_some() {
+        return Ok(false);
+    }
+    let placements = m.segments.iter().map(|seg| vec![String::new(); seg.shard_ids.len()]).collect();
+    let rec = FileRecord {
+        manifest: c.manifest.clone(),
+        placements,
+        owner_hash: c.owner_hash.clone(),
+        created: c.created,
+        owner: c.owner.clone(),
+        upload_id: c.upload_id.clone(),
+        recovered_at: s.now(),
+    };
+    s.files.insert(&c.file_id, &rec)?;
+    if !c.owner.is_empty() {
+        s.owned.insert(&format!("{}/{}", c.owner, c.file_id), &OwnedRecord { size: m.plaintext_size })?;
+    }
+    Ok(true)
+}
+
+/// Puts `peer` in the empty placements of `file` whose shards it holds (one shard of a
+/// segment per peer). Returns how many placements were filled.
+fn fill_placements(s: &State, file: &str, peer: &str, held: &HashSet<ShardId>) -> Result<usize, RecordError> {
+    let mut filled = 0;
+    s.files.update(file, |rec| {
+        filled = 0;
+        rec.map(|mut rec| {
+            let Some(m) = rec.parsed() else { return rec };
+            for (seg, row) in rec.placements.iter_mut().enumerate() {
+                if row.iter().any(|p| p == peer) {
+                    continue;
+                }
+                let ids = &m.segments[seg].shard_ids;
+                if let Some(j) = (0..row.len()).find(|&j| row[j].is_empty() && held.contains(&ids[j])) {
+                    row[j] = peer.to_owned();
+                    filled += 1;
+                }
+            }
+            rec
+        })
+    })?;
+    Ok(filled)
+}
