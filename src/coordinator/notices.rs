@@ -120,26 +120,35 @@ pub(super) fn committed(s: &State, file_id: &str, rec: &FileRecord) -> Result<()
         created: rec.created,
     });
     for (i, (peer, shard_ids)) in shards_by_peer(rec).into_iter().enumerate() {
-        let event = NoticeEvent::Committed {
-            upload_id: rec.upload_id.clone(),
-            file_id: file_id.to_owned(),
-            shard_ids,
-            complete: true,
-            manifest: (i < MANIFEST_COPIES).then(|| copy.clone()),
-        };
-        queue(s, &peer, event)?;
+        let chunks: Vec<&[ShardId]> = shard_ids.chunks(NOTICE_SHARDS).collect();
+        for (c, chunk) in chunks.iter().enumerate() {
+            let last = c + 1 == chunks.len();
+            let event = NoticeEvent::Committed {
+                upload_id: rec.upload_id.clone(),
+                file_id: file_id.to_owned(),
+                shard_ids: chunk.to_vec(),
+                complete: last,
+                manifest: (last && i < MANIFEST_COPIES).then(|| copy.clone()),
+            };
+            queue(s, &peer, event)?;
+        }
     }
     Ok(())
 }
 
+/// Shard ids named by one notice at most, so every notice is a small body.
+const NOTICE_SHARDS: usize = 8192;
+
 /// Queues the notices of a deletion; returns the keys, to deliver at once.
 pub(super) fn deleted(s: &State, file_id: &str, rec: &FileRecord) -> Result<Vec<String>, RecordError> {
-    shards_by_peer(rec)
-        .into_iter()
-        .map(|(peer, shard_ids)| {
-            queue(s, &peer, NoticeEvent::Released { file_id: file_id.to_owned(), shard_ids, deleted: true })
-        })
-        .collect()
+    let mut keys = Vec::new();
+    for (peer, shard_ids) in shards_by_peer(rec) {
+        for chunk in shard_ids.chunks(NOTICE_SHARDS) {
+            let event = NoticeEvent::Released { file_id: file_id.to_owned(), shard_ids: chunk.to_vec(), deleted: true };
+            keys.push(queue(s, &peer, event)?);
+        }
+    }
+    Ok(keys)
 }
 
 /// Notices delivered at once per round.

@@ -81,7 +81,7 @@ pub(super) async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
         }),
         Route::PutShard(id) => put_shard(&s, id, req).await,
         Route::GetShard(id) => get_shard(&s, id, &req).await,
-        Route::Notice => notice(&s, read_json(req, MAX_JSON_BODY).await?).await,
+        Route::Notice => notice(&s, read_json(req, NOTICE_BODY).await?).await,
         Route::Inventory => inventory(&s, read_json(req, 64 * 1024).await?).await,
         Route::Audit => audit(&s, read_json(req, 64 * 1024).await?).await,
         Route::Identify => {
@@ -278,6 +278,10 @@ async fn notice(s: &Arc<State>, signed: Signed<Notice>) -> ApiResult {
     }
     ok(&Removed { removed })
 }
+
+/// Largest notice body: 8,192 shard ids and a manifest copy (a 64 GiB file's manifest is 10
+/// MB of hex).
+const NOTICE_BODY: usize = 16 << 20;
 
 /// Shards in one inventory page.
 const INVENTORY_PAGE: usize = 10_000;
