@@ -149,8 +149,13 @@ pub struct AuditConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReputationConfig {
-    /// Below this audit score a peer is disqualified for good and its shards repaired.
+    /// Below this audit score (proven bad data) a peer is disqualified for good and its
+    /// shards repaired. Chosen by simulation: see `core::reputation` and the README.
     pub disqualify_below: f64,
+    /// Below this score of answers that prove nothing either way (errors, garbled replies),
+    /// a peer is suspended: no new data, its shards repaired after the grace period; it is
+    /// lifted when the score recovers.
+    pub suspend_below: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -175,7 +180,7 @@ impl Default for AuditConfig {
 
 impl Default for ReputationConfig {
     fn default() -> Self {
-        ReputationConfig { disqualify_below: 0.3 }
+        ReputationConfig { disqualify_below: 0.96, suspend_below: 0.6 }
     }
 }
 
@@ -202,6 +207,10 @@ pub struct NodeConfig {
     pub heartbeat_interval: u64,
     /// Days a deleted shard stays in the node's trash, restorable, before it is removed.
     pub trash_retention: u64,
+    /// Seconds a node takes to re-read and re-hash every shard it holds once (scrubbing, at
+    /// most 50 MB/s); what it finds missing or corrupt it reports, and the coordinator
+    /// repairs.
+    pub scrub_interval: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -283,6 +292,7 @@ impl Default for NodeConfig {
             audit_interval: None,
             heartbeat_interval: 10,
             trash_retention: 7,
+            scrub_interval: 7 * 86_400,
         }
     }
 }
@@ -294,7 +304,7 @@ impl Default for SecurityConfig {
             default_quota_gb: 100.0,
             node_admission: NodeAdmission::Open,
             node_pow_bits: 16,
-            min_reputation: 0.5,
+            min_reputation: 0.98,
             max_upload_size_mb: 65_536,
             require_encryption: true,
         }
@@ -427,6 +437,7 @@ impl Config {
             ("repair.check_interval", self.repair.check_interval),
             ("coordinator.upload_expiry", self.coordinator.upload_expiry),
             ("coordinator.gc_interval", self.coordinator.gc_interval),
+            ("node.scrub_interval", self.node.scrub_interval),
         ] {
             if v == 0 {
                 return Err(self.invalid(key, "must be at least 1 second"));
@@ -442,6 +453,10 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&min) {
             return Err(self.invalid("security.min_reputation", format!("must be between 0 and 1, got {min}")));
+        }
+        let susp = self.reputation.suspend_below;
+        if !(0.0..1.0).contains(&susp) {
+            return Err(self.invalid("reputation.suspend_below", format!("must be between 0 and 1, got {susp}")));
         }
         let share = self.placement.vetting_share;
         if !(0.0..=1.0).contains(&share) {
@@ -553,7 +568,7 @@ mod tests {
             ("[security]\nrequire_encryption = false\n", "security.require_encryption"),
             ("[client]\nkdf_iterations = 1000\n", "client.kdf_iterations"),
             ("[audit]\ninterval = 0\n", "audit.interval"),
-            ("[reputation]\ndisqualify_below = 0.9\n", "reputation.disqualify_below"),
+            ("[reputation]\ndisqualify_below = 0.99\n", "reputation.disqualify_below"),
             ("[repair]\nconcurrency = 0\n", "repair.concurrency"),
             ("[node]\nmax_storage_gb = -1\n", "node.max_storage_gb"),
         ];

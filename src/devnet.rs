@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::config::Config;
 use crate::coordinator;
@@ -76,19 +75,8 @@ impl Devnet {
     }
 
     async fn spawn_node(&self, i: usize, bind: SocketAddr) -> Result<ServerHandle, ServerError> {
-        node::spawn(NodeOptions {
-            data_dir: self.node_dir(i),
-            bind,
-            advertise: None,
-            coordinator: self.url(),
-            capacity: (self.config.node.max_storage_gb * 1e9) as u64,
-            heartbeat_interval: Duration::from_secs(self.config.node.heartbeat_interval),
-            clock: self.clock.clone(),
-            tls: crate::net::tls::server_config_from(self.config.tls.cert.as_deref(), self.config.tls.key.as_deref())?,
-            limits: crate::net::server::ConnectionLimits::from_parts(self.config.limits.connections()),
-            trash_retention: self.config.node.trash_retention.saturating_mul(86_400),
-        })
-        .await
+        let opts = NodeOptions::from_config(&self.config, self.node_dir(i), bind, self.url(), self.clock.clone())?;
+        node::spawn(opts).await
     }
 
     /// Stops node `i`: its port closes and open connections drop.

@@ -4,7 +4,7 @@
 
 mod upkeep;
 
-pub use upkeep::{audits, repair};
+pub use upkeep::{AdmissionRun, admission, audits, repair};
 
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
@@ -363,4 +363,26 @@ pub async fn network(
     std::fs::remove_file(&src)?;
     std::fs::remove_file(&dst)?;
     Ok(out)
+}
+
+/// The reputation table of the README: how many audits it takes the beta score to disqualify
+/// nodes that lose a share of their chunks, and that honest-but-unlucky nodes survive.
+pub fn reputation_report(threshold: f64) -> String {
+    use crate::core::reputation::simulate;
+    let items = crate::coordinator::AUDIT_ITEMS;
+    let cases = [(0.10, 10_000, 1_000), (0.01, 3_000, 30_000), (0.001, 3_000, 100_000)];
+    let mut out =
+        format!("disqualify below {threshold}, {items} chunks per audit, decay {}\n", crate::core::reputation::LAMBDA);
+    for (p, nodes, audits) in cases {
+        let s = simulate(p, nodes, audits, items, threshold, 0x9e37_79b9_7f4a_7c15);
+        let when = |a: Option<usize>| a.map_or("-".to_string(), |a| a.to_string());
+        out += &format!(
+            "{:>5.1}% of chunks fail, {nodes} nodes, {audits} audits each: {} disqualified; median after {} audits, 99% within {}\n",
+            p * 100.0,
+            s.disqualified,
+            when(s.median),
+            when(s.p99)
+        );
+    }
+    out
 }

@@ -207,19 +207,11 @@ pub(super) async fn coordinator(config: Config) -> anyhow::Result<()> {
 
 pub(super) async fn node(config: Config, advertise: Option<String>) -> anyhow::Result<()> {
     let port = config.node.port;
-    let h = node::spawn(NodeOptions {
-        data_dir: config.node_data_dir(port),
-        bind: SocketAddr::from(([127, 0, 0, 1], port)),
-        advertise,
-        coordinator: config.client.coordinator.clone(),
-        capacity: (config.node.max_storage_gb * 1e9) as u64,
-        heartbeat_interval: Duration::from_secs(config.node.heartbeat_interval),
-        clock: Clock::system(),
-        tls: crate::net::tls::server_config_from(config.tls.cert.as_deref(), config.tls.key.as_deref())?,
-        limits: crate::net::server::ConnectionLimits::from_parts(config.limits.connections()),
-        trash_retention: config.node.trash_retention.saturating_mul(86_400),
-    })
-    .await?;
+    let bind = SocketAddr::from(([127, 0, 0, 1], port));
+    let dir = config.node_data_dir(port);
+    let mut opts = NodeOptions::from_config(&config, dir, bind, config.client.coordinator.clone(), Clock::system())?;
+    opts.advertise = advertise;
+    let h = node::spawn(opts).await?;
     eprintln!("node listening on {}", h.addr);
     wait_for_ctrl_c().await?;
     h.shutdown().await;
@@ -433,6 +425,12 @@ pub(super) fn bench(config: Config, b: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Audits { peers, segments, seconds, dir } => {
             let tmp = bench_dir(&dir)?;
             super::on_runtime("bench", bench::audits(peers, segments, seconds.max(2), tmp.path()))?
+        }
+        BenchCommand::Reputation => bench::reputation_report(config.reputation.disqualify_below),
+        BenchCommand::Admission { peers, accounts, seconds, half_open, dir } => {
+            let tmp = bench_dir(&dir)?;
+            let run = bench::AdmissionRun { peers, accounts, secs: seconds.max(1), half_open };
+            super::on_runtime("bench", bench::admission(run, tmp.path()))?
         }
     };
     out!("{report}");

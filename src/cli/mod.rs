@@ -282,6 +282,27 @@ pub enum BenchCommand {
         #[arg(long, default_value = "./data")]
         dir: PathBuf,
     },
+    /// What a coordinator process sustains from strangers: registrations and heartbeats of
+    /// many simulated peers, upload plans from many accounts, the largest plan allowed, and its
+    /// memory while half-open connections are held
+    Admission {
+        /// Simulated peers that register and send heartbeats
+        #[arg(long, default_value_t = 10_000)]
+        peers: usize,
+        /// Accounts that ask for upload plans
+        #[arg(long, default_value_t = 1000)]
+        accounts: usize,
+        /// Seconds each rate is measured for, at most
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Half-open connections held while the coordinator's memory is read
+        #[arg(long, default_value_t = 1000)]
+        half_open: usize,
+        #[arg(long, default_value = "./data")]
+        dir: PathBuf,
+    },
+    /// Audits it takes the reputation score to disqualify simulated nodes that lose chunks
+    Reputation,
     /// Upload and download through a local devnet in this process
     Network {
         #[arg(long, default_value_t = 1024)]

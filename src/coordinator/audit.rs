@@ -19,13 +19,16 @@ use crate::net::client as http;
 use crate::net::server::Shutdown;
 use crate::proto::*;
 
+/// Readers' damage reports waiting at most; more are dropped until the queue drains.
+pub(super) const URGENT_QUEUE: usize = 1024;
+
 /// Audits running at once.
 const CONCURRENCY: usize = 16;
 /// Chunks asked for in one audit.
-const ITEMS: usize = 3;
+pub const AUDIT_ITEMS: usize = 3;
 /// Consecutive unanswered audits that count as one failure.
 const TIMEOUTS_AS_FAILURE: u32 = 3;
-/// Bytes of an audit answer read at most: ITEMS proofs of a 4 KiB chunk (hex in JSON) with
+/// Bytes of an audit answer read at most: AUDIT_ITEMS proofs of a 4 KiB chunk (hex in JSON) with
 /// their paths, and room to spare.
 const ANSWER_LIMIT: usize = 64 << 10;
 
@@ -67,6 +70,15 @@ pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
             running.remove(&done);
         }
         let now_i = Instant::now();
+        // Peers readers reported first, at once, on the shards reported.
+        let urgent: Vec<(String, Vec<ShardId>)> = s.urgent_audits.lock().expect("not poisoned").drain(..).collect();
+        for (id, suspect) in urgent {
+            let peer = peers.iter().find(|(pid, _)| *pid == id).map(|(_, p)| p.clone());
+            let (Some(p), Some(shards)) = (peer, held.get(&id)) else { continue };
+            if running.insert(id.clone()) {
+                tasks.spawn(audit_peer(s.clone(), id, p, shards.clone(), suspect));
+            }
+        }
         for (id, p) in &peers {
             if running.len() >= CONCURRENCY {
                 break;
@@ -91,20 +103,24 @@ pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
             }
             let Some(shards) = held.get(id).filter(|v| !v.is_empty()) else { continue }; // nothing to prove yet
             running.insert(id.clone());
-            tasks.spawn(audit_peer(s.clone(), id.clone(), p.clone(), shards.clone()));
+            tasks.spawn(audit_peer(s.clone(), id.clone(), p.clone(), shards.clone(), Vec::new()));
         }
     }
     // Audits in flight finish and record their outcome.
     while tasks.join_next().await.is_some() {}
 }
 
-fn new_challenge(peer: &str, shards: &[(ShardId, usize)], deadline: u64) -> Challenge {
-    let items = (0..ITEMS.min(shards.len()))
-        .map(|_| {
-            let (id, len) = shards[(random_u64() % shards.len() as u64) as usize];
-            ChallengeItem { shard_id: id, chunk: random_u64() % merkle::leaf_count(len) }
-        })
-        .collect();
+/// A challenge of `AUDIT_ITEMS` random chunks of the peer's shards: first of the `suspect` shards
+/// (reported damaged), then of any.
+fn new_challenge(peer: &str, shards: &[(ShardId, usize)], suspect: &[ShardId], deadline: u64) -> Challenge {
+    let lens: HashMap<ShardId, usize> = shards.iter().copied().collect();
+    let chosen = suspect
+        .iter()
+        .filter_map(|id| Some((*id, *lens.get(id)?)))
+        .chain((0..).map(|_| shards[(random_u64() % shards.len() as u64) as usize]))
+        .take(AUDIT_ITEMS.min(shards.len()));
+    let items =
+        chosen.map(|(id, len)| ChallengeItem { shard_id: id, chunk: random_u64() % merkle::leaf_count(len) }).collect();
     Challenge {
         peer_id: peer.to_owned(),
         nonce: format!("{:016x}{:016x}", random_u64(), random_u64()),
@@ -139,14 +155,16 @@ fn check(
 }
 
 /// Applies one outcome to a peer's record (pure bookkeeping, unit-tested).
-fn apply(
-    p: &mut PeerRecord,
-    outcome: AuditOutcome,
-    failed: &[ShardId],
-    c: &Challenge,
+/// What an outcome is weighed against.
+#[derive(Clone, Copy)]
+struct Standards {
     vetting_audits: u32,
     disqualify_below: f64,
-) {
+    suspend_below: f64,
+    now: u64,
+}
+
+fn apply(p: &mut PeerRecord, outcome: AuditOutcome, failed: &[ShardId], c: &Challenge, st: Standards) {
     match outcome {
         AuditOutcome::Success => {
             for _ in &c.items {
@@ -172,6 +190,8 @@ fn apply(
             }
         }
         AuditOutcome::Offline => {
+            // The same challenge is asked again: going quiet on the chunks one lost does not
+            // dodge them (containment, as Storj does).
             p.online.record(false);
             p.timeouts += 1;
             p.pending = Some(c.clone());
@@ -180,24 +200,42 @@ fn apply(
                 p.timeouts = 0;
             }
         }
+        AuditOutcome::Unknown => {
+            p.online.record(true);
+            p.suspension.record(false);
+        }
     }
-    if p.status == PeerStatus::Vetting && p.audits_passed >= vetting_audits {
+    if matches!(outcome, AuditOutcome::Success | AuditOutcome::Failure) {
+        p.suspension.record(true);
+    }
+    match (p.suspension.score() < st.suspend_below, p.suspended_since) {
+        (true, None) => p.suspended_since = Some(st.now),
+        (false, Some(_)) => p.suspended_since = None,
+        _ => {}
+    }
+    if p.status == PeerStatus::Vetting && p.audits_passed >= st.vetting_audits {
         p.status = PeerStatus::Active;
     }
-    if p.audit.score() < disqualify_below && p.status != PeerStatus::Exited {
+    if p.audit.score() < st.disqualify_below && p.status != PeerStatus::Exited {
         p.status = PeerStatus::Disqualified;
     }
 }
 
 /// Audits one peer; returns its id when done.
-async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<(ShardId, usize)>) -> String {
+async fn audit_peer(
+    s: Arc<State>,
+    id: String,
+    p: PeerRecord,
+    shards: Vec<(ShardId, usize)>,
+    suspect: Vec<ShardId>,
+) -> String {
     let timeout = s.config.audit.timeout;
     let lens: HashMap<ShardId, usize> = shards.iter().copied().collect();
     // A challenge that went unanswered is asked again, as long as the shards are still there.
     let deadline = s.now() + timeout;
     let challenge = match p.pending.clone() {
         Some(c) if c.items.iter().all(|i| lens.contains_key(&i.shard_id)) => Challenge { deadline, ..c },
-        _ => new_challenge(&id, &shards, deadline),
+        _ => new_challenge(&id, &shards, &suspect, deadline),
     };
     let url = format!("{}/v2/audit", p.address);
     let body = bytes::Bytes::from(serde_json::to_vec(&s.identity.sign(&challenge)).expect("wire types serialize"));
@@ -208,10 +246,15 @@ async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<(Shard
         Err(e) => Err(e),
     };
     let (outcome, failed, detail) = match sent {
-        Err(e) => {
+        Err(e @ (http::HttpError::Timeout { .. } | http::HttpError::Connect { .. })) => {
             tracing::info!(peer = %id, error = %e, "audit got no answer");
             (AuditOutcome::Offline, Vec::new(), e.summary())
         }
+        Err(e) => {
+            tracing::info!(peer = %id, error = %e, "audit answer proves nothing");
+            (AuditOutcome::Unknown, Vec::new(), e.summary())
+        }
+        Ok(r) if !r.status.is_success() => (AuditOutcome::Unknown, Vec::new(), format!("HTTP {}", r.status)),
         Ok(r) => match r
             .json::<Signed<AuditAnswer>>()
             .map_err(|e| e.summary())
@@ -225,10 +268,15 @@ async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<(Shard
             Err(e) => (AuditOutcome::Failure, challenge.items.iter().map(|i| i.shard_id).collect(), e),
         },
     };
-    let (vetting, dq) = (s.config.audit.vetting_audits, s.config.reputation.disqualify_below);
+    let st = Standards {
+        vetting_audits: s.config.audit.vetting_audits,
+        disqualify_below: s.config.reputation.disqualify_below,
+        suspend_below: s.config.reputation.suspend_below,
+        now: s.now(),
+    };
     let updated = s.peers.update(&id, |rec| {
         rec.map(|mut rec| {
-            apply(&mut rec, outcome, &failed, &challenge, vetting, dq);
+            apply(&mut rec, outcome, &failed, &challenge, st);
             rec
         })
     });
@@ -316,34 +364,52 @@ mod tests {
         }
     }
 
+    const ST: Standards = Standards { vetting_audits: 3, disqualify_below: 0.96, suspend_below: 0.6, now: 100 };
+
     #[test]
     fn outcomes_move_standing() {
         let mut p = PeerRecord::new("k".into());
         let c = challenge();
         for _ in 0..3 {
-            apply(&mut p, AuditOutcome::Success, &[], &c, 3, 0.3);
+            apply(&mut p, AuditOutcome::Success, &[], &c, ST);
         }
         assert_eq!(p.status, PeerStatus::Active);
-        apply(&mut p, AuditOutcome::Failure, &[ShardId([1; 32])], &c, 3, 0.3);
+        apply(&mut p, AuditOutcome::Failure, &[ShardId([1; 32])], &c, ST);
         assert_eq!(p.failed_shards, vec![ShardId([1; 32])]);
-        apply(&mut p, AuditOutcome::Success, &[], &c, 3, 0.3);
+        apply(&mut p, AuditOutcome::Success, &[], &c, ST);
         assert!(p.failed_shards.is_empty(), "a passed audit clears the shard");
         // Two timeouts keep the challenge pending; the third counts as a failure.
         let before = p.audit.score();
-        apply(&mut p, AuditOutcome::Offline, &[], &c, 3, 0.3);
-        apply(&mut p, AuditOutcome::Offline, &[], &c, 3, 0.3);
+        apply(&mut p, AuditOutcome::Offline, &[], &c, ST);
+        apply(&mut p, AuditOutcome::Offline, &[], &c, ST);
         assert_eq!(p.pending.as_ref(), Some(&c));
         assert_eq!(p.audit.score(), before);
-        apply(&mut p, AuditOutcome::Offline, &[], &c, 3, 0.3);
+        apply(&mut p, AuditOutcome::Offline, &[], &c, ST);
         assert!(p.audit.score() < before);
         // Failing on and on ends in disqualification, for good.
         for _ in 0..20 {
-            apply(&mut p, AuditOutcome::Failure, &[ShardId([1; 32])], &c, 3, 0.3);
+            apply(&mut p, AuditOutcome::Failure, &[ShardId([1; 32])], &c, ST);
         }
         assert_eq!(p.status, PeerStatus::Disqualified);
         for _ in 0..50 {
-            apply(&mut p, AuditOutcome::Success, &[], &c, 3, 0.3);
+            apply(&mut p, AuditOutcome::Success, &[], &c, ST);
         }
         assert_eq!(p.status, PeerStatus::Disqualified);
+    }
+
+    #[test]
+    fn answers_that_prove_nothing_suspend_instead_of_disqualifying() {
+        let mut p = PeerRecord::new("k".into());
+        let c = challenge();
+        for _ in 0..200 {
+            apply(&mut p, AuditOutcome::Unknown, &[], &c, ST);
+        }
+        assert!(p.suspended_since == Some(100) && p.status == PeerStatus::Vetting, "suspended, not disqualified");
+        assert_eq!(p.audit.score(), 1.0, "the audit score is untouched");
+        let later = Standards { now: 200, ..ST };
+        for _ in 0..200 {
+            apply(&mut p, AuditOutcome::Success, &[], &c, later);
+        }
+        assert_eq!(p.suspended_since, None, "lifted when the answers prove the data again");
     }
 }

@@ -111,3 +111,23 @@ pub(super) async fn delete(s: &State, caller: &Caller, id: &str, req: DeleteRequ
     tracing::info!(file = %id, "file deleted");
     ok(&Deleted { deleted: id.to_owned() })
 }
+
+/// A reader says a node served shards of this file that do not match their ids: that node is
+/// audited at once, on those shards (the reader's word alone changes nothing).
+pub(super) fn damage(s: &State, id: &str, claim: DamageClaim) -> ApiResult {
+    let rec = record(s, id)?;
+    let placed: Vec<crate::core::merkle::ShardId> = rec
+        .placed_shards()
+        .into_iter()
+        .filter(|(sid, peer)| *peer == claim.peer_id && claim.shard_ids.contains(sid))
+        .map(|(sid, _)| sid)
+        .collect();
+    if placed.is_empty() {
+        return Err(ApiError::bad_request("none of those shards of this file is placed on that peer"));
+    }
+    let mut urgent = s.urgent_audits.lock().expect("not poisoned");
+    if urgent.len() < super::audit::URGENT_QUEUE {
+        urgent.push_back((claim.peer_id, placed));
+    }
+    ok(&Removed { removed: 0 })
+}

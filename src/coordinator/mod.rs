@@ -44,6 +44,7 @@ use crate::sys::clock::Clock;
 use state::{Counters, State};
 
 pub use accounts::AdminError;
+pub use audit::AUDIT_ITEMS;
 pub use backup::restore;
 
 /// Dial-backs (admission checks of new addresses) running at once.
@@ -122,6 +123,7 @@ pub async fn spawn(
         browser_uploads: Mutex::new(HashMap::new()),
         recent_audits: Mutex::new(VecDeque::new()),
         audit_log: Mutex::new(VecDeque::new()),
+        urgent_audits: Mutex::new(VecDeque::new()),
         http: http::Client::default(),
         audit_http: http::Client::new(audit_timeout),
         counters: Counters::new(&metrics),

@@ -86,8 +86,12 @@ fn next_seq(s: &State, peer: &str) -> Result<u64, RecordError> {
     })
 }
 
-/// Puts a notice for `peer` in the outbox; returns its key.
+/// Puts a notice for `peer` in the outbox; returns its key. A shard given up at upload is
+/// placed on no peer (""): nobody to tell, nothing queued (an empty key).
 pub(super) fn queue(s: &State, peer: &str, event: NoticeEvent) -> Result<String, RecordError> {
+    if peer.is_empty() {
+        return Ok(String::new());
+    }
     let seq = next_seq(s, peer)?;
     let notice = Notice { peer_id: peer.to_owned(), generation: generation(s)?, seq, event };
     let key = format!("{peer}/{seq:020}");
@@ -102,7 +106,7 @@ const MANIFEST_COPIES: usize = 3;
 /// The shards of a file on each of its peers.
 fn shards_by_peer(rec: &FileRecord) -> BTreeMap<String, Vec<ShardId>> {
     let mut by_peer: BTreeMap<String, Vec<ShardId>> = BTreeMap::new();
-    for (sid, peer) in rec.placed_shards() {
+    for (sid, peer) in rec.placed_shards().into_iter().filter(|(_, p)| !p.is_empty()) {
         by_peer.entry(peer).or_default().push(sid);
     }
     by_peer

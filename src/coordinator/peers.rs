@@ -104,3 +104,33 @@ pub(super) async fn heartbeat(s: &State, signed: Signed<Heartbeat>, remote: Opti
     let generation = notices::generation(s).map_err(ApiError::internal)?;
     ok(&HeartbeatReply { peer_id: id, coordinator_key: s.identity.public_key_hex(), generation })
 }
+
+/// A node reports shards its scrubbing found damaged (and dropped): they are marked failed,
+/// so repair rebuilds them elsewhere; no audit failure is counted (the node told the truth).
+pub(super) fn damage(s: &State, signed: Signed<DamageReport>) -> ApiResult {
+    let report = signed.open().ok_or_else(|| ApiError::forbidden("damage report signature does not verify"))?;
+    let id = signed.signer_id();
+    if report.time.abs_diff(s.now()) > CLOCK_SKEW || report.coordinator != s.id() {
+        return Err(ApiError::forbidden("the damage report is stale or for another coordinator"));
+    }
+    let placed: std::collections::HashSet<crate::core::merkle::ShardId> =
+        s.shards_by_peer(&s.files.readable()).remove(&id).unwrap_or_default().into_iter().map(|(sid, _)| sid).collect();
+    let marked = s
+        .peers
+        .update(&id, |p| {
+            p.map(|mut p| {
+                if p.public_key == signed.signer {
+                    for sid in report.shard_ids.iter().filter(|sid| placed.contains(sid)) {
+                        if !p.failed_shards.contains(sid) {
+                            p.failed_shards.push(*sid);
+                        }
+                    }
+                }
+                p
+            })
+        })
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no peer {id}")))?;
+    tracing::warn!(peer = %id, reported = report.shard_ids.len(), "a node reported damaged shards; they will be repaired");
+    ok(&Removed { removed: marked.failed_shards.len() })
+}

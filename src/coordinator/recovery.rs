@@ -41,15 +41,31 @@ pub(super) async fn run(s: Arc<State>, mut queue: mpsc::UnboundedReceiver<String
             _ = shutdown.wait() => break,
             p = queue.recv() => match p { Some(p) => p, None => break },
         };
-        match take_inventory(&s, &peer).await {
-            Ok(r) if r.files_recovered + r.placements_filled > 0 => {
-                tracing::info!(peer = %peer, files = r.files_recovered, placements = r.placements_filled, "recovered from a peer's inventory");
+        // A node takes the coordinator's requests once it has read the reply to its first
+        // heartbeat (it pins the key then): a few tries, a second apart.
+        for attempt in 1..=ATTEMPTS {
+            match take_inventory(&s, &peer).await {
+                Ok(r) => {
+                    if r.files_recovered + r.placements_filled > 0 {
+                        tracing::info!(peer = %peer, files = r.files_recovered, placements = r.placements_filled, "recovered from a peer's inventory");
+                    }
+                    break;
+                }
+                Err(e) if attempt == ATTEMPTS => {
+                    tracing::warn!(peer = %peer, error = %e, "taking a peer's inventory failed")
+                }
+                Err(_) => {
+                    if shutdown.sleep(std::time::Duration::from_secs(1)).await {
+                        return;
+                    }
+                }
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(peer = %peer, error = %e, "taking a peer's inventory failed"),
         }
     }
 }
+
+/// Tries at taking a new peer's inventory.
+const ATTEMPTS: u32 = 5;
 
 /// Asks every known peer for its inventory now; returns what was found.
 pub(super) async fn recover_all(s: &State) -> Result<RecoveryReport, RecordError> {

@@ -58,9 +58,10 @@ impl Rules {
             return ShardState::Failed;
         }
         let silent = self.now.saturating_sub(p.last_heartbeat);
-        if silent > self.heartbeat_timeout + self.grace_period {
+        let suspended = p.suspended_since.map(|t| self.now.saturating_sub(t));
+        if silent > self.heartbeat_timeout + self.grace_period || suspended.is_some_and(|d| d > self.grace_period) {
             ShardState::Lost
-        } else if silent > self.heartbeat_timeout {
+        } else if silent > self.heartbeat_timeout || suspended.is_some() {
             ShardState::Offline
         } else {
             ShardState::Healthy
@@ -218,15 +219,10 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
             return Err(RepairError::Mismatch(j));
         }
     }
-    // New homes: peers in good standing, in no failure domain that keeps a shard of this
-    // segment.
-    let kept: HashSet<String> = holders
-        .iter()
-        .enumerate()
-        .filter(|(j, _)| !bad.contains(j))
-        .filter_map(|(_, h)| peers.get(h).map(|p| s.domain(h, p)))
-        .collect();
-    let candidates = s.candidates(&peers_all, &kept);
+    // New homes: peers in good standing, in no failure domain that holds (or held) a shard of
+    // this segment.
+    let taken: HashSet<String> = holders.iter().filter_map(|h| peers.get(h).map(|p| s.domain(h, p))).collect();
+    let candidates = s.candidates(&peers_all, &taken);
     let rules = placement::Rules {
         n: bad.len(),
         spares: SPARES,
@@ -372,6 +368,11 @@ mod tests {
         assert_eq!(rules(1000).classify(Some(&p), &id), ShardState::Failed);
         p.status = PeerStatus::Exiting;
         assert_eq!(rules(1000).classify(Some(&p), &id), ShardState::Leaving);
+        p.status = PeerStatus::Active;
+        p.failed_shards.clear();
+        p.suspended_since = Some(1000);
+        assert_eq!(rules(1050).classify(Some(&p), &id), ShardState::Offline, "suspended, within the grace period");
+        assert_eq!(rules(1301).classify(Some(&p), &id), ShardState::Lost, "suspended past it: repaired");
         p.status = PeerStatus::Disqualified;
         assert_eq!(rules(1000).classify(Some(&p), &id), ShardState::Lost);
         assert_eq!(rules(1000).classify(None, &id), ShardState::Lost);

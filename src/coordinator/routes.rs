@@ -40,6 +40,8 @@ pub(super) enum Route {
     SealedSegment(String, u32),
     Account,
     Admin,
+    NodeDamage,
+    FileDamage(String),
     /// A file of the web UI ("" is the page itself).
     Asset(String),
 }
@@ -78,6 +80,8 @@ impl Route {
             Route::BrowserCommit(_) => "/v2/browser/uploads/:id/commit",
             Route::SealedSegment(..) => "/v2/files/:id/segments/:i",
             Route::Account => "/v2/account",
+            Route::NodeDamage => "/v2/peers/damage",
+            Route::FileDamage(_) => "/v2/files/:id/damage",
             Route::Admin => "/v2/admin",
             Route::Asset(_) => "/ (web UI)",
         }
@@ -88,7 +92,7 @@ impl Route {
             Route::Metrics | Route::Info | Route::Stats | Route::Peers | Route::Audits { .. } | Route::Asset(_) => {
                 Access::Public
             }
-            Route::Heartbeat | Route::Exit => Access::Node,
+            Route::Heartbeat | Route::Exit | Route::NodeDamage => Access::Node,
             Route::Admin => Access::Operator,
             _ => Access::Account,
         }
@@ -109,6 +113,8 @@ impl Route {
             (&Method::POST, ["v2", "heartbeat"]) => Route::Heartbeat,
             (&Method::GET, ["v2", "peers"]) => Route::Peers,
             (&Method::POST, ["v2", "peers", "exit"]) => Route::Exit,
+            (&Method::POST, ["v2", "peers", "damage"]) => Route::NodeDamage,
+            (&Method::POST, ["v2", "files", id, "damage"]) => Route::FileDamage(id.to_string()),
             (&Method::GET, ["v2", "audits"]) => {
                 let q = server::parse_query(query);
                 let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
@@ -145,6 +151,7 @@ pub(super) async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
         Access::Public => public(&s, route),
         Access::Node => match route {
             Route::Heartbeat => peers::heartbeat(&s, read_json(req, SMALL_BODY).await?, remote).await,
+            Route::NodeDamage => peers::damage(&s, read_json(req, MAX_JSON_BODY).await?),
             _ => peers::exit(&s, read_json(req, SMALL_BODY).await?),
         },
         Access::Operator => accounts::admin(&s, read_json(req, SMALL_BODY).await?).await,
@@ -203,6 +210,7 @@ async fn for_account(s: &State, caller: &Caller, route: Route, body: Incoming) -
         Route::BrowserStart => browser::start(s, caller, caller.json(body, SMALL_BODY).await?),
         Route::BrowserSegment(id, i) => browser::put_segment(s, caller, &id, i, body).await,
         Route::BrowserCommit(id) => browser::commit(s, caller, &id, caller.json(body, SMALL_BODY).await?).await,
+        Route::FileDamage(id) => files::damage(s, &id, caller.json(body, SMALL_BODY).await?),
         Route::SealedSegment(id, i) => {
             caller.no_body(body).await?;
             browser::sealed_segment(s, caller, &id, i).await

@@ -45,6 +45,13 @@ pub(super) struct PeerRecord {
     pub online: Beta,
     #[serde(default)]
     pub audits_passed: u32,
+    /// The score of answers that prove nothing either way (errors): below `[reputation]
+    /// suspend_below` the peer is suspended.
+    #[serde(default)]
+    pub suspension: Beta,
+    /// Since when it is suspended.
+    #[serde(default)]
+    pub suspended_since: Option<u64>,
     /// Shards whose last audit failed: not counted healthy until a later audit passes them.
     #[serde(default)]
     pub failed_shards: Vec<ShardId>,
@@ -83,6 +90,8 @@ impl PeerRecord {
             audit: Beta::default(),
             online: Beta::default(),
             audits_passed: 0,
+            suspension: Beta::default(),
+            suspended_since: None,
             failed_shards: Vec::new(),
             verified_address: String::new(),
             ip: None,
@@ -164,6 +173,9 @@ pub(super) struct UploadRecord {
     pub n: u8,
     pub segment_size: u32,
     pub peers: Vec<String>,
+    /// Shards of each segment the commit must place (0: all n, as planned before this field).
+    #[serde(default)]
+    pub min_shards: u8,
 }
 
 impl Record for UploadRecord {
@@ -242,6 +254,8 @@ pub(super) struct State {
     pub repair_queue: Mutex<HashSet<(String, usize)>>,
     /// Outcomes of the last minute's audits, for the dashboard (the stored history is per peer).
     pub recent_audits: Mutex<VecDeque<(u64, AuditOutcome)>>,
+    /// Peers to audit at once on these shards (readers reported them damaged).
+    pub urgent_audits: Mutex<VecDeque<(String, Vec<ShardId>)>>,
     /// The newest audits of all peers, newest last: what the audit log shows without
     /// reading every peer's history.
     pub audit_log: Mutex<VecDeque<AuditRecord>>,
@@ -332,6 +346,7 @@ impl State {
     /// Whether a peer may receive new shards: online, in good standing, not leaving.
     pub fn accepts_data(&self, p: &PeerRecord) -> bool {
         self.is_admitted(p)
+            && p.suspended_since.is_none()
             && matches!(p.status, PeerStatus::Vetting | PeerStatus::Active)
             && p.audit.score() >= self.config.security.min_reputation
     }
@@ -416,6 +431,7 @@ impl State {
             reputation: p.audit.score(),
             online_score: p.online.score(),
             audits_passed: p.audits_passed,
+            suspended: p.suspended_since.is_some(),
             placed,
             capacity: p.capacity,
             used: p.used,

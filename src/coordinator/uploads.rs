@@ -25,6 +25,18 @@ pub(super) const MAX_PLAN_SEGMENTS: u64 = 1 << 16;
 /// Spare peers planned per segment beyond n, for shards whose first peer fails.
 const SPARES: usize = 3;
 
+/// Shards of an n-shard segment a commit may leave unplaced (their peers were too slow: the
+/// uploader gave them up), as a share of n.
+const MAY_GIVE_UP: f64 = 0.1;
+
+/// Shards of each segment a commit must place: n less a tenth (18 of 20), but never so few
+/// that the segment starts at or below the repair threshold (k + `[repair] threshold`).
+pub(super) fn min_shards(k: u8, n: u8, repair_threshold: u32) -> u8 {
+    let above_repair = (k as u32 + repair_threshold + 1).min(n as u32) as u8;
+    let tail = (n as f64 * MAY_GIVE_UP) as u8;
+    (n - tail).max(above_repair)
+}
+
 pub(super) fn plan(s: &State, caller: &Caller, req: PlanRequest) -> Result<Plan, ApiError> {
     let shape = Shape::new(req.k, req.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
     manifest::check_segment_size(req.segment_size).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -97,9 +109,11 @@ pub(super) fn plan(s: &State, caller: &Caller, req: PlanRequest) -> Result<Plan,
         n: req.n,
         segment_size: req.segment_size,
         peers: orders.keys().cloned().collect(),
+        min_shards: min_shards(req.k, req.n, s.config.repair.threshold),
     };
     s.uploads.insert(&upload_id, &rec).map_err(ApiError::internal)?;
-    Ok(Plan { upload_id, expires, orders, addresses, segments: layout })
+    let min_shards = rec.min_shards;
+    Ok(Plan { upload_id, expires, orders, addresses, segments: layout, min_shards })
 }
 
 /// Shards of an n-shard segment that may go to peers being vetted: `[placement]
@@ -133,6 +147,8 @@ pub(super) enum CommitRefusal {
     MissingSegments,
     #[error("segment {0} must sit on {1} distinct peers")]
     NotDistinct(usize, usize),
+    #[error("segment {segment} places {have} shards; at least {need} must be placed")]
+    TooFewShards { segment: usize, have: usize, need: usize },
     #[error("no valid receipt for shard {shard} of segment {segment} on peer {peer}")]
     NoReceipt { segment: usize, shard: usize, peer: String },
 }
@@ -158,7 +174,8 @@ impl From<CommitRefusal> for ApiError {
 
 /// Checks a commit against its plan: the upload is unexpired, the manifest parses and is the
 /// planned one, every receipt is signed by a planned peer (`keys`: peer id → public key of
-/// registered peers) for this upload, and each segment's n shards have receipts from n
+/// registered peers) for this upload, and each segment's placed shards (all n but those
+/// given up as too slow, placed as "": at least the plan's `min_shards`) have receipts from
 /// distinct peers. Pure; receipts are checked on all cores.
 pub(super) fn verify_commit(
     (upload_id, up): (&str, &UploadRecord),
@@ -200,12 +217,20 @@ pub(super) fn verify_commit(
     if c.placements.len() != m.segments.len() {
         return Err(CommitRefusal::MissingSegments);
     }
+    let need = match up.min_shards {
+        0 => up.n as usize,
+        m => (m as usize).min(up.n as usize),
+    };
     for (i, (seg, peers)) in m.segments.iter().zip(&c.placements).enumerate() {
-        if peers.len() != seg.shard_ids.len() || peers.iter().collect::<HashSet<_>>().len() != peers.len() {
+        let placed: Vec<&String> = peers.iter().filter(|p| !p.is_empty()).collect();
+        if peers.len() != seg.shard_ids.len() || placed.iter().collect::<HashSet<_>>().len() != placed.len() {
             return Err(CommitRefusal::NotDistinct(i, seg.shard_ids.len()));
         }
+        if placed.len() < need {
+            return Err(CommitRefusal::TooFewShards { segment: i, have: placed.len(), need });
+        }
         for (j, (id, peer)) in seg.shard_ids.iter().zip(peers).enumerate() {
-            if !stored.contains(&(*id, peer.clone())) {
+            if !peer.is_empty() && !stored.contains(&(*id, peer.clone())) {
                 return Err(CommitRefusal::NoReceipt { segment: i, shard: j, peer: peer.clone() });
             }
         }
@@ -313,6 +338,7 @@ mod tests {
             n: 3,
             segment_size: 4096,
             peers: ids.clone(),
+            min_shards: 0,
         };
         let commit = Commit {
             upload_id: "u".into(),
@@ -370,5 +396,43 @@ mod tests {
         assert!(matches!(refused(&up, twice, &keys, 0), CommitRefusal::NotDistinct(0, 3)));
         let short = Commit { placements: vec![c.placements[0].clone()], ..c };
         assert!(matches!(refused(&up, short, &keys, 0), CommitRefusal::MissingSegments));
+    }
+
+    #[test]
+    fn slow_shards_may_be_left_unplaced_down_to_the_plans_minimum() {
+        let (up, c, keys, _) = scene();
+        // Shard 2 of segment 1 given up by the uploader: its receipt left out, placed as "".
+        let mut gave_up = c.clone();
+        gave_up.placements[1][2] = String::new();
+        gave_up.receipts.pop();
+        // Refused where the plan asks for every shard (as before this rule)...
+        assert!(matches!(
+            refused_at(&up, gave_up.clone(), &keys),
+            CommitRefusal::TooFewShards { segment: 1, have: 2, need: 3 }
+        ));
+        // ... accepted where it asks for two of three, with the hole kept.
+        let lenient = UploadRecord { min_shards: 2, ..up.clone() };
+        let (_, rec) = verify_commit(("u", &lenient), "me", gave_up.clone(), &keys, 50).unwrap();
+        assert_eq!(rec.placements[1][2], "");
+        // Two holes are one too many; and holes do not make a peer count twice.
+        let mut two = gave_up.clone();
+        two.placements[1][1] = String::new();
+        assert!(matches!(refused_at(&lenient, two, &keys), CommitRefusal::TooFewShards { have: 1, need: 2, .. }));
+        let mut twice = gave_up;
+        twice.placements[1][1] = twice.placements[1][0].clone();
+        assert!(matches!(refused_at(&lenient, twice, &keys), CommitRefusal::NotDistinct(1, 3)));
+    }
+
+    fn refused_at(up: &UploadRecord, c: Commit, keys: &HashMap<String, String>) -> CommitRefusal {
+        verify_commit(("u", up), "me", c, keys, 50).unwrap_err()
+    }
+
+    #[test]
+    fn the_minimum_leaves_a_tenth_but_stays_above_the_repair_threshold() {
+        assert_eq!(min_shards(8, 20, 4), 18);
+        assert_eq!(min_shards(14, 20, 4), 19);
+        assert_eq!(min_shards(2, 3, 4), 3);
+        assert_eq!(min_shards(29, 80, 4), 72);
+        assert_eq!(min_shards(1, 2, 0), 2);
     }
 }

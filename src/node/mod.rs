@@ -1,7 +1,7 @@
 //! A storage node: stores shards that come with a valid coordinator-signed put order,
 //! checks them against their ids, answers with signed receipts, serves them back, answers
-//! audits, collects garbage on signed live lists, and sends signed heartbeats. It pins the
-//! coordinator's key on first registration. Routes and their handlers are in `routes`.
+//! audits, deletes (into a trash) only what numbered coordinator notices name, scrubs its
+//! shards, and sends signed heartbeats. It pins the coordinator's key on first registration. Routes and their handlers are in `routes`.
 
 mod routes;
 
@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 
 use crate::core::identity::Identity;
+use crate::core::merkle::ShardId;
 use crate::net::client::{self as http, HttpError};
 use crate::net::metrics::Metrics;
 use crate::net::server::{self, ServerError, ServerHandle, Shutdown};
@@ -42,6 +43,35 @@ pub struct NodeOptions {
     pub limits: server::ConnectionLimits,
     /// Seconds a deleted shard stays in the trash, restorable, before it is removed.
     pub trash_retention: u64,
+    /// Seconds to re-hash every shard once.
+    pub scrub_interval: u64,
+}
+
+impl NodeOptions {
+    /// Options from a configuration: capacity, intervals, TLS, limits, trash and scrubbing
+    /// as `[node]`, `[tls]` and `[limits]` say; where the node keeps its data, listens and
+    /// finds its coordinator as given.
+    pub fn from_config(
+        config: &crate::config::Config,
+        data_dir: PathBuf,
+        bind: SocketAddr,
+        coordinator: String,
+        clock: Clock,
+    ) -> Result<NodeOptions, ServerError> {
+        Ok(NodeOptions {
+            data_dir,
+            bind,
+            advertise: None,
+            coordinator,
+            capacity: crate::config::gb_to_bytes(config.node.max_storage_gb),
+            heartbeat_interval: Duration::from_secs(config.node.heartbeat_interval),
+            clock,
+            tls: crate::net::tls::server_config_from(config.tls.cert.as_deref(), config.tls.key.as_deref())?,
+            limits: server::ConnectionLimits::from_parts(config.limits.connections()),
+            trash_retention: config.node.trash_retention.saturating_mul(86_400),
+            scrub_interval: config.node.scrub_interval,
+        })
+    }
 }
 
 struct State {
@@ -62,6 +92,8 @@ struct State {
     grants: Mutex<HashMap<String, ReadGrant>>,
     /// Bits of proof-of-work the coordinator asks of a node key, once known.
     pow_bits: OnceCell<u32>,
+    /// The coordinator's id (what reports name), once known.
+    coordinator_id: OnceCell<String>,
     /// Notices are taken one at a time: each must be newer than the last.
     notices: tokio::sync::Mutex<()>,
     /// The last heartbeat's `seq`: each one is strictly greater.
@@ -80,6 +112,7 @@ async fn proof_of_work(s: &State) -> Result<u64, HeartbeatError> {
         Some(b) => *b,
         None => {
             let info: CoordinatorInfo = s.http.get(&format!("{}/v2/info", s.coordinator)).await?.json()?;
+            let _ = s.coordinator_id.set(info.coordinator_id);
             *s.pow_bits.get_or_init(|| async { info.node_pow_bits }).await
         }
     };
@@ -143,6 +176,7 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         seq: std::sync::atomic::AtomicU64::new(0),
         notices: tokio::sync::Mutex::new(()),
         pow_bits: OnceCell::new(),
+        coordinator_id: OnceCell::new(),
         bytes_in: metrics.add(IntCounter::new("shard_bytes_in_total", "Shard bytes stored").expect("valid")),
         bytes_out: metrics.add(IntCounter::new("shard_bytes_out_total", "Shard bytes served").expect("valid")),
         shards: metrics.add(IntGauge::new("shards", "Shards held").expect("valid")),
@@ -153,6 +187,7 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
     let signal = server::shutdown_signal();
     let beats = heartbeats(state.clone(), opts.heartbeat_interval, signal.1.clone());
     let trash = empty_trash(state.clone(), opts.trash_retention, signal.1.clone());
+    let scrubbing = scrub(state.clone(), opts.scrub_interval, signal.1.clone());
     tracing::info!(peer = %state.identity.peer_id(), %addr, "node listening");
     let s2 = state.clone();
     let handle = server::serve(
@@ -160,7 +195,7 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         (metrics, routes::label),
         move |req| routes::route(s2.clone(), req),
         signal,
-        vec![Box::pin(beats), Box::pin(trash)],
+        vec![Box::pin(beats), Box::pin(trash), Box::pin(scrubbing)],
     );
     // Registering needs the node to answer the coordinator's dial-back: it serves first.
     if let Err(e) = heartbeat(&state).await {
@@ -229,6 +264,56 @@ fn observe_coordinator(s: &State, reply: &HeartbeatReply) {
         && let Err(e) = s.store.set_mark(&mark)
     {
         tracing::warn!(error = %e, "could not record the coordinator's generation");
+    }
+}
+
+/// Bytes per second scrubbing reads at most.
+const SCRUB_RATE: u64 = 50_000_000;
+
+/// Re-reads and re-hashes every shard once per `interval` (paced, and at most
+/// [`SCRUB_RATE`]): shards found missing or corrupt are dropped and reported, so the
+/// coordinator rebuilds them elsewhere before an audit or a reader trips on them.
+async fn scrub(s: Arc<State>, interval: u64, mut shutdown: Shutdown) {
+    loop {
+        let count = s.store.count().max(1);
+        let pace = Duration::from_secs_f64(interval as f64 / count as f64);
+        let mut after = None;
+        let mut damaged = Vec::new();
+        loop {
+            let s2 = s.clone();
+            let page = tokio::task::spawn_blocking(move || s2.store.inventory(after.as_ref(), 256)).await;
+            let Ok(Ok(page)) = page else { break };
+            let Some((last, _)) = page.last() else { break };
+            after = Some(*last);
+            for (id, e) in page {
+                let read = Duration::from_secs_f64(e.len as f64 / SCRUB_RATE as f64);
+                if shutdown.sleep(pace.max(read)).await {
+                    return;
+                }
+                let s2 = s.clone();
+                if let Ok(Ok(Some(false))) = tokio::task::spawn_blocking(move || s2.store.verify(&id)).await {
+                    tracing::warn!(shard = %id, "scrubbing found a damaged shard; dropped, and reported for repair");
+                    let _ = s.store.quarantine(&id);
+                    damaged.push(id);
+                }
+            }
+            if !damaged.is_empty() {
+                report_damage(&s, std::mem::take(&mut damaged)).await;
+            }
+        }
+        if shutdown.sleep(pace).await {
+            return;
+        }
+    }
+}
+
+/// Tells the coordinator which shards were found damaged here.
+async fn report_damage(s: &State, shard_ids: Vec<ShardId>) {
+    let Some(coordinator) = s.coordinator_id.get() else { return };
+    let report = DamageReport { coordinator: coordinator.clone(), shard_ids, time: s.clock.now() };
+    let url = format!("{}/v2/peers/damage", s.coordinator);
+    if let Err(e) = s.http.post_json(&url, &s.identity.sign(&report)).await.and_then(|r| r.ok()) {
+        tracing::warn!(error = %e, "reporting damaged shards failed");
     }
 }
 

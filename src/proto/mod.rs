@@ -89,6 +89,11 @@ pub struct Plan {
     /// Peer id → base URL.
     pub addresses: BTreeMap<String, String>,
     pub segments: Vec<Vec<String>>,
+    /// Shards of each segment that must be stored for the commit to be accepted; the others
+    /// may be given up when their peers are slow (placed as ""). 0: all n (coordinators
+    /// before this field).
+    #[serde(default)]
+    pub min_shards: u8,
 }
 
 /// Coordinator → node (through the client): store shards of this upload, each at most
@@ -162,6 +167,9 @@ pub struct PeerView {
     /// Reachability score from audits, 0..1.
     pub online_score: f64,
     pub audits_passed: u32,
+    /// Suspended (no new data) after too many answers that proved nothing.
+    #[serde(default)]
+    pub suspended: bool,
     /// Shards the coordinator has placed on this peer.
     pub placed: u64,
     pub capacity: u64,
@@ -270,6 +278,9 @@ pub enum AuditOutcome {
     Failure,
     /// No answer by the deadline.
     Offline,
+    /// An answer that proves nothing either way (an error status, a reply that does not
+    /// parse): counts towards suspension, not disqualification.
+    Unknown,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -473,6 +484,24 @@ pub struct ManifestCopy {
     pub created: u64,
 }
 
+/// Node → coordinator, signed (`POST /v2/peers/damage`): shards its own scrubbing found
+/// missing or corrupt (and dropped). The coordinator repairs them; it is no audit failure.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DamageReport {
+    pub coordinator: String,
+    pub shard_ids: Vec<ShardId>,
+    pub time: u64,
+}
+
+/// Client → coordinator, account-signed (`POST /v2/files/{id}/damage`): a node served these
+/// shards of the file with bytes that do not match their ids. The coordinator audits it at
+/// once.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DamageClaim {
+    pub peer_id: String,
+    pub shard_ids: Vec<ShardId>,
+}
+
 /// Coordinator → node, signed (`POST /v2/inventory`): a page of what you hold.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InventoryRequest {
@@ -526,6 +555,7 @@ message! {
     AuditAnswer => "audit-answer",
     ReadGrant => "read-grant",
     Identified => "identify",
+    DamageReport => "damage",
     AdminRequest => "admin",
 }
 
@@ -574,7 +604,7 @@ pub struct NodeStatus {
     pub shards: u64,
 }
 
-/// How many shards a node removed (delete orders, live lists).
+/// How many shards a request concerned (trashed by a notice, reported damaged).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Removed {
     pub removed: usize,

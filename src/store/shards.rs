@@ -321,6 +321,7 @@ impl ShardStore {
             self.set_upload_state(upload, UploadState::Pending)?;
         }
         self.link(upload, id)?;
+        self.restore_locked(id)?; // a trashed copy comes back rather than being counted twice
         if let Some(mut e) = self.entry(id)? {
             remember(&mut e.uploads, upload);
             e.stored_at = e.stored_at.max(now);
@@ -485,6 +486,32 @@ impl ShardStore {
             self.trashed.fetch_sub(len, Ordering::SeqCst);
         }
         Ok(doomed.len())
+    }
+
+    /// Whether shard `id` is still what its id says (re-read and re-hashed): None when it is
+    /// not held.
+    pub fn verify(&self, id: &ShardId) -> Result<Option<bool>, StoreError> {
+        if !self.contains(id) {
+            return Ok(None);
+        }
+        match read_whole(&self.path(id)) {
+            Ok(b) => Ok(Some(ShardId::from(blake3::hash(&b)) == *id)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some(false)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Drops a shard found damaged: it is of no use to anyone, so it goes for good.
+    pub fn quarantine(&self, id: &ShardId) -> Result<(), StoreError> {
+        let _guard = self.lock(id);
+        let Some(e) = self.entry(id)? else { return Ok(()) };
+        self.index.remove(key(id))?;
+        match fs::remove_file(self.path(id)) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err.into()),
+            _ => {}
+        }
+        self.used.fetch_sub(e.len, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Keeps a (signed, JSON) manifest copy of `file`.

@@ -70,7 +70,15 @@ impl Tree for sled::Tree {
         sled::Tree::len(self)
     }
     fn flush(&self) -> BoxFuture<'_, Result<(), DbError>> {
-        Box::pin(async move { self.flush_async().await.map(|_| ()).map_err(DbError::from) })
+        // sled's `flush_async` can leave concurrent callers waiting for ever
+        // (tests/it/crash.rs `concurrent_table_flushes_all_return`); its blocking flush cannot.
+        let tree = self.clone();
+        Box::pin(async move {
+            match tokio::task::spawn_blocking(move || tree.flush()).await {
+                Ok(r) => r.map(|_| ()).map_err(DbError::from),
+                Err(e) => Err(DbError(format!("flush: {e}"))),
+            }
+        })
     }
 }
 

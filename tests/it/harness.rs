@@ -156,3 +156,124 @@ impl Cluster {
 }
 
 pub use p2pstore::net::client::Reply;
+
+impl Cluster {
+    /// A newcomer: one more node beside the cluster's own, with a fresh data directory
+    /// (`name`, in the cluster's folder) and so a fresh key, started on a free port. Returns
+    /// its handle (keep it: dropping it does not stop the node, shutting it down does) and
+    /// its peer id.
+    pub async fn extra_node(&self, name: &str) -> (p2pstore::net::server::ServerHandle, String) {
+        let dir = self.path(name);
+        let config = &self.net.config;
+        let bind = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let clock = self.net.clock.clone();
+        let opts = p2pstore::node::NodeOptions::from_config(config, dir.clone(), bind, self.net.url(), clock).unwrap();
+        let handle = p2pstore::node::spawn(opts).await.unwrap();
+        let id = p2pstore::store::identity::load_or_create(&dir).unwrap().peer_id();
+        (handle, id)
+    }
+}
+
+/// The process's soft limit on open files raised to its hard limit (tests that hold many
+/// sockets); returns the limit now in force.
+pub fn raise_open_files() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit with a valid pointer to an rlimit we own.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// `n` TCP connections to `to` from the address `from` (any 127.x.y.z works on Linux), each
+/// having sent `prefix` (a partial request) and then nothing: half-open requests. A
+/// connection the server closed at once is kept too.
+pub async fn half_open(
+    from: std::net::IpAddr,
+    to: std::net::SocketAddr,
+    n: usize,
+    prefix: &[u8],
+) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let sock = if from.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+        let sock = sock.unwrap();
+        sock.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+        let mut s = sock.connect(to).await.unwrap();
+        let _ = s.write_all(prefix).await;
+        held.push(s);
+    }
+    held
+}
+
+/// A field of /proc/PID/status in bytes (`VmRSS`, `VmHWM`).
+pub fn proc_memory(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':')).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// CPU seconds (user + system) a process has used, from /proc/PID/stat.
+pub fn proc_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let ticks = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// The real binary as a server process (`coordinator`, `node`), in `dir`, with no
+/// configuration from the environment; killed when dropped. `shell_prefix` runs before it
+/// in `sh -c` (`ulimit -n 64;`, say), the process keeping its pid through `exec`.
+pub struct Process {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Process {
+    pub async fn start(dir: &Path, shell_prefix: &str, args: &[&str], port: u16) -> Process {
+        let bin = env!("CARGO_BIN_EXE_p2pstore");
+        let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+        let script = format!("{shell_prefix} exec '{bin}' {}", quoted.join(" "));
+        let log = std::fs::File::create(dir.join(format!("server-{port}.log"))).unwrap();
+        let child = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .current_dir(dir)
+            .env_remove("P2PSTORE_CONFIG")
+            .env_remove("P2PSTORE_COORDINATOR")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let p = Process { child, url: format!("http://127.0.0.1:{port}") };
+        let h = p2pstore::net::client::Client::new(std::time::Duration::from_secs(1));
+        let healthz = format!("{}/healthz", p.url);
+        until("the server process answers /healthz", 30, || async { h.get(&healthz).await.is_ok() }).await;
+        p
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

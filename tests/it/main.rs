@@ -1,11 +1,15 @@
 //! The integration tests: one binary, one module per area.
 
+mod admission;
 mod browser;
 mod cli;
+mod crash;
 mod durability;
 mod harness;
+mod hostile;
 mod layers;
 mod network;
+mod proxy;
 mod records;
 mod security;
 mod tls;
