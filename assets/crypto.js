@@ -26,7 +26,7 @@ const P2P = (() => {
     if (b.length < 4 || String.fromCharCode(...b.slice(0, 4)) !== "P2PS") throw new Error("not a p2pstore manifest");
     if (b.length < 49) bad("too short");
     const version = d.getUint16(4);
-    if (version !== 2) throw new Error(`unsupported manifest version ${version}`);
+    if (version !== 2 && version !== 3) throw new Error(`unsupported manifest version ${version}`);
     const size64 = d.getBigUint64(6);
     if (size64 > BigInt(Number.MAX_SAFE_INTEGER)) bad("file size out of range");
     const size = Number(size64), segmentSize = d.getUint32(14), k = b[18], n = b[19], kdf = b[20];
@@ -39,11 +39,17 @@ const P2P = (() => {
     if (metaLen > MAX_META || 49 + metaLen > b.length) bad("sealed metadata length out of range");
     const count = d.getUint32(45 + metaLen);
     if (count !== segmentCount(size, segmentSize)) bad("segment count does not match the size");
-    const row = 4 + 32 * n, rows = 49 + metaLen;
-    if (b.length !== rows + count * row) bad("length does not match the segment count");
-    const last = size - (count - 1) * plainPerSegment(segmentSize) + 16;
-    for (let i = 0; i < count; i++) {
-      if (d.getUint32(rows + i * row) !== (i === count - 1 ? last : segmentSize)) bad(`segment ${i} has a wrong length`);
+    if (version === 3) {
+      // The root: the segment table's pages by hash (the coordinator serves the segments).
+      if (b.length < 53 + metaLen || d.getUint32(49 + metaLen) !== 1024) bad("page size out of range");
+      if (b.length !== 53 + metaLen + 32 * Math.ceil(count / 1024)) bad("length does not match the page count");
+    } else {
+      const row = 4 + 32 * n, rows = 49 + metaLen;
+      if (b.length !== rows + count * row) bad("length does not match the segment count");
+      const last = size - (count - 1) * plainPerSegment(segmentSize) + 16;
+      for (let i = 0; i < count; i++) {
+        if (d.getUint32(rows + i * row) !== (i === count - 1 ? last : segmentSize)) bad(`segment ${i} has a wrong length`);
+      }
     }
     return { size, segmentSize, k, n, iterations, salt, sealedMeta: b.slice(45, 45 + metaLen), segments: count };
   }

@@ -229,7 +229,7 @@ pub struct SecurityConfig {
     pub node_pow_bits: u32,
     pub min_reputation: f64,
     /// The largest file a plan may be for, in MB (2^20 bytes); 0 means the protocol's own
-    /// bound (a plan covers at most 65,536 segments).
+    /// bound (an upload has at most 16,777,216 segments).
     pub max_upload_size_mb: u64,
     /// p2pstore always encrypts; kept for the seed's config files, and `false` is refused.
     pub require_encryption: bool,

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use crate::core::codec::{Decoder, EncodeParams, Encoder, shard_ids};
 use crate::core::crypto::{FileKeys, Salt};
 use crate::core::erasure;
-use crate::core::manifest::{FileMeta, Manifest};
+use crate::core::manifest::{FileMeta, Manifest, SegmentEntry};
 
 /// An endless-looking input of `len` bytes that costs nothing to produce (the encryption
 /// makes its repetition irrelevant to every later stage).
@@ -94,12 +94,12 @@ fn timed(name: impl Into<String>, bytes: u64, f: impl FnOnce()) -> Figure {
 }
 
 /// Encodes `size` bytes, keeping the shards of the first `keep` segments.
-fn encode_pipeline(size: u64, params: EncodeParams, keep: usize) -> (Vec<Vec<Bytes>>, Manifest) {
+fn encode_pipeline(size: u64, params: EncodeParams, keep: usize) -> (Vec<(SegmentEntry, Vec<Bytes>)>, Manifest) {
     let mut enc = Encoder::new(PatternReader::new(size), b"bench", params, Salt([1; 16])).expect("valid params");
     let mut kept = Vec::new();
     while let Some(seg) = enc.next_segment().expect("in-memory input") {
         if kept.len() < keep {
-            kept.push((0..seg.shard_count()).map(|i| seg.shard(i)).collect());
+            kept.push((seg.entry(), (0..seg.shard_count()).map(|i| seg.shard(i)).collect()));
         }
     }
     let manifest = enc.finish(&FileMeta { name: "bench".into(), content_type: String::new() }).expect("fits");
@@ -171,10 +171,10 @@ pub fn codec(size: u64, memory_size: u64, params: EncodeParams) -> (Vec<Figure>,
         let rounds = if first == 0 { rounds } else { rounds.div_ceil(4) };
         figs.push(timed(label, rounds * kept_bytes, || {
             for _ in 0..rounds {
-                for (i, shards) in kept.iter().enumerate() {
+                for (i, (entry, shards)) in kept.iter().enumerate() {
                     let m = decoder.manifest();
                     let v: Vec<_> = (first..first + shape.k())
-                        .map(|j| m.verify_shard(i as u32, j, shards[j].clone()).expect("intact"))
+                        .map(|j| m.verify_shard(i as u32, entry, j, shards[j].clone()).expect("intact"))
                         .collect();
                     decoder.decode_segment(i as u32, &v).expect("decodes");
                 }

@@ -261,8 +261,31 @@ pub async fn audits(peers: usize, segments: u64, secs: u64, dir: &std::path::Pat
     write_input(&src, segments * 4080)?;
     let params =
         EncodeParams { shape: Shape::new(8, 20)?, segment_size: 4096, iterations: crate::core::crypto::MIN_ITERATIONS };
-    Client::with_fresh_account(&url).upload(&src, b"bench", params, None).await.context("storing the audited file")?;
+    let client = Client::with_fresh_account(&url);
+    let t = Instant::now();
+    let id = client.upload(&src, b"bench", params, None).await.context("storing the audited file")?;
+    let upload_secs = t.elapsed().as_secs_f64();
     let stored = segments * 20;
+    // A reader's first byte: the root, the key, the first page and its view, one segment.
+    let t = Instant::now();
+    let file = client.open(&id, b"bench").await?;
+    let (first, _) = client.download_to(&file, 0..1, Vec::new(), None).await?;
+    anyhow::ensure!(first.len() == 1, "the first byte did not come");
+    let first_byte = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let view = client.info(&id).await?;
+    let info_secs = t.elapsed().as_secs_f64();
+    let big = format!(
+        "a file of {segments} segments ({} pages): stored and committed in batches in {upload_secs:.1} s; \
+         first byte after {:.0} ms (KDF of {} iterations included); info (totals + first {} segments) in {:.0} ms; \
+         bench process RSS {} MB\n",
+        crate::core::manifest::page_count(segments),
+        first_byte * 1e3,
+        crate::core::crypto::MIN_ITERATIONS,
+        view.placements.len(),
+        info_secs * 1e3,
+        super::peak_rss().unwrap_or(0) >> 20,
+    );
 
     // Measure over a window once audits are flowing, by the coordinator's own counters.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -277,14 +300,15 @@ pub async fn audits(peers: usize, segments: u64, secs: u64, dir: &std::path::Pat
         s.shutdown().await;
     }
     std::fs::remove_file(&src)?;
-    Ok(format!(
-        "audits: {peers} simulated peers, {stored} stored shards: {:.0} audits/s over {} s ({failed} not passed), \
+    Ok(big
+        + &format!(
+            "audits: {peers} simulated peers, {stored} stored shards: {:.0} audits/s over {} s ({failed} not passed), \
          {:.1} CPU-s for coordinator and simulator together ({:.2} ms per audit)\n",
-        done as f64 / (secs - 1) as f64,
-        secs - 1,
-        cpu,
-        cpu * 1e3 / done.max(1) as f64
-    ))
+            done as f64 / (secs - 1) as f64,
+            secs - 1,
+            cpu,
+            cpu * 1e3 / done.max(1) as f64
+        ))
 }
 
 /// What a benchmark of admission and cost may be asked to do.
@@ -555,7 +579,7 @@ pub async fn admission(run: AdmissionRun, dir: &std::path::Path) -> anyhow::Resu
     let accounts: Vec<Identity> = (0..run.accounts).map(|_| Identity::generate()).collect();
     let segment_size = crate::core::codec::DEFAULT_SEGMENT_SIZE;
     let size = PLAN_SEGMENTS * crate::core::manifest::plain_per_segment(segment_size);
-    let req = PlanRequest { size, k: 8, n: 20, segment_size };
+    let req = PlanRequest { size, k: 8, n: 20, segment_size, stream: false };
     let per_account = 8;
     let plans =
         (0..per_account).flat_map(|_| accounts.iter()).map(|a| signed_plan(&url, &info.coordinator_id, a, &req));
@@ -607,6 +631,7 @@ pub async fn admission(run: AdmissionRun, dir: &std::path::Path) -> anyhow::Resu
         k: 8,
         n: 20,
         segment_size: 4096,
+        stream: false,
     };
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     for at_once in [1, cores] {

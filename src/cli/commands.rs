@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{BenchCommand, PasswordArgs};
 use crate::bench;
-use crate::client::Client;
+use crate::client::{Client, Source, UploadOptions, upload_state_dir};
 use crate::config::Config;
 use crate::coordinator;
 use crate::core::codec::EncodeParams;
@@ -294,13 +294,32 @@ pub(super) async fn upload(
     config: Config,
     file: PathBuf,
     password: PasswordArgs,
-    k: Option<u8>,
-    n: Option<u8>,
+    (k, n): (Option<u8>, Option<u8>),
+    name: Option<String>,
+    restart: bool,
 ) -> anyhow::Result<()> {
     let params = encode_params(&config, k, n)?;
+    let stdin = file.as_os_str() == "-";
+    if stdin && password.password.as_deref() == Some("") {
+        anyhow::bail!("standard input carries the data: give the password with --password-file or P2PSTORE_PASSWORD");
+    }
     let pw = password.get(true)?;
     let bar = progress();
-    let id = client(&config).await?.upload(&file, pw.as_bytes(), params, bar.clone()).await?;
+    let say = |line: String| eprintln!("{line}");
+    let opts = UploadOptions {
+        progress: bar.clone(),
+        name,
+        state_dir: (!stdin).then(upload_state_dir).flatten(),
+        restart,
+        say: &say,
+        ..UploadOptions::new(params)
+    };
+    let source = if stdin {
+        Source::Stream { reader: Box::new(std::io::stdin()), name: "stdin".into() }
+    } else {
+        Source::File(file)
+    };
+    let id = client(&config).await?.upload_from(source, pw.as_bytes(), opts).await?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -319,6 +338,18 @@ pub(super) async fn download(
     let pw = password.get(false)?;
     let bar = progress();
     let client = client(&config).await?;
+    if output.as_deref() == Some(Path::new("-")) {
+        let file = client.open(&id, pw.as_bytes()).await?;
+        let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+        let (_, problems) = client.download_to(&file, 0..u64::MAX, out, bar.clone()).await?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        for p in &problems {
+            eprintln!("warning: {p}");
+        }
+        return Ok(());
+    }
     let report = client.download(&id, pw.as_bytes(), output.as_deref(), force, bar.clone()).await?;
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -337,6 +368,18 @@ pub(super) async fn info(config: Config, file_id: String, json: bool) -> anyhow:
     }
     let s = &view.summary;
     outln!("file     {}\nsize     {} bytes\nsegments {}\ncoding   {}-of-{}", s.file_id, s.size, s.segments, s.k, s.n);
+    let t = &view.totals;
+    outln!(
+        "health   {} healthy, {} degraded, {} at risk, {} unreadable segments; fewest healthy shards: {}",
+        t.healthy,
+        t.degraded,
+        t.at_risk,
+        t.unreadable,
+        t.min_healthy
+    );
+    if s.segments > view.placements.len() as u64 {
+        outln!("(the first {} segments:)", view.placements.len());
+    }
     for (i, (seg, h)) in view.placements.iter().zip(&view.health).enumerate() {
         let up = seg.iter().filter(|p| view.peers.get(*p).is_some_and(|v| v.state == PeerState::Online)).count();
         let queued = if h.repair_queued { ", repair queued" } else { "" };

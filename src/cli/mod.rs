@@ -107,7 +107,12 @@ pub enum Command {
         tls: bool,
     },
     /// Encrypt, erasure-code and store a file; prints its file id
+    ///
+    /// An interrupted upload of the same file (same size and modification time, account and
+    /// password) resumes where it stopped when run again; its state is kept in
+    /// ~/.cache/p2pstore/uploads.
     Upload {
+        /// The file, or `-` for standard input
         file: PathBuf,
         #[command(flatten)]
         password: PasswordArgs,
@@ -117,13 +122,22 @@ pub enum Command {
         /// Shards per segment [config: node.shards_total]
         #[arg(short)]
         n: Option<u8>,
+        /// The name sealed into the file (default: the file's own; `stdin` for `-`)
+        #[arg(long)]
+        name: Option<String>,
+        /// Throw away an interrupted upload of this file and start over
+        #[arg(long)]
+        restart: bool,
     },
     /// Fetch, verify and decrypt a file
     Download {
         file_id: String,
         #[command(flatten)]
         password: PasswordArgs,
-        /// Where to write it [default: its original name in the current directory]
+        /// Where to write it [default: its original name in the current directory]. `-` writes
+        /// standard output, in order; unlike a file (written whole or not at all), a stream
+        /// cannot be taken back: on an error it stops, with a nonzero exit, after the last
+        /// segment that was verified
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// Replace an existing file
@@ -437,7 +451,9 @@ pub fn run() -> anyhow::Result<()> {
         Command::Devnet { nodes, port, data_dir, tls } => {
             on_runtime("devnet", c::devnet(config, nodes, port, data_dir, tls))
         }
-        Command::Upload { file, password, k, n } => on_runtime("client", c::upload(config, file, password, k, n)),
+        Command::Upload { file, password, k, n, name, restart } => {
+            on_runtime("client", c::upload(config, file, password, (k, n), name, restart))
+        }
         Command::Download { file_id, password, output, force } => {
             on_runtime("client", c::download(config, file_id, password, output, force))
         }

@@ -1,9 +1,12 @@
-//! Download: the manifest (checked against the id), the password (checked by opening the
-//! sealed metadata), then segment after segment fetched a few ahead, verified, decoded and
-//! written past the page cache to a temporary file renamed into place only when complete.
+//! Download: the manifest root (checked against the id), the password (checked by opening
+//! the sealed metadata), then, a page of the segment table at a time (each checked against
+//! the root) with the placements for that page, segment after segment fetched a few ahead,
+//! verified, decoded and written: past the page cache to a temporary file renamed into place
+//! only when complete, or in order to a stream, or only the segments a byte range needs.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -12,8 +15,9 @@ use indicatif::ProgressBar;
 use super::{Client, ClientError, blocking};
 use crate::core::codec::Decoder;
 use crate::core::error::CodecError;
-use crate::core::manifest::FileId;
+use crate::core::manifest::{FileId, FileMeta, Manifest, PAGE_SEGMENTS, SegmentEntry, page_of, plain_per_segment};
 use crate::net::transfer::fetch_segment;
+use crate::proto::FileView;
 use crate::sys::fs::{DirectWriter, write_atomically};
 
 /// Segments whose shards are fetched ahead of the one being decoded.
@@ -27,7 +31,120 @@ pub struct DownloadReport {
     pub problems: Vec<String>,
 }
 
+/// A file opened for reading: its checked root, its keys, and the pages of its segment
+/// table fetched so far.
+pub struct OpenFile {
+    client: Client,
+    id: FileId,
+    decoder: Arc<Decoder>,
+    manifest: Arc<Manifest>,
+    pages: Mutex<HashMap<u32, Arc<Page>>>,
+    problems: Arc<Mutex<Vec<String>>>,
+}
+
+/// One page of a file's segment table and the placements of its segments.
+struct Page {
+    entries: Vec<SegmentEntry>,
+    view: Arc<FileView>,
+}
+
+impl OpenFile {
+    pub fn meta(&self) -> &FileMeta {
+        self.decoder.meta()
+    }
+
+    pub fn size(&self) -> u64 {
+        self.decoder.manifest().plaintext_size
+    }
+
+    fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Page `p`: the segment table (checked against the root) and the view of its segments.
+    async fn page(&self, p: u32) -> Result<Arc<Page>, ClientError> {
+        if let Some(page) = self.pages.lock().expect("not poisoned").get(&p) {
+            return Ok(page.clone());
+        }
+        let (id, c) = (self.id, &self.client);
+        let first = p * PAGE_SEGMENTS;
+        let view = c.info_range(&id, first, PAGE_SEGMENTS);
+        let entries = c.page(&id, self.manifest(), p);
+        let (view, entries) = tokio::join!(view, entries);
+        let page = Arc::new(Page { entries: entries?, view: Arc::new(view?) });
+        let mut pages = self.pages.lock().expect("not poisoned");
+        if pages.len() >= 4 {
+            pages.retain(|&q, _| q + 1 >= p); // keep memory at a few pages
+        }
+        pages.insert(p, page.clone());
+        Ok(page)
+    }
+
+    /// Writes the plaintext bytes `range` (clamped to the file) to `out`, a segment at a
+    /// time, each written only once it authenticated. Runs on a blocking thread.
+    fn write_range(
+        self: &Arc<Self>,
+        range: Range<u64>,
+        out: &mut dyn Write,
+        progress: Option<&ProgressBar>,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<(), ClientError> {
+        let size = self.size();
+        let (start, end) = (range.start.min(size), range.end.min(size));
+        if start >= end && !(start == 0 && size == 0) {
+            return Ok(());
+        }
+        let per = plain_per_segment(self.manifest().segment_size);
+        let first = (start / per) as u32;
+        let last = if size == 0 { 0 } else { ((end - 1) / per) as u32 };
+        let mut ahead = VecDeque::new();
+        for i in first..=last {
+            while ahead.len() < DOWNLOAD_AHEAD && i + (ahead.len() as u32) <= last {
+                let j = i + ahead.len() as u32;
+                let file = self.clone();
+                ahead.push_back(rt.spawn(async move {
+                    let page = file.page(page_of(j)).await?;
+                    let entry = page.entries[(j % PAGE_SEGMENTS) as usize].clone();
+                    let http = file.client.http.clone();
+                    let (m, view) = (file.manifest.clone(), page.view.clone());
+                    Ok::<_, ClientError>(fetch_segment(http, m, view, entry, file.problems.clone(), j).await?)
+                }));
+            }
+            let shards = rt.block_on(ahead.pop_front().expect("queued"))??;
+            let plain = self.decoder.decode_segment(i, &shards)?;
+            let seg_start = i as u64 * per;
+            let from = start.saturating_sub(seg_start) as usize;
+            let to = ((end - seg_start) as usize).min(plain.len());
+            out.write_all(&plain[from..to]).map_err(CodecError::Write)?;
+            if let Some(p) = progress {
+                p.inc((to - from) as u64)
+            }
+        }
+        Ok(())
+    }
+
+    fn problems(&self) -> Vec<String> {
+        self.problems.lock().expect("not poisoned").clone()
+    }
+}
+
 impl Client {
+    /// Opens `id` for reading: fetches its manifest root (checked against the id) and checks
+    /// the password.
+    pub async fn open(&self, id: &FileId, password: &[u8]) -> Result<Arc<OpenFile>, ClientError> {
+        let manifest = self.manifest(id).await?;
+        let password = password.to_vec();
+        let decoder = blocking(move || Ok(Decoder::new(manifest, &password)?)).await?;
+        Ok(Arc::new(OpenFile {
+            client: self.clone(),
+            id: *id,
+            manifest: Arc::new(decoder.manifest().clone()),
+            decoder: Arc::new(decoder),
+            pages: Mutex::new(HashMap::new()),
+            problems: Arc::new(Mutex::new(Vec::new())),
+        }))
+    }
+
     /// Downloads `id` to `out` (or the original name in the current directory), writing
     /// nothing unless every segment authenticated.
     pub async fn download(
@@ -38,47 +155,47 @@ impl Client {
         overwrite: bool,
         progress: Option<ProgressBar>,
     ) -> Result<DownloadReport, ClientError> {
-        let manifest = self.manifest(id).await?;
+        // The key derivation (0.1 s by design) and the first page's queries overlap.
+        let file = self.open(id, password).await?;
         if let Some(p) = &progress {
-            p.set_length(manifest.plaintext_size);
+            p.set_length(file.size());
         }
-        let password = password.to_vec();
-        // The key derivation (0.1 s by design) and the placements query overlap.
-        let (decoder, view) = tokio::join!(blocking(move || Ok(Decoder::new(manifest, &password)?)), self.info(id));
-        let (decoder, view) = (decoder?, Arc::new(view?));
         let path = match out {
             Some(p) => p.to_owned(),
-            None => safe_name(&decoder.meta().name)?,
+            None => safe_name(&file.meta().name)?,
         };
-        let problems = Arc::new(Mutex::new(Vec::new()));
-        let manifest = Arc::new(decoder.manifest().clone());
-        let (http, probs, dec) = (self.http.clone(), problems.clone(), decoder);
         let rt = tokio::runtime::Handle::current();
-        let target = path.clone();
+        let (target, f) = (path.clone(), file.clone());
         blocking(move || {
-            write_atomically(&target, overwrite, |file| -> Result<(), ClientError> {
-                let mut out = DirectWriter::new(file).map_err(CodecError::Write)?;
-                let count = dec.manifest().segments.len() as u32;
-                let mut ahead = VecDeque::new();
-                for i in 0..count {
-                    while ahead.len() < DOWNLOAD_AHEAD && i + (ahead.len() as u32) < count {
-                        let j = i + ahead.len() as u32;
-                        let fetch = fetch_segment(http.clone(), manifest.clone(), view.clone(), probs.clone(), j);
-                        ahead.push_back(rt.spawn(fetch));
-                    }
-                    let shards = rt.block_on(ahead.pop_front().expect("queued"))??;
-                    let plain = dec.decode_segment(i, &shards)?;
-                    out.write_all(&plain).map_err(CodecError::Write)?;
-                    if let Some(p) = &progress {
-                        p.inc(plain.len() as u64)
-                    }
-                }
+            write_atomically(&target, overwrite, |fd| -> Result<(), ClientError> {
+                let mut out = DirectWriter::new(fd).map_err(CodecError::Write)?;
+                f.write_range(0..u64::MAX, &mut out, progress.as_ref(), &rt)?;
                 Ok(out.finish().map_err(CodecError::Write)?)
             })
         })
         .await?;
-        let problems = problems.lock().expect("not poisoned").clone();
-        Ok(DownloadReport { path, problems })
+        Ok(DownloadReport { path, problems: file.problems() })
+    }
+
+    /// Writes the bytes `range` of `id` (all of it: `0..u64::MAX`) to `out` in order. Not
+    /// atomic: what authenticated is written, segment by segment, and an error stops it
+    /// before any byte of the segment that failed.
+    pub async fn download_to<W: Write + Send + 'static>(
+        &self,
+        file: &Arc<OpenFile>,
+        range: Range<u64>,
+        mut out: W,
+        progress: Option<ProgressBar>,
+    ) -> Result<(W, Vec<String>), ClientError> {
+        let rt = tokio::runtime::Handle::current();
+        let f = file.clone();
+        let out = blocking(move || {
+            f.write_range(range, &mut out, progress.as_ref(), &rt)?;
+            out.flush().map_err(CodecError::Write)?;
+            Ok(out)
+        })
+        .await?;
+        Ok((out, file.problems()))
     }
 }
 

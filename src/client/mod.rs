@@ -4,6 +4,7 @@
 //! to the coordinator and the nodes only through `net`; it holds no server state.
 
 mod download;
+mod resume;
 mod upload;
 
 use std::path::PathBuf;
@@ -13,12 +14,14 @@ use bytes::Bytes;
 use ring::digest::{SHA256, digest};
 use tokio::sync::OnceCell;
 
-pub use download::DownloadReport;
+pub use download::{DownloadReport, OpenFile};
+pub use resume::default_dir as upload_state_dir;
+pub use upload::{Source, UploadOptions};
 
 use crate::core::crypto::{FileKeys, Salt};
 use crate::core::error::CodecError;
 use crate::core::identity::Identity;
-use crate::core::manifest::{FileId, Manifest};
+use crate::core::manifest::{FileId, Manifest, SegmentEntry, SegmentTable};
 use crate::net::client::{self as http, HttpError, request};
 use crate::net::transfer::TransferError;
 use crate::proto::*;
@@ -207,8 +210,15 @@ impl Client {
         self.get_signed("/v2/files").await
     }
 
+    /// A file's summary, health, and the placements of its first segments (up to
+    /// [`VIEW_SEGMENTS`]).
     pub async fn info(&self, id: &FileId) -> Result<FileView, ClientError> {
         self.get_signed(&format!("/v2/files/{id}")).await
+    }
+
+    /// The view of segments `first..first + count` of a file (at most [`VIEW_SEGMENTS`]).
+    pub async fn info_range(&self, id: &FileId, first: u32, count: u32) -> Result<FileView, ClientError> {
+        self.get_signed(&format!("/v2/files/{id}?first={first}&count={count}")).await
     }
 
     /// The manifest of `id`, checked against the id.
@@ -218,6 +228,27 @@ impl Client {
             return Err(ClientError::ManifestMismatch(id.to_string()));
         }
         Ok(Manifest::from_bytes(&r.body)?)
+    }
+
+    /// Page `p` of the segment table of `m` (the manifest of `id`), checked against it.
+    pub async fn page(&self, id: &FileId, m: &Manifest, p: u32) -> Result<Vec<SegmentEntry>, ClientError> {
+        match &m.table {
+            SegmentTable::Inline(_) => Ok(m.open_page(p, None)?),
+            SegmentTable::Paged(_) => {
+                let r = self.signed("GET", &format!("/v2/files/{id}/pages/{p}"), Bytes::new()).await?;
+                Ok(m.open_page(p, Some(&r.body))?)
+            }
+        }
+    }
+
+    /// The whole segment table of `id` (a page at a time: for tools and tests, not downloads).
+    pub async fn segments(&self, id: &FileId) -> Result<Vec<SegmentEntry>, ClientError> {
+        let m = self.manifest(id).await?;
+        let mut all = Vec::with_capacity(m.segment_count() as usize);
+        for p in 0..m.page_count() {
+            all.extend(self.page(id, &m, p).await?);
+        }
+        Ok(all)
     }
 
     /// Deletes a file; the password proves ownership (its owner token), and the coordinator

@@ -56,7 +56,7 @@ pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
             _ = shutdown.wait() => break,
             _ = tick.tick() => {
                 peers = s.peers.readable();
-                let changes = s.files.changes();
+                let changes = (s.files.changes(), s.segments.changes());
                 if held_at != Some(changes) {
                     held = s.shards_by_peer(&s.files.readable());
                     held_at = Some(changes);

@@ -14,11 +14,16 @@ use super::{files, uploads};
 use crate::core::codec::EncodedSegment;
 use crate::core::crypto::{SALT_LEN, Salt, TAG_LEN};
 use crate::core::erasure::{self, Shape};
-use crate::core::manifest::{FileId, Manifest, SegmentEntry, plain_per_segment};
+use crate::core::manifest::{
+    FileId, Manifest, PageBuilder, SegmentEntry, SegmentTable, plain_per_segment, segment_count,
+};
 use crate::net::server::{self, ApiError, ApiResult, ok};
 use crate::net::transfer;
 use crate::proto::*;
 use crate::sys::pool::Buf;
+
+/// Segments of a browser upload at most: its progress is held in memory.
+const BROWSER_SEGMENTS: u64 = 1 << 16;
 
 pub(super) struct Upload {
     /// The account that started it: only it may send segments and commit.
@@ -35,8 +40,14 @@ pub(super) struct Upload {
 pub(super) fn start(s: &State, caller: &Caller, req: PlanRequest) -> ApiResult {
     let shape = Shape::new(req.k, req.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let (size, segment_size) = (req.size, req.segment_size);
+    if segment_count(size, segment_size) > BROWSER_SEGMENTS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a browser upload has at most {BROWSER_SEGMENTS} segments; use the command line for bigger files"),
+        ));
+    }
     let plan = uploads::plan(s, caller, req)?;
-    let count = plan.segments.len();
+    let count = segment_count(size, segment_size).max(1) as usize;
     let upload_id = plan.upload_id.clone();
     let upload = Upload {
         account: caller.id.clone(),
@@ -90,6 +101,11 @@ pub(super) async fn put_segment(s: &State, caller: &Caller, id: &str, index: usi
             sealed.len()
         )));
     }
+    let window = up.plan.first as usize..up.plan.first as usize + up.plan.segments.len();
+    if !window.contains(&index) {
+        let first = index as u32 / LAYOUT_SEGMENTS * LAYOUT_SEGMENTS;
+        up.plan = Arc::new(uploads::relayout(s, caller, id, LayoutRequest { first, count: LAYOUT_SEGMENTS })?);
+    }
     let shape = up.shape;
     let seg = tokio::task::spawn_blocking(move || {
         EncodedSegment::code(index as u32, Buf::copy_of(&sealed), shape, &mut erasure::Encoder::new(shape))
@@ -114,8 +130,10 @@ pub(super) async fn commit(s: &State, caller: &Caller, id: &str, c: BrowserCommi
     let sealed_meta = hex::decode(&c.sealed_meta).map_err(|_| ApiError::bad_request("sealed_meta is not hex"))?;
     let mut rows = Vec::with_capacity(up.segments.len());
     let mut placements = Vec::with_capacity(up.segments.len());
+    let mut pages = PageBuilder::default();
     for (i, seg) in up.segments.iter().enumerate() {
         let (entry, peers) = seg.clone().ok_or_else(|| ApiError::bad_request(format!("segment {i} was never sent")))?;
+        pages.push(entry.clone());
         rows.push(entry);
         placements.push(peers);
     }
@@ -126,7 +144,7 @@ pub(super) async fn commit(s: &State, caller: &Caller, id: &str, c: BrowserCommi
         iterations: c.iterations,
         salt: Salt(salt),
         sealed_meta,
-        segments: rows,
+        table: SegmentTable::Paged(pages.finish()),
     };
     // The same checks as any manifest read from the network.
     let bytes = manifest.to_bytes();
@@ -136,6 +154,7 @@ pub(super) async fn commit(s: &State, caller: &Caller, id: &str, c: BrowserCommi
         manifest: hex::encode(bytes),
         owner_hash: c.owner_hash,
         placements,
+        segments: rows,
         receipts: up.receipts.clone(),
     };
     drop(up);
@@ -147,14 +166,16 @@ pub(super) async fn commit(s: &State, caller: &Caller, id: &str, c: BrowserCommi
 /// Segment `index` of a file, rebuilt from verified shards but still sealed.
 pub(super) async fn sealed_segment(s: &State, caller: &Caller, id: &str, index: u32) -> ApiResult {
     FileId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let view = Arc::new(files::view(s, caller, id)?);
     let rec = files::record(s, id)?;
     let m = Arc::new(rec.parsed().ok_or_else(|| ApiError::internal(files::BadManifest))?);
-    if index as usize >= m.segments.len() {
-        return Err(ApiError::not_found(format!("file {id} has {} segments", m.segments.len())));
+    if index >= m.segment_count() {
+        return Err(ApiError::not_found(format!("file {id} has {} segments", m.segment_count())));
     }
+    let view = Arc::new(files::view(s, caller, id, index, 1)?);
+    let entry =
+        s.row(&rec, index).map_err(ApiError::internal)?.ok_or_else(|| ApiError::internal(files::BadManifest))?.entry;
     let problems = Arc::new(Mutex::new(Vec::new()));
-    let shards = transfer::fetch_segment(s.http.clone(), m.clone(), view, problems, index)
+    let shards = transfer::fetch_segment(s.http.clone(), m.clone(), view, entry, problems, index)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
     let sealed = m.sealed_segment(index, &shards).map_err(ApiError::internal)?;

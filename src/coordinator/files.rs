@@ -7,7 +7,7 @@ use bytes::Bytes;
 use ring::digest::{SHA256, digest};
 
 use super::auth::Caller;
-use super::state::{FileRecord, PeerRecord, State};
+use super::state::{FileRecord, PeerRecord, SegmentRow, State, row_key};
 use super::{notices, repair};
 use crate::net::server::{self, ApiError, ApiResult, ok};
 use crate::proto::*;
@@ -21,7 +21,7 @@ fn summary(id: &str, rec: &FileRecord) -> Option<FileSummary> {
     Some(FileSummary {
         file_id: id.to_owned(),
         size: m.plaintext_size,
-        segments: m.segments.len() as u64,
+        segments: m.segment_count() as u64,
         k: m.shape.k,
         n: m.shape.n,
         created: rec.created,
@@ -46,40 +46,99 @@ pub(super) fn manifest(s: &State, id: &str) -> ApiResult {
     Ok(server::bytes("application/octet-stream", Bytes::from(bytes)))
 }
 
-/// A file's placements, health and read grants: for any admitted account that knows the id
-/// (the id and the password are the capability to read a file).
-pub(super) fn view(s: &State, caller: &Caller, id: &str) -> Result<FileView, ApiError> {
-    view_for(s, &caller.id, id)
+/// A file's placements, health and read grants for segments `first..first + count` (at most
+/// [`VIEW_SEGMENTS`]), with health totals over the whole file: for any admitted account that
+/// knows the id (the id and the password are the capability to read a file).
+pub(super) fn view(s: &State, caller: &Caller, id: &str, first: u32, count: u32) -> Result<FileView, ApiError> {
+    view_for(s, &caller.id, id, first, count)
 }
 
 /// As [`view`], with grants issued to `grantee`.
-pub(super) fn view_for(s: &State, grantee: &str, id: &str) -> Result<FileView, ApiError> {
+pub(super) fn view_for(s: &State, grantee: &str, id: &str, first: u32, count: u32) -> Result<FileView, ApiError> {
     let rec = record(s, id)?;
     let summary = summary(id, &rec).ok_or_else(|| ApiError::internal(BadManifest))?;
     let records: HashMap<String, PeerRecord> = s.peers.readable().into_iter().collect();
-    let peers =
-        peers_of(&rec).into_iter().filter_map(|pid| Some((pid.clone(), s.view(&pid, records.get(&pid)?, 0)))).collect();
-    let health = repair::file_health(s, &records, id, &rec);
+    let rows = s.rows(&rec).map_err(ApiError::internal)?;
+    let totals = totals(s, &records, &rows, summary.k);
+    let end = (first as usize).saturating_add(count.min(VIEW_SEGMENTS) as usize).min(rows.len());
+    let window = rows.get(first as usize..end).unwrap_or_default();
+    let used: HashSet<String> =
+        window.iter().flat_map(|r| r.placements.iter().cloned()).filter(|p| !p.is_empty()).collect();
+    let peers = used.iter().filter_map(|pid| Some((pid.clone(), s.view(pid, records.get(pid)?, 0)))).collect();
+    let health = repair::segments_health(s, &records, id, first, window);
     let rules = repair::Rules::of(s);
-    let shard_states = rec
-        .parsed()
-        .map(|m| {
-            m.segments
-                .iter()
-                .zip(&rec.placements)
-                .map(|(seg, ps)| {
-                    seg.shard_ids.iter().zip(ps).map(|(sid, p)| rules.classify(records.get(p), sid)).collect()
-                })
-                .collect()
+    let shard_states = window
+        .iter()
+        .map(|r| {
+            r.entry.shard_ids.iter().zip(&r.placements).map(|(sid, p)| rules.classify(records.get(p), sid)).collect()
         })
-        .unwrap_or_default();
-    let grants = peers_of(&rec).into_iter().map(|p| (p.clone(), s.grant(&p, &rec.upload_id, grantee))).collect();
-    Ok(FileView { summary, placements: rec.placements, peers, health, shard_states, grants })
+        .collect();
+    let grants = used.iter().map(|p| (p.clone(), s.grant(p, &rec.upload_id, grantee))).collect();
+    let placements = window.iter().map(|r| r.placements.clone()).collect();
+    Ok(FileView { summary, first, totals, placements, peers, health, shard_states, grants })
 }
 
-/// The peers holding any shard of a file.
-fn peers_of(rec: &FileRecord) -> HashSet<String> {
-    rec.placements.iter().flatten().cloned().collect()
+/// A file's segments counted by health.
+fn totals(s: &State, peers: &HashMap<String, PeerRecord>, rows: &[SegmentRow], k: u8) -> HealthTotals {
+    let rules = repair::Rules::of(s);
+    let mut t = HealthTotals { min_healthy: u32::MAX, ..HealthTotals::default() };
+    for row in rows {
+        let n = row.placements.len();
+        let healthy = n - rules.unhealthy(peers, row).len();
+        let threshold = (k as usize + s.config.repair.threshold as usize).min(n.saturating_sub(1));
+        match healthy {
+            h if h == n => t.healthy += 1,
+            h if h < k as usize => t.unreadable += 1,
+            h if h <= threshold => t.at_risk += 1,
+            _ => t.degraded += 1,
+        }
+        t.min_healthy = t.min_healthy.min(healthy as u32);
+    }
+    if rows.is_empty() {
+        t.min_healthy = 0;
+    }
+    t
+}
+
+/// `GET /v2/files/{id}/pages/{p}`: page `p` of a version 3 file's segment table, as its
+/// manifest root names it by hash.
+pub(super) fn page(s: &State, id: &str, p: u32) -> ApiResult {
+    let rec = record(s, id)?;
+    let m = rec.parsed().ok_or_else(|| ApiError::internal(BadManifest))?;
+    if p >= m.page_count() {
+        return Err(ApiError::not_found(format!("file {id} has {} pages", m.page_count())));
+    }
+    let mut entries = Vec::new();
+    for i in m.page_range(p) {
+        let row = s.row(&rec, i).map_err(ApiError::internal)?;
+        entries.push(row.ok_or_else(|| ApiError::internal(MissingRow(i)))?.entry);
+    }
+    Ok(server::bytes("application/octet-stream", Bytes::from(crate::core::manifest::encode_page(&entries))))
+}
+
+/// A committed file without one of its segment rows.
+#[derive(Debug, thiserror::Error)]
+#[error("segment {0} of the file is not recorded")]
+struct MissingRow(u32);
+
+/// Moves the placements of records from before segment rows into rows (at start).
+pub(super) fn move_placements_to_rows(s: &State) -> Result<(), crate::store::RecordError> {
+    for (id, rec) in s.files.readable() {
+        if rec.placements.is_empty() {
+            continue;
+        }
+        let Some(m) = rec.parsed() else { continue };
+        let rows = if rec.upload_id.is_empty() { id.clone() } else { String::new() };
+        let moved = FileRecord { placements: Vec::new(), rows, ..rec.clone() };
+        for (p, placements) in rec.placements.into_iter().enumerate() {
+            let Ok(page) = m.open_page(crate::core::manifest::page_of(p as u32), None) else { continue };
+            let entry = page[p % crate::core::manifest::PAGE_SEGMENTS as usize].clone();
+            s.segments.insert(&row_key(moved.rows_prefix(), p as u32), &SegmentRow { entry, placements })?;
+        }
+        s.files.insert(&id, &moved)?;
+        tracing::info!(file = %id, "placements moved into segment rows");
+    }
+    Ok(())
 }
 
 /// A stored manifest that does not parse (the record decoded, its manifest did not).
@@ -104,6 +163,7 @@ pub(super) async fn delete(s: &State, caller: &Caller, id: &str, req: DeleteRequ
     s.files.remove(id).map_err(ApiError::internal)?;
     s.owned.remove(&format!("{}/{id}", rec.owner)).map_err(ApiError::internal)?;
     s.files.flush().await.map_err(ApiError::internal)?;
+    s.drop_rows(rec.rows_prefix()).map_err(ApiError::internal)?;
     // Online peers are told now; the others when they are back.
     if let Err(e) = notices::deliver(s, Some(&keys)).await {
         tracing::warn!(error = %e, "delivering deletion notices failed; they stay queued");
@@ -116,8 +176,9 @@ pub(super) async fn delete(s: &State, caller: &Caller, id: &str, req: DeleteRequ
 /// audited at once, on those shards (the reader's word alone changes nothing).
 pub(super) fn damage(s: &State, id: &str, claim: DamageClaim) -> ApiResult {
     let rec = record(s, id)?;
-    let placed: Vec<crate::core::merkle::ShardId> = rec
-        .placed_shards()
+    let placed: Vec<crate::core::merkle::ShardId> = s
+        .placed_shards(&rec)
+        .map_err(ApiError::internal)?
         .into_iter()
         .filter(|(sid, peer)| *peer == claim.peer_id && claim.shard_ids.contains(sid))
         .map(|(sid, _)| sid)

@@ -41,6 +41,7 @@ pub(super) async fn collect(s: &State) -> Result<(), RecordError> {
                 notices::queue(s, peer, NoticeEvent::Abandoned { upload_id: id.clone() })?;
             }
             s.uploads.remove(&id)?;
+            s.drop_rows(&id)?;
         }
     }
     super::auth::prune_nonces(s)?;
@@ -57,8 +58,10 @@ const MAX_BANNED: usize = 100_000;
 fn forget_peers(s: &State, files: &[(String, super::state::FileRecord)]) -> Result<(), RecordError> {
     let horizon = s.config.coordinator.forget_after.saturating_mul(86_400);
     let now = s.now();
-    let holding: std::collections::HashSet<&String> =
-        files.iter().flat_map(|(_, f)| f.placements.iter().flatten()).collect();
+    let mut holding = std::collections::HashSet::new();
+    for (_, f) in files {
+        holding.extend(s.rows(f)?.into_iter().flat_map(|r| r.placements));
+    }
     for (id, p) in s.peers.all()? {
         if now.saturating_sub(p.last_heartbeat) <= horizon || holding.contains(&id) {
             continue;

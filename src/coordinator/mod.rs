@@ -106,6 +106,7 @@ pub async fn spawn(
         peers: Table::open(&db, "peers").map_err(db_err)?,
         uploads: Table::open(&db, "uploads").map_err(db_err)?,
         files: Table::open(&db, "files").map_err(db_err)?,
+        segments: Table::open(&db, "segments").map_err(db_err)?,
         audits: Table::open(&db, "audits").map_err(db_err)?,
         accounts: Table::open(&db, "accounts").map_err(db_err)?,
         owned: Table::open(&db, "owned").map_err(db_err)?,
@@ -134,6 +135,7 @@ pub async fn spawn(
         browser_turns: tokio::sync::Semaphore::new(2),
     });
     audit::load_log(&state);
+    files::move_placements_to_rows(&state).map_err(|e| ServerError::Db { dir: data_dir.clone(), source: e.into() })?;
     notices::generation(&state).map_err(|e| ServerError::Db { dir: data_dir.clone(), source: e.into() })?;
     let tls = crate::net::tls::server_config_from(state.config.tls.cert.as_deref(), state.config.tls.key.as_deref())?;
     let tcp = TcpListener::bind(bind).await.map_err(|source| ServerError::Bind { addr: bind, source })?;
@@ -185,6 +187,7 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, crate::store::DbError> {
     }
     scan!(state::PeerRecord, "peers");
     scan!(state::FileRecord, "files");
+    scan!(state::SegmentRow, "segments");
     scan!(state::UploadRecord, "uploads");
     scan!(crate::proto::AuditRecord, "audits");
     scan!(state::AccountRecord, "accounts");

@@ -104,12 +104,30 @@ pub(super) fn queue(s: &State, peer: &str, event: NoticeEvent) -> Result<String,
 const MANIFEST_COPIES: usize = 3;
 
 /// The shards of a file on each of its peers.
-fn shards_by_peer(rec: &FileRecord) -> BTreeMap<String, Vec<ShardId>> {
+fn shards_by_peer(s: &State, rec: &FileRecord) -> Result<BTreeMap<String, Vec<ShardId>>, RecordError> {
     let mut by_peer: BTreeMap<String, Vec<ShardId>> = BTreeMap::new();
-    for (sid, peer) in rec.placed_shards().into_iter().filter(|(_, p)| !p.is_empty()) {
+    for (sid, peer) in s.placed_shards(rec)? {
         by_peer.entry(peer).or_default().push(sid);
     }
-    by_peer
+    Ok(by_peer)
+}
+
+/// Hex of each page of a version 3 file's segment table, when they fit in a manifest copy.
+fn copy_pages(s: &State, rec: &FileRecord) -> Result<Vec<String>, RecordError> {
+    let Some(m) = rec.parsed().filter(|m| m.version() >= 3) else { return Ok(Vec::new()) };
+    let page_bytes = 4 + m.shape.n() * 32;
+    if m.segment_count() as usize * page_bytes > COPY_PAGES_BYTES / 2 {
+        return Ok(Vec::new());
+    }
+    let rows = s.rows(rec)?;
+    Ok((0..m.page_count())
+        .map(|p| {
+            let range = m.page_range(p);
+            let entries: Vec<_> =
+                rows[range.start as usize..range.end as usize].iter().map(|r| r.entry.clone()).collect();
+            hex::encode(crate::core::manifest::encode_page(&entries))
+        })
+        .collect())
 }
 
 /// Queues the notices of a commit: every peer of the file hears which of its shards the file
@@ -122,8 +140,9 @@ pub(super) fn committed(s: &State, file_id: &str, rec: &FileRecord) -> Result<()
         owner_hash: rec.owner_hash.clone(),
         upload_id: rec.upload_id.clone(),
         created: rec.created,
+        pages: copy_pages(s, rec)?,
     });
-    for (i, (peer, shard_ids)) in shards_by_peer(rec).into_iter().enumerate() {
+    for (i, (peer, shard_ids)) in shards_by_peer(s, rec)?.into_iter().enumerate() {
         let chunks: Vec<&[ShardId]> = shard_ids.chunks(NOTICE_SHARDS).collect();
         for (c, chunk) in chunks.iter().enumerate() {
             let last = c + 1 == chunks.len();
@@ -146,7 +165,7 @@ const NOTICE_SHARDS: usize = 8192;
 /// Queues the notices of a deletion; returns the keys, to deliver at once.
 pub(super) fn deleted(s: &State, file_id: &str, rec: &FileRecord) -> Result<Vec<String>, RecordError> {
     let mut keys = Vec::new();
-    for (peer, shard_ids) in shards_by_peer(rec) {
+    for (peer, shard_ids) in shards_by_peer(s, rec)? {
         for chunk in shard_ids.chunks(NOTICE_SHARDS) {
             let event = NoticeEvent::Released { file_id: file_id.to_owned(), shard_ids: chunk.to_vec(), deleted: true };
             keys.push(queue(s, &peer, event)?);

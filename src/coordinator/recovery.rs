@@ -17,7 +17,7 @@ use ring::digest::{SHA256, digest};
 use tokio::sync::mpsc;
 
 use super::notices;
-use super::state::{FileRecord, OwnedRecord, State};
+use super::state::{FileRecord, OwnedRecord, SegmentRow, State, row_key};
 use crate::core::manifest::Manifest;
 use crate::core::merkle::ShardId;
 use crate::net::server::Shutdown;
@@ -143,16 +143,29 @@ fn recover_file(s: &State, copy: &Signed<ManifestCopy>) -> Result<bool, RecordEr
     if s.files.get(&c.file_id)?.is_some() {
         return Ok(false);
     }
-    let placements = m.segments.iter().map(|seg| vec![String::new(); seg.shard_ids.len()]).collect();
+    // The segment table: inside a version 2 manifest, in the copy's pages for version 3.
+    let mut entries = Vec::new();
+    for p in 0..m.page_count() {
+        let page = c.pages.get(p as usize).and_then(|h| hex::decode(h).ok());
+        match m.open_page(p, page.as_deref()) {
+            Ok(e) => entries.extend(e),
+            Err(_) => return Ok(false), // a copy without its pages cannot place shards
+        }
+    }
     let rec = FileRecord {
         manifest: c.manifest.clone(),
-        placements,
+        placements: Vec::new(),
         owner_hash: c.owner_hash.clone(),
         created: c.created,
         owner: c.owner.clone(),
         upload_id: c.upload_id.clone(),
         recovered_at: s.now(),
+        rows: if c.upload_id.is_empty() { c.file_id.clone() } else { String::new() },
     };
+    for (i, entry) in entries.into_iter().enumerate() {
+        let placements = vec![String::new(); entry.shard_ids.len()];
+        s.segments.insert(&row_key(rec.rows_prefix(), i as u32), &SegmentRow { entry, placements })?;
+    }
     s.files.insert(&c.file_id, &rec)?;
     if !c.owner.is_empty() {
         s.owned.insert(&format!("{}/{}", c.owner, c.file_id), &OwnedRecord { size: m.plaintext_size })?;
@@ -163,23 +176,28 @@ fn recover_file(s: &State, copy: &Signed<ManifestCopy>) -> Result<bool, RecordEr
 /// Puts `peer` in the empty placements of `file` whose shards it holds (one shard of a
 /// segment per peer). Returns how many placements were filled.
 fn fill_placements(s: &State, file: &str, peer: &str, held: &HashSet<ShardId>) -> Result<usize, RecordError> {
+    let Some(rec) = s.files.get(file)? else { return Ok(0) };
     let mut filled = 0;
-    s.files.update(file, |rec| {
-        filled = 0;
-        rec.map(|mut rec| {
-            let Some(m) = rec.parsed() else { return rec };
-            for (seg, row) in rec.placements.iter_mut().enumerate() {
-                if row.iter().any(|p| p == peer) {
-                    continue;
+    for (key, row) in s.segments.scan_prefix(&format!("{}/", rec.rows_prefix()))?.records {
+        if row.placements.iter().any(|p| p == peer) || !row.entry.shard_ids.iter().any(|id| held.contains(id)) {
+            continue;
+        }
+        let mut done = false;
+        s.segments.update(&key, |r| {
+            done = false;
+            r.map(|mut r| {
+                let ids = &r.entry.shard_ids;
+                if !r.placements.iter().any(|p| p == peer)
+                    && let Some(j) =
+                        (0..r.placements.len()).find(|&j| r.placements[j].is_empty() && held.contains(&ids[j]))
+                {
+                    r.placements[j] = peer.to_owned();
+                    done = true;
                 }
-                let ids = &m.segments[seg].shard_ids;
-                if let Some(j) = (0..row.len()).find(|&j| row[j].is_empty() && held.contains(&ids[j])) {
-                    row[j] = peer.to_owned();
-                    filled += 1;
-                }
-            }
-            rec
-        })
-    })?;
+                r
+            })
+        })?;
+        filled += done as usize;
+    }
     Ok(filled)
 }

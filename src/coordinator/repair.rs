@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::notices;
-use super::state::{FileRecord, PeerRecord, State};
+use super::state::{PeerRecord, SegmentRow, State, row_key};
 use crate::core::codec::VerifiedShard;
 use crate::core::erasure;
 use crate::core::manifest::Manifest;
@@ -74,20 +74,12 @@ impl Rules {
         matches!(self.classify(p, id), ShardState::Healthy | ShardState::Offline)
     }
 
-    /// Indices of a segment's shards that are not healthy. `m` is `f`'s manifest, parsed once
-    /// by the caller: parsing it per segment made every health query quadratic in the file's
-    /// segments.
-    pub fn unhealthy(
-        &self,
-        peers: &HashMap<String, PeerRecord>,
-        m: &Manifest,
-        f: &FileRecord,
-        seg: usize,
-    ) -> Vec<usize> {
-        m.segments[seg]
+    /// Indices of a segment's shards that are not healthy.
+    pub fn unhealthy(&self, peers: &HashMap<String, PeerRecord>, row: &SegmentRow) -> Vec<usize> {
+        row.entry
             .shard_ids
             .iter()
-            .zip(&f.placements[seg])
+            .zip(&row.placements)
             .enumerate()
             .filter(|(_, (id, peer))| !self.healthy(peers.get(*peer), id))
             .map(|(j, _)| j)
@@ -95,22 +87,24 @@ impl Rules {
     }
 }
 
-pub(super) fn file_health(
+/// The health of segments `first..` of a file, whose rows are `rows`.
+pub(super) fn segments_health(
     s: &State,
     peers: &HashMap<String, PeerRecord>,
     file_id: &str,
-    f: &FileRecord,
+    first: u32,
+    rows: &[SegmentRow],
 ) -> Vec<SegmentHealth> {
-    let Some(m) = f.parsed() else { return Vec::new() };
     let rules = Rules::of(s);
     let queue = s.repair_queue.lock().expect("not poisoned");
-    (0..f.placements.len())
-        .map(|i| {
-            let total = f.placements[i].len() as u32;
+    rows.iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let total = row.placements.len() as u32;
             SegmentHealth {
-                healthy: total - rules.unhealthy(peers, &m, f, i).len() as u32,
+                healthy: total - rules.unhealthy(peers, row).len() as u32,
                 total,
-                repair_queued: queue.contains(&(file_id.to_owned(), i)),
+                repair_queued: queue.contains(&(file_id.to_owned(), first as usize + i)),
             }
         })
         .collect()
@@ -131,12 +125,12 @@ async fn check(s: &Arc<State>) {
     let mut queue = Vec::new();
     for (file_id, f) in s.files.readable() {
         let Some(m) = f.parsed() else { continue };
+        let Ok(rows) = s.rows(&f) else { continue };
         let (k, n) = (m.shape.k(), m.shape.n());
         let threshold = (k + s.config.repair.threshold as usize).min(n - 1);
-        for seg in 0..f.placements.len() {
-            let bad = rules.unhealthy(&peers, &m, &f, seg);
-            let leaving =
-                f.placements[seg].iter().any(|p| peers.get(p).is_some_and(|p| p.status == PeerStatus::Exiting));
+        for (seg, row) in rows.iter().enumerate() {
+            let bad = rules.unhealthy(&peers, row);
+            let leaving = row.placements.iter().any(|p| peers.get(p).is_some_and(|p| p.status == PeerStatus::Exiting));
             if !bad.is_empty() && (n - bad.len() <= threshold || leaving) {
                 queue.push((n - bad.len(), file_id.clone(), seg));
             }
@@ -201,19 +195,20 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
     let m = f.parsed().ok_or(RepairError::BadManifest)?;
     let peers_all = s.peers.readable();
     let peers: HashMap<String, PeerRecord> = peers_all.iter().cloned().collect();
-    let bad = Rules::of(s).unhealthy(&peers, &m, &f, seg);
+    let Some(row) = s.row(&f, seg as u32)? else { return Ok(0) };
+    let bad = Rules::of(s).unhealthy(&peers, &row);
     if bad.is_empty() {
         return Ok(0);
     }
-    let holders = &f.placements[seg];
-    let got = fetch_sources(s, &peers, &m, holders, seg, &bad).await?;
-    let (shape, shard_len) = (m.shape, m.shard_len(seg));
+    let holders = &row.placements;
+    let got = fetch_sources(s, &peers, &m, &row, seg, &bad).await?;
+    let (shape, shard_len) = (m.shape, m.shard_len(seg as u32));
     let rebuilt = tokio::task::spawn_blocking(move || {
         let refs: Vec<(usize, &[u8])> = got.iter().map(|v| (v.index(), &v.bytes()[..])).collect();
         erasure::all_shards(shape, shard_len, &refs)
     })
     .await??;
-    let ids = &m.segments[seg].shard_ids;
+    let ids = &row.entry.shard_ids;
     for &j in &bad {
         if merkle::root(&rebuilt[j]) != ids[j] {
             return Err(RepairError::Mismatch(j));
@@ -238,19 +233,19 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
         placed.into_iter().map(|(j, target)| (j, holders[j].clone(), target)).collect();
     // Placements change only now, and only where nobody else changed them meanwhile.
     let mut changed = Vec::new();
-    s.files.update(file_id, |r| {
+    s.segments.update(&row_key(f.rows_prefix(), seg as u32), |r| {
         changed.clear();
         r.map(|mut r| {
             for (j, old, new) in &moved {
-                if r.placements.get(seg).and_then(|p| p.get(*j)) == Some(old) {
-                    r.placements[seg][*j] = new.clone();
+                if r.placements.get(*j) == Some(old) {
+                    r.placements[*j] = new.clone();
                     changed.push((ids[*j], old.clone(), new.clone()));
                 }
             }
             r
         })
     })?;
-    s.files.flush().await?;
+    s.segments.flush().await?;
     // The new holders keep their copies for the file; the old ones may let theirs go.
     for (sid, old, new) in changed {
         let upload_id = f.upload_id.clone();
@@ -275,10 +270,11 @@ async fn fetch_sources(
     s: &State,
     peers: &HashMap<String, PeerRecord>,
     m: &Manifest,
-    holders: &[String],
+    row: &SegmentRow,
     seg: usize,
     bad: &[usize],
 ) -> Result<Vec<VerifiedShard>, RepairError> {
+    let holders = &row.placements;
     let k = m.shape.k();
     let mut order: Vec<usize> = (0..holders.len()).filter(|j| !bad.contains(j)).collect();
     order.extend(bad);
@@ -289,16 +285,16 @@ async fn fetch_sources(
         if batch.is_empty() {
             return Err(RepairError::TooFewSources { got: got.len(), k });
         }
-        let len = m.shard_len(seg);
+        let len = m.shard_len(seg as u32);
         let fetched = futures::future::join_all(batch.into_iter().map(|j| {
             let addr = peers.get(&holders[j]).map(|p| p.address.clone()).unwrap_or_default();
-            let id = m.segments[seg].shard_ids[j];
+            let id = row.entry.shard_ids[j];
             let grant = s.grant(&holders[j], ANY_UPLOAD, &s.id());
             async move { (j, fetch_shard(&s.http, &addr, &id, len, Some(&grant)).await) }
         }))
         .await;
         for (j, r) in fetched {
-            if let Ok(v) = r.map(|b| m.verify_shard(seg as u32, j, b)) {
+            if let Ok(v) = r.map(|b| m.verify_shard(seg as u32, &row.entry, j, b)) {
                 got.extend(v);
             }
         }

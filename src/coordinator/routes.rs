@@ -14,6 +14,9 @@ use crate::proto::*;
 
 /// Small JSON bodies: heartbeats, plans, browser commits.
 const SMALL_BODY: usize = 64 * 1024;
+/// A batch of segments: at most `LAYOUT_SEGMENTS` entries with their placements and
+/// receipts (about 3 MB at 20 shards a segment).
+const BATCH_BODY: usize = 8 << 20;
 
 /// Every request the coordinator answers (besides `/healthz`, which the server loop answers).
 #[derive(Debug, PartialEq, Eq)]
@@ -29,9 +32,17 @@ pub(super) enum Route {
         limit: usize,
     },
     Plan,
+    Layout(String),
+    Segments(String),
+    UploadStatus(String),
     Commit(String),
     Files,
-    File(String),
+    File {
+        id: String,
+        first: u32,
+        count: u32,
+    },
+    Page(String, u32),
     Manifest(String),
     Delete(String),
     BrowserStart,
@@ -72,8 +83,12 @@ impl Route {
             Route::Audits { .. } => "/v2/audits",
             Route::Plan => "/v2/uploads",
             Route::Commit(_) => "/v2/uploads/:id/commit",
+            Route::Layout(_) => "/v2/uploads/:id/layout",
+            Route::Segments(_) => "/v2/uploads/:id/segments",
+            Route::UploadStatus(_) => "/v2/uploads/:id",
+            Route::Page(..) => "/v2/files/:id/pages/:p",
             Route::Files => "/v2/files",
-            Route::File(_) | Route::Delete(_) => "/v2/files/:id",
+            Route::File { .. } | Route::Delete(_) => "/v2/files/:id",
             Route::Manifest(_) => "/v2/files/:id/manifest",
             Route::BrowserStart => "/v2/browser/uploads",
             Route::BrowserSegment(..) => "/v2/browser/uploads/:id/segments/:i",
@@ -122,8 +137,16 @@ impl Route {
             }
             (&Method::POST, ["v2", "uploads"]) => Route::Plan,
             (&Method::POST, ["v2", "uploads", id, "commit"]) => Route::Commit(id.to_string()),
+            (&Method::POST, ["v2", "uploads", id, "layout"]) => Route::Layout(id.to_string()),
+            (&Method::POST, ["v2", "uploads", id, "segments"]) => Route::Segments(id.to_string()),
+            (&Method::GET, ["v2", "uploads", id]) => Route::UploadStatus(id.to_string()),
+            (&Method::GET, ["v2", "files", id, "pages", p]) => Route::Page(id.to_string(), index(p)?),
             (&Method::GET, ["v2", "files"]) => Route::Files,
-            (&Method::GET, ["v2", "files", id]) => Route::File(id.to_string()),
+            (&Method::GET, ["v2", "files", id]) => {
+                let q = server::parse_query(query);
+                let number = |k: &str, default: u32| q.get(k).map_or(Ok(default), |v| index(v));
+                Route::File { id: id.to_string(), first: number("first", 0)?, count: number("count", VIEW_SEGMENTS)? }
+            }
             (&Method::DELETE, ["v2", "files", id]) => Route::Delete(id.to_string()),
             (&Method::GET, ["v2", "files", id, "manifest"]) => Route::Manifest(id.to_string()),
             (&Method::GET, ["v2", "files", id, "segments", i]) => Route::SealedSegment(id.to_string(), index(i)?),
@@ -194,13 +217,23 @@ async fn for_account(s: &State, caller: &Caller, route: Route, body: Incoming) -
         }
         Route::Plan => ok(&uploads::plan(s, caller, caller.json(body, SMALL_BODY).await?)?),
         Route::Commit(id) => uploads::commit(s, caller, &id, caller.json(body, MAX_JSON_BODY).await?).await,
+        Route::Layout(id) => ok(&uploads::layout(s, caller, &id, caller.json(body, SMALL_BODY).await?)?),
+        Route::Segments(id) => uploads::segments(s, caller, &id, caller.json(body, BATCH_BODY).await?).await,
+        Route::UploadStatus(id) => {
+            caller.no_body(body).await?;
+            ok(&uploads::status(s, caller, &id)?)
+        }
+        Route::Page(id, p) => {
+            caller.no_body(body).await?;
+            files::page(s, &id, p)
+        }
         Route::Files => {
             caller.no_body(body).await?;
             ok(&files::list(s, caller)?)
         }
-        Route::File(id) => {
+        Route::File { id, first, count } => {
             caller.no_body(body).await?;
-            ok(&files::view(s, caller, &id)?)
+            ok(&files::view(s, caller, &id, first, count)?)
         }
         Route::Manifest(id) => {
             caller.no_body(body).await?;

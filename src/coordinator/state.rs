@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::browser;
 use crate::config::Config;
 use crate::core::identity::Identity;
-use crate::core::manifest::Manifest;
+use crate::core::manifest::{Manifest, SegmentEntry};
 use crate::core::merkle::ShardId;
 use crate::core::placement::{self, Candidate};
 use crate::core::reputation::Beta;
@@ -176,16 +176,26 @@ pub(super) struct UploadRecord {
     /// Shards of each segment the commit must place (0: all n, as planned before this field).
     #[serde(default)]
     pub min_shards: u8,
+    /// Its size is not known in advance (`size` is the most it may grow to; 0: no bound but
+    /// the coordinator's).
+    #[serde(default)]
+    pub stream: bool,
+    /// Segments recorded so far (rows `0..committed` of the segments table).
+    #[serde(default)]
+    pub committed: u32,
 }
 
 impl Record for UploadRecord {
     const VERSION: u32 = 1;
 }
 
-/// A committed file: its manifest and where each shard is.
+/// A committed file: its manifest (for version 3, the root) and who owns it. Its segments
+/// and where each shard is are rows of the `segments` table (see [`SegmentRow`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct FileRecord {
     pub manifest: String,
+    /// Only in records from before segment rows: moved into rows when the coordinator starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub placements: Vec<Vec<String>>,
     pub owner_hash: String,
     pub created: u64,
@@ -199,6 +209,9 @@ pub(super) struct FileRecord {
     /// filled in are not repaired during the grace period, while peers come back.
     #[serde(default)]
     pub recovered_at: u64,
+    /// The key prefix of its segment rows (empty: its upload id).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rows: String,
 }
 
 impl Record for FileRecord {
@@ -209,19 +222,31 @@ impl Record for AuditRecord {
     const VERSION: u32 = 1;
 }
 
+/// One segment of an upload or file, under `<upload id>/<index, 10 digits>`: its table
+/// entry and the peer holding each shard ("" where none does). Uploads record them batch by
+/// batch; the commit makes them a file's; repair and recovery change the placements.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct SegmentRow {
+    pub entry: SegmentEntry,
+    pub placements: Vec<String>,
+}
+
+impl Record for SegmentRow {
+    const VERSION: u32 = 1;
+}
+
+pub(super) fn row_key(prefix: &str, index: u32) -> String {
+    format!("{prefix}/{index:010}")
+}
+
 impl FileRecord {
     pub fn parsed(&self) -> Option<Manifest> {
         Manifest::from_bytes(&hex::decode(&self.manifest).ok()?).ok()
     }
 
-    /// Every (shard id, peer) this file has placed.
-    pub fn placed_shards(&self) -> Vec<(ShardId, String)> {
-        let Some(m) = self.parsed() else { return Vec::new() };
-        m.segments
-            .iter()
-            .zip(&self.placements)
-            .flat_map(|(seg, peers)| seg.shard_ids.iter().copied().zip(peers.iter().cloned()))
-            .collect()
+    /// The prefix of its segment rows' keys.
+    pub fn rows_prefix(&self) -> &str {
+        if self.rows.is_empty() { &self.upload_id } else { &self.rows }
     }
 }
 
@@ -232,6 +257,7 @@ pub(super) struct State {
     pub peers: Table<PeerRecord>,
     pub uploads: Table<UploadRecord>,
     pub files: Table<FileRecord>,
+    pub segments: Table<SegmentRow>,
     pub audits: Table<AuditRecord>,
     pub accounts: Table<AccountRecord>,
     pub owned: Table<OwnedRecord>,
@@ -351,16 +377,50 @@ impl State {
             && p.audit.score() >= self.config.security.min_reputation
     }
 
+    /// A file's segment rows, in order; an error when one does not decode.
+    pub fn rows(&self, f: &FileRecord) -> Result<Vec<SegmentRow>, crate::store::RecordError> {
+        let mut scan = self.segments.scan_prefix(&format!("{}/", f.rows_prefix()))?;
+        match scan.errors.pop() {
+            Some(e) => Err(e),
+            None => Ok(scan.records.into_iter().map(|(_, r)| r).collect()),
+        }
+    }
+
+    /// One segment row of a file.
+    pub fn row(&self, f: &FileRecord, index: u32) -> Result<Option<SegmentRow>, crate::store::RecordError> {
+        self.segments.get(&row_key(f.rows_prefix(), index))
+    }
+
+    /// Removes the segment rows under `prefix` (a deleted file's, an abandoned upload's).
+    pub fn drop_rows(&self, prefix: &str) -> Result<(), crate::store::RecordError> {
+        for (key, _) in self.segments.scan_prefix(&format!("{prefix}/"))?.records {
+            self.segments.remove(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Every (shard id, peer) a file has placed.
+    pub fn placed_shards(&self, f: &FileRecord) -> Result<Vec<(ShardId, String)>, crate::store::RecordError> {
+        Ok(self
+            .rows(f)?
+            .into_iter()
+            .flat_map(|r| r.entry.shard_ids.into_iter().zip(r.placements).filter(|(_, p)| !p.is_empty()))
+            .collect())
+    }
+
     /// Every shard each peer should hold, with its length, over the files that can be read
     /// (damaged records are reported by the scan).
     pub fn shards_by_peer(&self, files: &[(String, FileRecord)]) -> HashMap<String, Vec<(ShardId, usize)>> {
         let mut held: HashMap<String, Vec<(ShardId, usize)>> = HashMap::new();
         for (_, f) in files {
             let Some(m) = f.parsed() else { continue };
-            for (i, (seg, peers)) in m.segments.iter().zip(&f.placements).enumerate() {
-                let len = m.shard_len(i);
-                for (id, peer) in seg.shard_ids.iter().zip(peers) {
-                    held.entry(peer.clone()).or_default().push((*id, len));
+            let Ok(rows) = self.rows(f) else { continue };
+            for (i, row) in rows.into_iter().enumerate() {
+                let len = m.shard_len(i as u32);
+                for (id, peer) in row.entry.shard_ids.into_iter().zip(row.placements) {
+                    if !peer.is_empty() {
+                        held.entry(peer).or_default().push((id, len));
+                    }
                 }
             }
         }
@@ -399,7 +459,7 @@ impl State {
     /// Shard bytes the coordinator has placed on each peer, over every readable file; kept
     /// until the files change.
     pub fn placed_bytes(&self) -> PlacedBytes {
-        let changes = self.files.changes();
+        let changes = self.files.changes() + self.segments.changes();
         let mut cache = self.placed_cache.lock().expect("not poisoned");
         if let Some((at, map)) = &*cache
             && *at == changes
@@ -409,10 +469,11 @@ impl State {
         let mut map = HashMap::new();
         for (_, f) in self.files.readable() {
             let Some(m) = f.parsed() else { continue };
-            for (i, peers) in f.placements.iter().enumerate() {
-                let len = m.shard_len(i) as u64;
-                for peer in peers {
-                    *map.entry(peer.clone()).or_insert(0u64) += len;
+            let Ok(rows) = self.rows(&f) else { continue };
+            for (i, row) in rows.into_iter().enumerate() {
+                let len = m.shard_len(i as u32) as u64;
+                for peer in row.placements.into_iter().filter(|p| !p.is_empty()) {
+                    *map.entry(peer).or_insert(0u64) += len;
                 }
             }
         }
@@ -444,7 +505,8 @@ impl State {
     pub fn placed_counts(&self) -> HashMap<String, u64> {
         let mut counts = HashMap::new();
         for (_, f) in self.files.readable() {
-            for peer in f.placements.into_iter().flatten() {
+            let Ok(rows) = self.rows(&f) else { continue };
+            for peer in rows.into_iter().flat_map(|r| r.placements).filter(|p| !p.is_empty()) {
                 *counts.entry(peer).or_insert(0) += 1;
             }
         }

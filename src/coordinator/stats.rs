@@ -31,8 +31,8 @@ pub(super) fn compute(s: &State) -> NetworkStats {
         let Some(m) = f.parsed() else { continue };
         st.files += 1;
         st.stored_bytes = st.stored_bytes.saturating_add(m.plaintext_size);
-        for seg in 0..f.placements.len() {
-            let healthy = (f.placements[seg].len() - rules.unhealthy(&peers, &m, &f, seg).len()) as u32;
+        for row in s.rows(&f).unwrap_or_default() {
+            let healthy = (row.placements.len() - rules.unhealthy(&peers, &row).len()) as u32;
             *health.entry(healthy).or_default() += 1;
         }
     }

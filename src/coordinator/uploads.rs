@@ -1,6 +1,8 @@
-//! Uploads: placement plans with signed put orders, and commits. A commit is checked by the
-//! pure [`verify_commit`] (plan, manifest, receipts and placements in; the file record or the
-//! exact reason out) before the file is recorded.
+//! Uploads: placement plans laid out a window of segments at a time with signed put orders,
+//! segment batches recorded as they are stored, and commits. Batches are checked by the pure
+//! [`verify_segments`] (receipts and placements against the plan) and a commit by
+//! [`verify_commit`] (its manifest root against the recorded segments) before anything is
+//! recorded. Only the commit makes a file.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -8,19 +10,19 @@ use hyper::StatusCode;
 use rayon::prelude::*;
 
 use super::auth::Caller;
-use super::state::{FileRecord, OwnedRecord, State, UploadRecord};
+use super::state::{FileRecord, OwnedRecord, SegmentRow, State, UploadRecord, row_key};
 use super::{accounts, notices};
 use crate::core::erasure::Shape;
 use crate::core::error::CodecError;
-use crate::core::manifest::{self, Manifest, segment_count};
+use crate::core::manifest::{self, Manifest, SegmentEntry, SegmentTable, segment_count};
 use crate::core::merkle::ShardId;
 use crate::core::placement;
 use crate::net::server::{ApiError, ApiResult, ok};
 use crate::proto::*;
 
-/// Segments one plan may cover, whatever the configuration: a plan's layout and orders are
-/// held in memory and sent whole.
-pub(super) const MAX_PLAN_SEGMENTS: u64 = 1 << 16;
+/// Segments one upload may have, whatever the configuration (with 8 MiB segments, 128 TiB):
+/// one row each is kept while it is stored.
+pub(super) const MAX_UPLOAD_SEGMENTS: u64 = 1 << 24;
 
 /// Spare peers planned per segment beyond n, for shards whose first peer fails.
 const SPARES: usize = 3;
@@ -38,7 +40,7 @@ pub(super) fn min_shards(k: u8, n: u8, repair_threshold: u32) -> u8 {
 }
 
 pub(super) fn plan(s: &State, caller: &Caller, req: PlanRequest) -> Result<Plan, ApiError> {
-    let shape = Shape::new(req.k, req.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Shape::new(req.k, req.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
     manifest::check_segment_size(req.segment_size).map_err(|e| ApiError::bad_request(e.to_string()))?;
     // Decided before anything is allocated for the plan: its layout grows with the segments.
     let limit = s.config.security.max_upload_size();
@@ -48,13 +50,14 @@ pub(super) fn plan(s: &State, caller: &Caller, req: PlanRequest) -> Result<Plan,
             format!("a file of {} bytes is over this network's limit of {limit} bytes", req.size),
         ));
     }
-    if segment_count(req.size, req.segment_size) > MAX_PLAN_SEGMENTS {
+    if segment_count(req.size, req.segment_size) > MAX_UPLOAD_SEGMENTS {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("a plan covers at most {MAX_PLAN_SEGMENTS} segments; use larger segments"),
+            format!("an upload has at most {MAX_UPLOAD_SEGMENTS} segments; use larger segments"),
         ));
     }
-    accounts::check_quota(s, caller, req.size)?;
+    // A stream's size is not known: its quota is charged as its batches come.
+    accounts::check_quota(s, caller, if req.stream { 0 } else { req.size })?;
     let pending = s.uploads.readable().iter().filter(|(_, u)| u.account == caller.id).count();
     if pending >= s.config.limits.pending_uploads {
         return Err(ApiError::new(
@@ -64,56 +67,132 @@ pub(super) fn plan(s: &State, caller: &Caller, req: PlanRequest) -> Result<Plan,
             ),
         ));
     }
+    let upload_id = hex::encode(crate::core::crypto::Salt::random().0);
+    let now = s.now();
+    let mut rec = UploadRecord {
+        account: caller.id.clone(),
+        created: now,
+        expires: now + s.config.coordinator.upload_expiry,
+        size: req.size,
+        k: req.k,
+        n: req.n,
+        segment_size: req.segment_size,
+        peers: Vec::new(),
+        min_shards: min_shards(req.k, req.n, s.config.repair.threshold),
+        stream: req.stream,
+        committed: 0,
+    };
+    let plan = lay_out(s, &upload_id, &mut rec, 0, LAYOUT_SEGMENTS)?;
+    s.uploads.insert(&upload_id, &rec).map_err(ApiError::internal)?;
+    Ok(plan)
+}
+
+/// Peers and fresh put orders for segments `first..first + count` of an upload (fewer at
+/// the end of a file of known size); the peers join the upload's.
+fn lay_out(s: &State, upload_id: &str, up: &mut UploadRecord, first: u32, count: u32) -> Result<Plan, ApiError> {
+    let shape = Shape::new(up.k, up.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let peers = s.peers.readable();
     let online = s.candidates(&peers, &HashSet::new());
-    let need = req.n as usize;
+    let need = up.n as usize;
     if online.len() < need {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "{} peers are online and in good standing, {need} are needed for {}-of-{need} coding",
                 online.len(),
-                req.k
+                up.k
             ),
         ));
     }
-    let segments = segment_count(req.size, req.segment_size);
-    let shard_len = shape.shard_len(req.segment_size as usize) as u64;
+    let total = if up.stream { MAX_UPLOAD_SEGMENTS } else { segment_count(up.size, up.segment_size).max(1) };
+    let count = (count.min(LAYOUT_SEGMENTS) as u64).min(total.saturating_sub(first as u64));
+    let shard_len = shape.shard_len(up.segment_size as usize) as u64;
     let rules = placement::Rules { n: need, spares: SPARES, shard_len, max_vetting: max_vetting(s, need) };
-    let layout = placement::plan(&online, segments as usize, rules).ok_or_else(|| {
+    let layout = placement::plan(&online, count as usize, rules).ok_or_else(|| {
         ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
             format!("fewer than {need} online peers in distinct failure domains have room for this file"),
         )
     })?;
-    let upload_id = hex::encode(crate::core::crypto::Salt::random().0);
-    let now = s.now();
-    let expires = now + s.config.coordinator.upload_expiry;
+    let expires = up.expires;
     let used: HashSet<&String> = layout.iter().flatten().collect();
     let mut orders = BTreeMap::new();
     let mut addresses = BTreeMap::new();
     for (id, p) in &peers {
         if used.contains(id) {
             let order =
-                PutOrder { upload_id: upload_id.clone(), peer_id: id.clone(), max_shard_len: shard_len, expires };
+                PutOrder { upload_id: upload_id.to_owned(), peer_id: id.clone(), max_shard_len: shard_len, expires };
             orders.insert(id.clone(), s.identity.sign(&order));
             addresses.insert(id.clone(), p.address.clone());
+            if !up.peers.contains(id) {
+                up.peers.push(id.clone());
+            }
         }
     }
-    let rec = UploadRecord {
-        account: caller.id.clone(),
-        created: now,
+    Ok(Plan {
+        upload_id: upload_id.to_owned(),
         expires,
-        size: req.size,
-        k: req.k,
-        n: req.n,
-        segment_size: req.segment_size,
-        peers: orders.keys().cloned().collect(),
-        min_shards: min_shards(req.k, req.n, s.config.repair.threshold),
-    };
-    s.uploads.insert(&upload_id, &rec).map_err(ApiError::internal)?;
-    let min_shards = rec.min_shards;
-    Ok(Plan { upload_id, expires, orders, addresses, segments: layout, min_shards })
+        orders,
+        addresses,
+        segments: layout,
+        min_shards: up.min_shards,
+        first,
+    })
+}
+
+/// The upload `upload_id` of `caller`, unexpired.
+fn pending(s: &State, caller: &Caller, upload_id: &str) -> Result<UploadRecord, ApiError> {
+    let up = s
+        .uploads
+        .get(upload_id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no pending upload {upload_id} (expired or committed)")))?;
+    if up.account != caller.id {
+        return Err(CommitRefusal::NotYours.into());
+    }
+    if up.expires < s.now() {
+        return Err(CommitRefusal::Expired.into());
+    }
+    Ok(up)
+}
+
+/// `POST /v2/uploads/{id}/layout`: more segments of an upload laid out.
+pub(super) fn layout(s: &State, caller: &Caller, upload_id: &str, req: LayoutRequest) -> Result<Plan, ApiError> {
+    let up = pending(s, caller, upload_id)?;
+    if req.first > up.committed.saturating_add(4 * LAYOUT_SEGMENTS) {
+        return Err(ApiError::bad_request(format!(
+            "segment {} is far ahead of the {} recorded: record batches first",
+            req.first, up.committed
+        )));
+    }
+    relayout(s, caller, upload_id, req)
+}
+
+/// As [`layout`], for uploads whose segments the coordinator itself stores (browsers'),
+/// which record them all at the commit.
+pub(super) fn relayout(s: &State, caller: &Caller, upload_id: &str, req: LayoutRequest) -> Result<Plan, ApiError> {
+    let mut up = pending(s, caller, upload_id)?;
+    let plan = lay_out(s, upload_id, &mut up, req.first, req.count)?;
+    let peers = up.peers.clone();
+    s.uploads
+        .update(upload_id, |old| {
+            old.map(|mut u| {
+                for p in &peers {
+                    if !u.peers.contains(p) {
+                        u.peers.push(p.clone());
+                    }
+                }
+                u
+            })
+        })
+        .map_err(ApiError::internal)?;
+    Ok(plan)
+}
+
+/// `GET /v2/uploads/{id}`: how far an upload got.
+pub(super) fn status(s: &State, caller: &Caller, upload_id: &str) -> Result<UploadStatus, ApiError> {
+    let up = pending(s, caller, upload_id)?;
+    Ok(UploadStatus { upload_id: upload_id.to_owned(), committed: up.committed, expires: up.expires })
 }
 
 /// Shards of an n-shard segment that may go to peers being vetted: `[placement]
@@ -172,38 +251,24 @@ impl From<CommitRefusal> for ApiError {
     }
 }
 
-/// Checks a commit against its plan: the upload is unexpired, the manifest parses and is the
-/// planned one, every receipt is signed by a planned peer (`keys`: peer id → public key of
-/// registered peers) for this upload, and each segment's placed shards (all n but those
-/// given up as too slow, placed as "": at least the plan's `min_shards`) have receipts from
+/// Checks a batch of stored segments against its upload: each entry has the planned shape,
+/// every receipt is signed by a peer of the upload (`keys`: peer id → public key of
+/// registered peers) for this upload, and each segment's placed shards (all n but those given
+/// up as too slow, placed as "": at least the plan's `min_shards`) have receipts from
 /// distinct peers. Pure; receipts are checked on all cores.
-pub(super) fn verify_commit(
+pub(super) fn verify_segments(
     (upload_id, up): (&str, &UploadRecord),
-    account: &str,
-    c: Commit,
+    first: u32,
+    segments: &[SegmentEntry],
+    placements: &[Vec<String>],
+    receipts: &[Signed<Receipt>],
     keys: &HashMap<String, String>,
-    now: u64,
-) -> Result<(Manifest, FileRecord), CommitRefusal> {
-    if up.account != account {
-        return Err(CommitRefusal::NotYours);
-    }
-    if up.expires < now {
-        return Err(CommitRefusal::Expired);
-    }
-    if c.upload_id != upload_id {
-        return Err(CommitRefusal::WrongUpload);
-    }
-    let bytes = hex::decode(&c.manifest).map_err(|_| CommitRefusal::ManifestNotHex)?;
-    let m = Manifest::from_bytes(&bytes).map_err(CommitRefusal::BadManifest)?;
-    if m.plaintext_size != up.size || m.shape.k != up.k || m.shape.n != up.n || m.segment_size != up.segment_size {
-        return Err(CommitRefusal::NotAsPlanned);
-    }
-    if c.owner_hash.len() != 64 || hex::decode(&c.owner_hash).is_err() {
-        return Err(CommitRefusal::BadOwnerHash);
+) -> Result<(), CommitRefusal> {
+    if placements.len() != segments.len() {
+        return Err(CommitRefusal::MissingSegments);
     }
     let allowed: HashSet<&String> = up.peers.iter().collect();
-    let stored = c
-        .receipts
+    let stored = receipts
         .par_iter()
         .map(|r| {
             let signer = r.signer_id();
@@ -214,14 +279,15 @@ pub(super) fn verify_commit(
             Ok((rec.shard_id, rec.peer_id))
         })
         .collect::<Result<HashSet<(ShardId, String)>, CommitRefusal>>()?;
-    if c.placements.len() != m.segments.len() {
-        return Err(CommitRefusal::MissingSegments);
-    }
     let need = match up.min_shards {
         0 => up.n as usize,
         m => (m as usize).min(up.n as usize),
     };
-    for (i, (seg, peers)) in m.segments.iter().zip(&c.placements).enumerate() {
+    for (i, (seg, peers)) in segments.iter().zip(placements).enumerate() {
+        let i = first as usize + i;
+        if seg.shard_ids.len() != up.n as usize || seg.sealed_len > up.segment_size || seg.sealed_len < 16 {
+            return Err(CommitRefusal::NotAsPlanned);
+        }
         let placed: Vec<&String> = peers.iter().filter(|p| !p.is_empty()).collect();
         if peers.len() != seg.shard_ids.len() || placed.iter().collect::<HashSet<_>>().len() != placed.len() {
             return Err(CommitRefusal::NotDistinct(i, seg.shard_ids.len()));
@@ -235,26 +301,31 @@ pub(super) fn verify_commit(
             }
         }
     }
-    let record = FileRecord {
-        manifest: c.manifest,
-        placements: c.placements,
-        owner_hash: c.owner_hash,
-        created: now,
-        owner: account.to_owned(),
-        upload_id: upload_id.to_owned(),
-        recovered_at: 0,
-    };
-    Ok((m, record))
+    Ok(())
 }
 
-pub(super) async fn commit(s: &State, caller: &Caller, upload_id: &str, c: Commit) -> ApiResult {
-    let up = s
-        .uploads
-        .get(upload_id)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(format!("no pending upload {upload_id} (expired or committed)")))?;
+/// Checks a commit's manifest against its plan: it parses, has the planned shape, and (for
+/// a file of known size) the planned size. Pure.
+pub(super) fn verify_commit((upload_id, up): (&str, &UploadRecord), c: &Commit) -> Result<Manifest, CommitRefusal> {
+    if c.upload_id != upload_id {
+        return Err(CommitRefusal::WrongUpload);
+    }
+    let bytes = hex::decode(&c.manifest).map_err(|_| CommitRefusal::ManifestNotHex)?;
+    let m = Manifest::from_bytes(&bytes).map_err(CommitRefusal::BadManifest)?;
+    let size_ok = if up.stream { m.plaintext_size <= up.size || up.size == 0 } else { m.plaintext_size == up.size };
+    if !size_ok || m.shape.k != up.k || m.shape.n != up.n || m.segment_size != up.segment_size {
+        return Err(CommitRefusal::NotAsPlanned);
+    }
+    if c.owner_hash.len() != 64 || hex::decode(&c.owner_hash).is_err() {
+        return Err(CommitRefusal::BadOwnerHash);
+    }
+    Ok(m)
+}
+
+/// The public keys of the peers that signed `receipts`.
+fn signer_keys(s: &State, receipts: &[Signed<Receipt>]) -> Result<HashMap<String, String>, ApiError> {
     let mut keys = HashMap::new();
-    for r in &c.receipts {
+    for r in receipts {
         let signer = r.signer_id();
         if let std::collections::hash_map::Entry::Vacant(e) = keys.entry(signer)
             && let Some(p) = s.peers.get(e.key()).map_err(ApiError::internal)?
@@ -262,17 +333,162 @@ pub(super) async fn commit(s: &State, caller: &Caller, upload_id: &str, c: Commi
             e.insert(p.public_key);
         }
     }
-    // A 1 GiB upload brings 2,560 P-256 signatures: checked off the async threads.
-    let (now, id, account) = (s.now(), upload_id.to_owned(), caller.id.clone());
-    let (m, rec) = tokio::task::spawn_blocking(move || verify_commit((&id, &up), &account, c, &keys, now))
+    Ok(keys)
+}
+
+/// Checks and records a batch of segments: in order from at most the first not yet recorded;
+/// segments already recorded (a retried batch, a resumed upload) must repeat their entries
+/// and are otherwise left as they are. Each batch extends the upload's life.
+async fn record_batch(s: &State, caller: &Caller, upload_id: &str, b: SegmentBatch) -> Result<UploadStatus, ApiError> {
+    let up = pending(s, caller, upload_id)?;
+    if b.segments.len() > LAYOUT_SEGMENTS as usize || b.receipts.len() > b.segments.len() * up.n as usize {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a batch holds at most {LAYOUT_SEGMENTS} segments and one receipt per shard"),
+        ));
+    }
+    if b.first > up.committed {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("segments from {} are recorded next, not {}", up.committed, b.first),
+        ));
+    }
+    let end = b.first as u64 + b.segments.len() as u64;
+    let total = if up.stream { MAX_UPLOAD_SEGMENTS } else { segment_count(up.size, up.segment_size).max(1) };
+    if end > total {
+        return Err(ApiError::bad_request(format!("the upload has {total} segments, not {end}")));
+    }
+    for (i, seg) in b.segments.iter().enumerate().take((up.committed - b.first) as usize) {
+        let key = row_key(upload_id, b.first + i as u32);
+        if s.segments.get(&key).map_err(ApiError::internal)?.map(|r| r.entry) != Some(seg.clone()) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("segment {} was recorded with another entry", b.first as usize + i),
+            ));
+        }
+    }
+    if up.stream && end > up.committed as u64 {
+        let new = (end - up.committed as u64) * manifest::plain_per_segment(up.segment_size);
+        accounts::check_quota(s, caller, new)?;
+    }
+    let keys = signer_keys(s, &b.receipts)?;
+    let (id, up2) = (upload_id.to_owned(), up.clone());
+    let b = tokio::task::spawn_blocking(move || {
+        verify_segments((&id, &up2), b.first, &b.segments, &b.placements, &b.receipts, &keys).map(|()| b)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let skip = (up.committed - b.first) as usize;
+    for (i, (entry, placements)) in b.segments.into_iter().zip(b.placements).enumerate().skip(skip) {
+        let row = SegmentRow { entry, placements };
+        s.segments.insert(&row_key(upload_id, b.first + i as u32), &row).map_err(ApiError::internal)?;
+    }
+    let expires = s.now() + s.config.coordinator.upload_expiry;
+    let committed = end.max(up.committed as u64) as u32;
+    let up = s
+        .uploads
+        .update(upload_id, |old| {
+            old.map(|mut u| {
+                u.committed = u.committed.max(committed);
+                u.expires = u.expires.max(expires);
+                u
+            })
+        })
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("upload {upload_id} ended meanwhile")))?;
+    s.segments.flush().await.map_err(ApiError::internal)?;
+    Ok(UploadStatus { upload_id: upload_id.to_owned(), committed: up.committed, expires: up.expires })
+}
+
+/// `POST /v2/uploads/{id}/segments`.
+pub(super) async fn segments(s: &State, caller: &Caller, upload_id: &str, b: SegmentBatch) -> ApiResult {
+    ok(&record_batch(s, caller, upload_id, b).await?)
+}
+
+/// `POST /v2/uploads/{id}/commit`: the last segments, then the manifest, whose segment table
+/// must be the recorded segments' (each page of a version 3 root hashes to its recorded
+/// segments; a version 2 manifest lists them).
+pub(super) async fn commit(s: &State, caller: &Caller, upload_id: &str, mut c: Commit) -> ApiResult {
+    let up = pending(s, caller, upload_id)?;
+    let m = verify_commit((upload_id, &up), &c).map_err(ApiError::from)?;
+    // Clients before batches sent every segment's placements with a version 2 manifest.
+    if let SegmentTable::Inline(all) = &m.table
+        && c.segments.is_empty()
+        && !c.placements.is_empty()
+    {
+        c.segments = all.get(up.committed as usize..).unwrap_or_default().to_vec();
+    }
+    let mut committed = up.committed;
+    // The rest, in batches of the usual bound.
+    let (mut segments, mut placements, receipts) = (c.segments, c.placements, c.receipts);
+    if !segments.is_empty() {
+        let keys = signer_keys(s, &receipts)?;
+        let (id, up2, first) = (upload_id.to_owned(), up.clone(), committed);
+        let (segs, places) = (std::mem::take(&mut segments), std::mem::take(&mut placements));
+        let (segs, places) = tokio::task::spawn_blocking(move || {
+            verify_segments((&id, &up2), first, &segs, &places, &receipts, &keys).map(|()| (segs, places))
+        })
         .await
         .map_err(ApiError::internal)??;
+        for (i, (entry, placements)) in segs.into_iter().zip(places).enumerate() {
+            s.segments
+                .insert(&row_key(upload_id, first + i as u32), &SegmentRow { entry, placements })
+                .map_err(ApiError::internal)?;
+            committed += 1;
+        }
+    }
+    if committed as u64 != m.segment_count() as u64 {
+        return Err(ApiError::bad_request(format!(
+            "the manifest has {} segments and {committed} were recorded",
+            m.segment_count()
+        )));
+    }
+    if up.stream {
+        accounts::check_quota(s, caller, 0)?;
+    }
+    check_table(s, upload_id, &m)?;
     let file_id = m.file_id().to_string();
+    let rec = FileRecord {
+        manifest: c.manifest,
+        placements: Vec::new(),
+        owner_hash: c.owner_hash,
+        created: s.now(),
+        owner: caller.id.clone(),
+        upload_id: upload_id.to_owned(),
+        recovered_at: 0,
+        rows: String::new(),
+    };
     record_file(s, &file_id, rec, m.plaintext_size)?;
     s.uploads.remove(upload_id).map_err(ApiError::internal)?;
     s.files.flush().await.map_err(ApiError::internal)?;
-    tracing::info!(file = %file_id, size = m.plaintext_size, segments = m.segments.len(), "file committed");
+    tracing::info!(file = %file_id, size = m.plaintext_size, segments = m.segment_count(), "file committed");
     ok(&CommitReply { file_id })
+}
+
+/// The manifest's segment table is the one recorded, page by page.
+fn check_table(s: &State, upload_id: &str, m: &Manifest) -> Result<(), ApiError> {
+    for p in 0..m.page_count() {
+        let mut entries = Vec::new();
+        for i in m.page_range(p) {
+            let row = s.segments.get(&row_key(upload_id, i)).map_err(ApiError::internal)?;
+            entries.push(row.ok_or_else(|| ApiError::bad_request(format!("segment {i} was not recorded")))?.entry);
+        }
+        let same = match &m.table {
+            SegmentTable::Paged(hashes) => manifest::page_hash(&manifest::encode_page(&entries)) == hashes[p as usize],
+            SegmentTable::Inline(_) => m.open_page(p, None).is_ok_and(|listed| listed == entries),
+        };
+        if !same {
+            return Err(ApiError::bad_request(format!(
+                "page {p} of the manifest's segment table differs from the segments recorded"
+            )));
+        }
+        for (i, e) in m.page_range(p).zip(&entries) {
+            if e.sealed_len != m.expected_sealed_len(i) {
+                return Err(ApiError::bad_request(format!("segment {i} does not have the manifest's length")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Records a committed file for its owner. A file id is committed once: the same account
@@ -321,7 +537,9 @@ mod tests {
         let peers: Vec<Identity> = (0..3).map(|_| Identity::generate()).collect();
         let ids: Vec<String> = peers.iter().map(Identity::peer_id).collect();
         let mut receipts = Vec::new();
+        let mut segments = Vec::new();
         while let Some(seg) = enc.next_segment().unwrap() {
+            segments.push(seg.entry());
             for (j, sid) in seg.ids.iter().enumerate() {
                 let len = seg.shard_len as u64;
                 let r = Receipt { upload_id: "u".into(), shard_id: *sid, len, peer_id: ids[j].clone() };
@@ -339,34 +557,40 @@ mod tests {
             segment_size: 4096,
             peers: ids.clone(),
             min_shards: 0,
+            stream: false,
+            committed: 0,
         };
         let commit = Commit {
             upload_id: "u".into(),
             manifest: hex::encode(m.to_bytes()),
             owner_hash: "00".repeat(32),
             placements: vec![ids.clone(), ids.clone()],
+            segments,
             receipts,
         };
         let keys = peers.iter().map(|p| (p.peer_id(), p.public_key_hex())).collect();
         (up, commit, keys, peers)
     }
 
+    /// The commit's manifest checked, then its segments as one batch.
+    fn check(up: &UploadRecord, c: &Commit, keys: &HashMap<String, String>) -> Result<Manifest, CommitRefusal> {
+        let m = verify_commit(("u", up), c)?;
+        verify_segments(("u", up), 0, &c.segments, &c.placements, &c.receipts, keys)?;
+        Ok(m)
+    }
+
     #[test]
     fn a_valid_commit_is_accepted() {
         let (up, c, keys, _) = scene();
-        let (m, rec) = verify_commit(("u", &up), "me", c, &keys, 50).unwrap();
-        assert_eq!(m.segments.len(), 2);
-        assert_eq!((rec.created, rec.owner.as_str(), rec.upload_id.as_str()), (50, "me", "u"));
+        let m = check(&up, &c, &keys).unwrap();
+        assert_eq!(m.segment_count(), 2);
     }
 
     #[test]
     fn each_flaw_is_refused_with_its_reason() {
         let (up, c, keys, peers) = scene();
-        let refused = |up: &UploadRecord, c: Commit, keys: &HashMap<String, String>, now| {
-            verify_commit(("u", up), "me", c, keys, now).unwrap_err()
-        };
-        assert!(matches!(verify_commit(("u", &up), "you", c.clone(), &keys, 0), Err(CommitRefusal::NotYours)));
-        assert!(matches!(refused(&up, c.clone(), &keys, 101), CommitRefusal::Expired));
+        let refused =
+            |up: &UploadRecord, c: Commit, keys: &HashMap<String, String>, _now: u64| check(up, &c, keys).unwrap_err();
         assert!(matches!(
             refused(&up, Commit { upload_id: "v".into(), ..c.clone() }, &keys, 0),
             CommitRefusal::WrongUpload
@@ -412,8 +636,7 @@ mod tests {
         ));
         // ... accepted where it asks for two of three, with the hole kept.
         let lenient = UploadRecord { min_shards: 2, ..up.clone() };
-        let (_, rec) = verify_commit(("u", &lenient), "me", gave_up.clone(), &keys, 50).unwrap();
-        assert_eq!(rec.placements[1][2], "");
+        check(&lenient, &gave_up, &keys).unwrap();
         // Two holes are one too many; and holes do not make a peer count twice.
         let mut two = gave_up.clone();
         two.placements[1][1] = String::new();
@@ -424,7 +647,7 @@ mod tests {
     }
 
     fn refused_at(up: &UploadRecord, c: Commit, keys: &HashMap<String, String>) -> CommitRefusal {
-        verify_commit(("u", up), "me", c, keys, 50).unwrap_err()
+        check(up, &c, keys).unwrap_err()
     }
 
     #[test]

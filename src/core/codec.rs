@@ -2,7 +2,7 @@
 //! segment at a time so memory stays bounded by a few segments whatever the file size.
 //! The network client drives it; it does no networking itself.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 use bytes::Bytes;
 use rayon::prelude::*;
@@ -10,7 +10,9 @@ use rayon::prelude::*;
 use crate::core::crypto::{DEFAULT_ITERATIONS, FileKeys, Salt, TAG_LEN};
 use crate::core::erasure::{self, Shape};
 use crate::core::error::CodecError;
-use crate::core::manifest::{FileMeta, MAX_META_LEN, Manifest, SegmentEntry, check_segment_size, plain_per_segment};
+use crate::core::manifest::{
+    FileMeta, MAX_META_LEN, Manifest, PageBuilder, SegmentEntry, SegmentTable, check_segment_size, plain_per_segment,
+};
 use crate::core::merkle::{self, ShardId};
 use crate::sys::pool::Buf;
 
@@ -100,7 +102,7 @@ pub struct Encoder<R> {
     lookahead: Option<Buf>,
     done: bool,
     plaintext_size: u64,
-    segments: Vec<SegmentEntry>,
+    pages: PageBuilder,
 }
 
 impl<R: Read> Encoder<R> {
@@ -116,8 +118,22 @@ impl<R: Read> Encoder<R> {
             lookahead: None,
             done: false,
             plaintext_size: 0,
-            segments: Vec::new(),
+            pages: PageBuilder::default(),
         })
+    }
+
+    /// Continues an interrupted encoding after the segments `pages` holds, the reader being
+    /// positioned just after their plaintext. The segments that follow come out exactly as
+    /// they would have (a segment's sealing depends on its index and bytes only).
+    pub fn resume(mut self, pages: PageBuilder) -> Self {
+        self.plaintext_size = pages.segments() * plain_per_segment(self.params.segment_size);
+        self.pages = pages;
+        self
+    }
+
+    /// The segment table so far: what a resumed encoding starts from.
+    pub fn pages(&self) -> &PageBuilder {
+        &self.pages
     }
 
     pub fn keys(&self) -> &FileKeys {
@@ -159,14 +175,14 @@ impl<R: Read> Encoder<R> {
             self.lookahead = (!end).then_some(next);
             end
         };
-        let index = u32::try_from(self.segments.len())
+        let index = u32::try_from(self.pages.segments())
             .map_err(|_| CodecError::InvalidParams("file too large: over 2^32 segments".into()))?;
         self.plaintext_size += buf.len() as u64;
         let len = buf.len();
         buf.resize(len + TAG_LEN, 0);
         self.keys.seal_segment(index, last, &mut buf);
         let seg = EncodedSegment::code(index, buf, self.params.shape, &mut self.rs);
-        self.segments.push(seg.entry());
+        self.pages.push(seg.entry());
         self.done = last;
         Ok(Some(seg))
     }
@@ -185,7 +201,7 @@ impl<R: Read> Encoder<R> {
             iterations: self.params.iterations,
             salt: self.keys.salt(),
             sealed_meta: self.keys.seal_metadata(&plain),
-            segments: self.segments,
+            table: SegmentTable::Paged(self.pages.finish()),
         })
     }
 }
@@ -221,18 +237,23 @@ impl Manifest {
         if distinct.len() < k {
             return Err(CodecError::NotEnoughShards { segment: index, have: distinct.len(), need: k });
         }
-        let mut buf = erasure::reconstruct(self.shape, self.shard_len(index as usize), &distinct)
+        let mut buf = erasure::reconstruct(self.shape, self.shard_len(index), &distinct)
             .map_err(|source| CodecError::Erasure { segment: index, source })?;
-        buf.truncate(self.segments[index as usize].sealed_len as usize);
+        buf.truncate(self.expected_sealed_len(index) as usize);
         Ok(buf)
     }
 
-    /// Checks shard `index` of `segment` against its id and length.
-    pub fn verify_shard(&self, segment: u32, index: usize, bytes: Bytes) -> Result<VerifiedShard, CodecError> {
-        let seg = self.segments.get(segment as usize);
-        let id = seg.and_then(|s| s.shard_ids.get(index));
-        match id {
-            Some(id) if bytes.len() == self.shard_len(segment as usize) && merkle::root(&bytes) == *id => {
+    /// Checks shard `index` of segment `segment` (whose table entry is `entry`) against its
+    /// id and length.
+    pub fn verify_shard(
+        &self,
+        segment: u32,
+        entry: &SegmentEntry,
+        index: usize,
+        bytes: Bytes,
+    ) -> Result<VerifiedShard, CodecError> {
+        match entry.shard_ids.get(index) {
+            Some(id) if bytes.len() == self.shard_len(segment) && merkle::root(&bytes) == *id => {
                 Ok(VerifiedShard { index, bytes })
             }
             _ => Err(CodecError::ShardMismatch { segment, index }),
@@ -268,23 +289,10 @@ impl Decoder {
     /// The plaintext of segment `index` from at least k verified shards of it.
     pub fn decode_segment(&self, index: u32, shards: &[VerifiedShard]) -> Result<Buf, CodecError> {
         let mut buf = self.manifest.sealed_segment(index, shards)?;
-        let last = index as usize + 1 == self.manifest.segments.len();
+        let last = index + 1 == self.manifest.segment_count();
         let len = self.keys.open_segment(index, last, &mut buf)?;
         buf.truncate(len);
         Ok(buf)
-    }
-
-    /// Decodes every segment in order into `out`; `fetch(i)` supplies segment i's shards.
-    pub fn decode_to_writer<W: Write>(
-        &self,
-        out: &mut W,
-        mut fetch: impl FnMut(u32) -> Result<Vec<VerifiedShard>, CodecError>,
-    ) -> Result<(), CodecError> {
-        for i in 0..self.manifest.segments.len() as u32 {
-            let plain = self.decode_segment(i, &fetch(i)?)?;
-            out.write_all(&plain).map_err(CodecError::Write)?;
-        }
-        Ok(())
     }
 }
 
@@ -303,18 +311,22 @@ mod tests {
         FileMeta { name: "a.bin".into(), content_type: "application/octet-stream".into() }
     }
 
-    fn encode_all(data: &[u8], p: EncodeParams, salt: Salt) -> (Manifest, Vec<Vec<Bytes>>) {
+    /// The manifest, the segment table and every segment's shards.
+    type Encoded = (Manifest, Vec<SegmentEntry>, Vec<Vec<Bytes>>);
+
+    fn encode_all(data: &[u8], p: EncodeParams, salt: Salt) -> Encoded {
         let mut enc = Encoder::new(data, b"pw", p, salt).unwrap();
-        let mut shards = Vec::new();
+        let (mut entries, mut shards) = (Vec::new(), Vec::new());
         while let Some(s) = enc.next_segment().unwrap() {
             assert_eq!(s.index as usize, shards.len());
+            entries.push(s.entry());
             shards.push((0..s.shard_count()).map(|i| s.shard(i)).collect());
         }
-        (enc.finish(&meta()).unwrap(), shards)
+        (enc.finish(&meta()).unwrap(), entries, shards)
     }
 
-    fn verified(m: &Manifest, seg: u32, shards: &[Bytes], pick: &[usize]) -> Vec<VerifiedShard> {
-        pick.iter().map(|&i| m.verify_shard(seg, i, shards[i].clone()).unwrap()).collect()
+    fn verified(m: &Manifest, e: &[SegmentEntry], seg: u32, shards: &[Bytes], pick: &[usize]) -> Vec<VerifiedShard> {
+        pick.iter().map(|&i| m.verify_shard(seg, &e[seg as usize], i, shards[i].clone()).unwrap()).collect()
     }
 
     #[test]
@@ -325,12 +337,17 @@ mod tests {
             if size > 2 {
                 data[size - 2..].fill(0);
             }
-            let (m, shards) = encode_all(&data, params(3, 5), Salt([1; 16]));
-            assert_eq!(m.segments.len(), size.div_ceil(per).max(1));
+            let (m, e, shards) = encode_all(&data, params(3, 5), Salt([1; 16]));
+            assert_eq!(m.segment_count() as usize, size.div_ceil(per).max(1));
+            assert_eq!(m.open_page(0, Some(&crate::core::manifest::encode_page(&e))).unwrap(), e);
             let d = Decoder::new(Manifest::from_bytes(&m.to_bytes()).unwrap(), b"pw").unwrap();
             assert_eq!(d.meta(), &meta());
             let mut out = Vec::new();
-            d.decode_to_writer(&mut out, |i| Ok(verified(&m, i, &shards[i as usize], &[4, 1, 3]))).unwrap();
+            for i in 0..m.segment_count() {
+                out.extend_from_slice(
+                    &d.decode_segment(i, &verified(&m, &e, i, &shards[i as usize], &[4, 1, 3])).unwrap(),
+                );
+            }
             assert_eq!(out, data, "size {size}");
         }
     }
@@ -338,46 +355,46 @@ mod tests {
     #[test]
     fn tampering_is_detected() {
         let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
-        let (m, shards) = encode_all(&data, params(2, 4), Salt([2; 16]));
+        let (m, e, shards) = encode_all(&data, params(2, 4), Salt([2; 16]));
         let d = Decoder::new(m.clone(), b"pw").unwrap();
 
         // One flipped bit in any shard: that shard fails its id.
-        for seg in 0..m.segments.len() as u32 {
+        for seg in 0..m.segment_count() {
             for i in 0..4 {
                 let mut b = shards[seg as usize][i].to_vec();
                 let bit = (seg as usize * 13 + i * 7) % (b.len() * 8);
                 b[bit / 8] ^= 1 << (bit % 8);
                 assert!(matches!(
-                    m.verify_shard(seg, i, Bytes::from(b)),
+                    m.verify_shard(seg, &e[seg as usize], i, Bytes::from(b)),
                     Err(CodecError::ShardMismatch { segment, index }) if segment == seg && index == i
                 ));
             }
         }
         // Shards of another segment (swapped segments) do not verify as this one's.
-        assert!(m.verify_shard(0, 0, shards[1][0].clone()).is_err());
+        assert!(m.verify_shard(0, &e[0], 0, shards[1][0].clone()).is_err());
         // Fewer than k: a clear error naming the segment and the counts.
-        let one = verified(&m, 1, &shards[1], &[3]);
+        let one = verified(&m, &e, 1, &shards[1], &[3]);
         assert!(matches!(d.decode_segment(1, &one), Err(CodecError::NotEnoughShards { segment: 1, have: 1, need: 2 })));
         // The same shard twice counts once.
-        let dup = verified(&m, 1, &shards[1], &[3, 3]);
+        let dup = verified(&m, &e, 1, &shards[1], &[3, 3]);
         assert!(matches!(d.decode_segment(1, &dup), Err(CodecError::NotEnoughShards { have: 1, .. })));
         // Wrong password: refused before any segment is touched.
         assert!(matches!(Decoder::new(m.clone(), b"nope"), Err(CodecError::WrongPasswordOrTampered)));
 
-        // Segments of another upload of the same bytes and password, grafted into this manifest.
-        let (m2, shards2) = encode_all(&data, params(2, 4), Salt([3; 16]));
-        let mut mixed = m.clone();
-        mixed.segments[1] = m2.segments[1].clone();
-        let d_mixed = Decoder::new(mixed.clone(), b"pw").unwrap();
-        let v = verified(&mixed, 1, &shards2[1], &[0, 1]);
-        assert!(matches!(d_mixed.decode_segment(1, &v), Err(CodecError::SegmentAuth { segment: 1 })));
+        // Segments of another upload of the same bytes and password, grafted into this
+        // table (a page that does not match the root is refused before; this is the
+        // second line of defence).
+        let (_, e2, shards2) = encode_all(&data, params(2, 4), Salt([3; 16]));
+        let mut mixed = e.clone();
+        mixed[1] = e2[1].clone();
+        let v = verified(&m, &mixed, 1, &shards2[1], &[0, 1]);
+        assert!(matches!(d.decode_segment(1, &v), Err(CodecError::SegmentAuth { segment: 1 })));
 
-        // Swapped segments (manifest rows exchanged, lengths equal): authentication fails.
-        let mut swapped = m.clone();
-        swapped.segments.swap(0, 1);
-        let d_sw = Decoder::new(swapped.clone(), b"pw").unwrap();
-        let v = verified(&swapped, 0, &shards[1], &[0, 1]);
-        assert!(matches!(d_sw.decode_segment(0, &v), Err(CodecError::SegmentAuth { segment: 0 })));
+        // Swapped segments (table rows exchanged, lengths equal): authentication fails.
+        let mut swapped = e.clone();
+        swapped.swap(0, 1);
+        let v = verified(&m, &swapped, 0, &shards[1], &[0, 1]);
+        assert!(matches!(d.decode_segment(0, &v), Err(CodecError::SegmentAuth { segment: 0 })));
     }
 
     #[test]
@@ -386,13 +403,36 @@ mod tests {
         // less, so the old second-to-last segment must open as "last" and cannot.
         let per = 4096 - 16;
         let data = vec![5u8; 2 * per];
-        let (m, shards) = encode_all(&data, params(2, 3), Salt([4; 16]));
+        let (m, e, shards) = encode_all(&data, params(2, 3), Salt([4; 16]));
         let mut cut = m.clone();
         cut.plaintext_size = per as u64;
-        cut.segments.truncate(1);
+        cut.table =
+            SegmentTable::Paged(vec![crate::core::manifest::page_hash(&crate::core::manifest::encode_page(&e[..1]))]);
         let d = Decoder::new(Manifest::from_bytes(&cut.to_bytes()).unwrap(), b"pw").unwrap();
-        let v = verified(&cut, 0, &shards[0], &[0, 1]);
+        let v = verified(&cut, &e, 0, &shards[0], &[0, 1]);
         assert!(matches!(d.decode_segment(0, &v), Err(CodecError::SegmentAuth { segment: 0 })));
+    }
+
+    #[test]
+    fn a_resumed_encoding_is_the_uninterrupted_one() {
+        let per = 4096 - 16;
+        let data: Vec<u8> = (0..7 * per + 100).map(|i| (i * 31 % 251) as u8).collect();
+        let (m, e, _) = encode_all(&data, params(2, 3), Salt([5; 16]));
+        for stop in [1usize, 3, 7] {
+            let mut first = Encoder::new(&data[..], b"pw", params(2, 3), Salt([5; 16])).unwrap();
+            for _ in 0..stop {
+                first.next_segment().unwrap();
+            }
+            let pages = first.pages().clone();
+            let mut rest = Encoder::new(&data[stop * per..], b"pw", params(2, 3), Salt([5; 16])).unwrap().resume(pages);
+            let mut tail = Vec::new();
+            while let Some(seg) = rest.next_segment().unwrap() {
+                tail.push((seg.index, seg.entry()));
+            }
+            assert_eq!(tail.first().map(|t| t.0), Some(stop as u32));
+            assert!(tail.iter().all(|(i, entry)| e[*i as usize] == *entry));
+            assert_eq!(rest.finish(&meta()).unwrap().file_id(), m.file_id(), "resumed after {stop}");
+        }
     }
 
     proptest! {
@@ -401,18 +441,18 @@ mod tests {
         fn any_k_of_n_round_trip(size in 0usize..20_000, k in 1u8..6, extra in 1u8..6, seed in any::<u64>()) {
             let n = k + extra;
             let data: Vec<u8> = (0..size).map(|i| (i as u64).wrapping_mul(seed | 1).to_le_bytes()[3]).collect();
-            let (m, shards) = encode_all(&data, params(k, n), Salt([9; 16]));
+            let (m, e, shards) = encode_all(&data, params(k, n), Salt([9; 16]));
             let d = Decoder::new(m.clone(), b"pw").unwrap();
             let mut out = Vec::new();
-            for seg in 0..m.segments.len() {
+            for seg in 0..m.segment_count() as usize {
                 // A pseudo-random choice of k distinct shards for each segment.
                 let mut idx: Vec<usize> = (0..n as usize).collect();
                 let rot = (seed as usize).wrapping_add(seg * 7) % n as usize;
                 idx.rotate_left(rot);
                 if seed % 2 == 0 { idx.reverse() }
-                let v = verified(&m, seg as u32, &shards[seg], &idx[..k as usize]);
+                let v = verified(&m, &e, seg as u32, &shards[seg], &idx[..k as usize]);
                 out.extend_from_slice(&d.decode_segment(seg as u32, &v).unwrap());
-                let short = verified(&m, seg as u32, &shards[seg], &idx[..k as usize - 1]);
+                let short = verified(&m, &e, seg as u32, &shards[seg], &idx[..k as usize - 1]);
                 let is_not_enough = matches!(d.decode_segment(seg as u32, &short), Err(CodecError::NotEnoughShards { .. }));
                 prop_assert!(is_not_enough);
             }

@@ -36,6 +36,16 @@ impl Salt {
         SystemRandom::new().fill(&mut s).expect("the operating system's random generator failed");
         Salt(s)
     }
+
+    pub fn to_hex(self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<Salt> {
+        let mut b = [0u8; SALT_LEN];
+        hex::decode_to_slice(s, &mut b).ok()?;
+        Some(Salt(b))
+    }
 }
 
 /// The keys of one upload, derived from the password and the upload's salt.

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::client::{self as http, HttpError, request};
 use crate::core::codec::{EncodedSegment, VerifiedShard};
 use crate::core::error::CodecError;
-use crate::core::manifest::Manifest;
+use crate::core::manifest::{Manifest, SegmentEntry};
 use crate::core::merkle::ShardId;
 use crate::proto::*;
 
@@ -150,7 +150,11 @@ pub async fn put_segment(
 ) -> Result<StoredSegment, TransferError> {
     let i = seg.index as usize;
     let n = seg.shard_count();
-    let row = plan.segments.get(i).filter(|r| r.len() >= n).ok_or(TransferError::NoSuchSegment(i))?;
+    let row = i
+        .checked_sub(plan.first as usize)
+        .and_then(|w| plan.segments.get(w))
+        .filter(|r| r.len() >= n)
+        .ok_or(TransferError::NoSuchSegment(i))?;
     let need = match plan.min_shards as usize {
         0 => n,
         m => m.min(n),
@@ -377,12 +381,15 @@ pub async fn fetch_segment(
     http: http::Client,
     manifest: Arc<Manifest>,
     view: Arc<FileView>,
+    entry: SegmentEntry,
     problems: Arc<Mutex<Vec<String>>>,
     i: u32,
 ) -> Result<Vec<VerifiedShard>, TransferError> {
     let m = &manifest;
     let k = m.shape.k();
-    let placement = view.placements.get(i as usize).cloned().unwrap_or_default();
+    let placement =
+        i.checked_sub(view.first).and_then(|w| view.placements.get(w as usize)).cloned().unwrap_or_default();
+    let entry = Arc::new(entry);
     let peer_of = |j: usize| placement.get(j).map(String::as_str).unwrap_or_default();
     // Online peers not slow lately, then slow ones, then offline ones; data shards before
     // recovery shards within each group (the sort is stable). Shards given up at upload
@@ -403,14 +410,17 @@ pub async fn fetch_segment(
         let peer = peer_of(j).to_owned();
         let addr = view.peers.get(&peer).map(|p| p.address.clone());
         let grant = view.grants.get(&peer).cloned();
-        let id = m.segments[i as usize].shard_ids[j];
+        let entry = entry.clone();
         async move {
             let Some(addr) = addr else { return (j, peer, Err("peer unknown to the coordinator".to_string())) };
-            let r = match fetch_shard(&http, &addr, &id, m2.shard_len(i as usize), grant.as_ref()).await {
+            let Some(id) = entry.shard_ids.get(j).copied() else {
+                return (j, peer, Err("no such shard in the segment's entry".to_string()));
+            };
+            let r = match fetch_shard(&http, &addr, &id, m2.shard_len(i), grant.as_ref()).await {
                 Ok(b) => b,
                 Err(e) => return (j, peer, Err(e.to_string())),
             };
-            let v = tokio::task::spawn_blocking(move || m2.verify_shard(i, j, r)).await;
+            let v = tokio::task::spawn_blocking(move || m2.verify_shard(i, &entry, j, r)).await;
             (j, peer, v.map_err(|e| e.to_string()).and_then(|v| v.map_err(|e| e.to_string())))
         }
     };

@@ -73,10 +73,16 @@ pub struct HeartbeatReply {
 /// Client → coordinator: a placement plan for a file of `size` bytes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PlanRequest {
+    /// The file's size; for a `stream`, the most it may grow to (0: up to the coordinator's
+    /// `max_upload_size_mb`).
     pub size: u64,
     pub k: u8,
     pub n: u8,
     pub segment_size: u32,
+    /// The size is not known in advance (standard input): the quota is charged as segments
+    /// are committed, and the final size is the manifest's.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 /// The coordinator's answer: per segment, n distinct peers then a few spares.
@@ -88,12 +94,50 @@ pub struct Plan {
     pub orders: BTreeMap<String, Signed<PutOrder>>,
     /// Peer id → base URL.
     pub addresses: BTreeMap<String, String>,
+    /// Peers for segments `first..first + segments.len()` (at most [`LAYOUT_SEGMENTS`]),
+    /// n of them then a few spares each; `POST /v2/uploads/{id}/layout` lays out more.
     pub segments: Vec<Vec<String>>,
     /// Shards of each segment that must be stored for the commit to be accepted; the others
     /// may be given up when their peers are slow (placed as ""). 0: all n (coordinators
     /// before this field).
     #[serde(default)]
     pub min_shards: u8,
+    #[serde(default)]
+    pub first: u32,
+}
+
+/// Segments a plan or layout lays out, and a batch commits, at most.
+pub const LAYOUT_SEGMENTS: u32 = 256;
+
+/// Client → coordinator (`POST /v2/uploads/{id}/layout`): peers for segments
+/// `first..first + count` of an upload. The answer is a [`Plan`] for them, with fresh put
+/// orders.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayoutRequest {
+    pub first: u32,
+    pub count: u32,
+}
+
+/// Client → coordinator (`POST /v2/uploads/{id}/segments`): segments `first..` stored, with
+/// their table entries, where each shard went, and the receipts. Batches come in order; a
+/// batch repeating segments already recorded (a retry, a resumed upload) must repeat their
+/// entries, and only the new ones are taken.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SegmentBatch {
+    pub first: u32,
+    pub segments: Vec<crate::core::manifest::SegmentEntry>,
+    /// `placements[i][shard]` = the peer that stored it ("" where a slow shard was given up).
+    pub placements: Vec<Vec<String>>,
+    pub receipts: Vec<Signed<Receipt>>,
+}
+
+/// An upload in progress: segments recorded so far (contiguous from 0) and when it expires
+/// (each batch extends it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadStatus {
+    pub upload_id: String,
+    pub committed: u32,
+    pub expires: u64,
 }
 
 /// Coordinator → node (through the client): store shards of this upload, each at most
@@ -120,11 +164,18 @@ pub struct Receipt {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Commit {
     pub upload_id: String,
+    /// Hex of the manifest root (docs/FORMAT.md §6): its page hashes must be those of the
+    /// segments recorded by the upload's batches.
     pub manifest: String,
     /// Hex SHA-256 of the owner token (docs/FORMAT.md); the token itself never leaves the client.
     pub owner_hash: String,
-    /// `placements[segment][shard]` = the peer that stored it.
+    /// Segments not yet sent in a batch (a last batch, from the first unrecorded segment):
+    /// `placements[i][shard]` = the peer that stored it.
+    #[serde(default)]
     pub placements: Vec<Vec<String>>,
+    #[serde(default)]
+    pub segments: Vec<crate::core::manifest::SegmentEntry>,
+    #[serde(default)]
     pub receipts: Vec<Signed<Receipt>>,
 }
 
@@ -193,7 +244,14 @@ pub struct FileSummary {
 pub struct FileView {
     #[serde(flatten)]
     pub summary: FileSummary,
-    /// `placements[segment][shard]` = peer id.
+    /// The first segment the lists below cover (`GET /v2/files/{id}?first=F&count=C`; at
+    /// most [`VIEW_SEGMENTS`] segments a view).
+    #[serde(default)]
+    pub first: u32,
+    /// Segments the file has in each health state, over the whole file.
+    #[serde(default)]
+    pub totals: HealthTotals,
+    /// `placements[segment - first][shard]` = peer id.
     pub placements: Vec<Vec<String>>,
     pub peers: BTreeMap<String, PeerView>,
     /// Per segment: healthy shards (see `coordinator::repair`) and whether repair is queued.
@@ -218,6 +276,24 @@ pub enum ShardState {
     Leaving,
     /// Its peer is disqualified, gone, or offline past the grace period.
     Lost,
+}
+
+/// Segments a view covers at most (one manifest page).
+pub const VIEW_SEGMENTS: u32 = crate::core::manifest::PAGE_SEGMENTS;
+
+/// A whole file's segments counted by health.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthTotals {
+    /// Every shard healthy.
+    pub healthy: u64,
+    /// Some shard not healthy, but above the repair threshold.
+    pub degraded: u64,
+    /// At or below the repair threshold (queued for repair).
+    pub at_risk: u64,
+    /// Fewer than k healthy shards.
+    pub unreadable: u64,
+    /// The fewest healthy shards of any segment.
+    pub min_healthy: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -482,7 +558,15 @@ pub struct ManifestCopy {
     pub owner_hash: String,
     pub upload_id: String,
     pub created: u64,
+    /// Hex of each page of a version 3 manifest's segment table, when they fit
+    /// ([`COPY_PAGES_BYTES`]): what recovery needs to place the shards again.
+    #[serde(default)]
+    pub pages: Vec<String>,
 }
+
+/// Bytes of segment-table pages a manifest copy carries at most (a file of up to about 6,000
+/// segments); bigger files' copies carry only the root.
+pub const COPY_PAGES_BYTES: usize = 4 << 20;
 
 /// Node → coordinator, signed (`POST /v2/peers/damage`): shards its own scrubbing found
 /// missing or corrupt (and dropped). The coordinator repairs them; it is no audit failure.

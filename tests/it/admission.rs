@@ -77,7 +77,7 @@ async fn healthz_within(url: &str, bound: Duration) -> Duration {
 /// anything is allocated for it; the coordinator keeps serving, and a normal upload works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_plan_is_refused_and_the_coordinator_keeps_serving() {
-    // The protocol's own bound (65,536 segments) only, so the huge sizes meet it rather than
+    // The protocol's own bound (16,777,216 segments) only, so the huge sizes meet it rather than
     // the configured size limit; that limit is checked after.
     let mut config = Config::default();
     config.security.max_upload_size_mb = 0;
@@ -87,13 +87,13 @@ async fn an_oversized_plan_is_refused_and_the_coordinator_keeps_serving() {
         format!(r#"{{"size":{},"k":1,"n":2,"segment_size":4096}}"#, u64::MAX),
         format!(r#"{{"size":{},"k":1,"n":2,"segment_size":{}}}"#, u64::MAX, 64 << 20),
         // One segment past the bound, the smallest refused.
-        format!(r#"{{"size":{},"k":1,"n":2,"segment_size":4096}}"#, 65_536 * (4096 - 16) + 1),
+        format!(r#"{{"size":{},"k":1,"n":2,"segment_size":4096}}"#, (1u64 << 24) * (4096 - 16) + 1),
     ];
     for body in &plans {
         let t = Instant::now();
         let r = c.client.send_signed("POST", "/v2/uploads", Bytes::from(body.clone())).await.unwrap();
         assert_eq!(r.status, 413, "{body}: {}", r.error_message());
-        assert!(r.error_message().contains("at most 65536 segments"), "{body}: {}", r.error_message());
+        assert!(r.error_message().contains("at most 16777216 segments"), "{body}: {}", r.error_message());
         assert!(t.elapsed() < Duration::from_secs(2), "{body}: refused only after {:?}", t.elapsed());
         healthz_within(&c.net.url(), Duration::from_secs(1)).await;
     }

@@ -458,8 +458,8 @@ async fn workload(
         }
         if let Some(i) = plan.delete {
             let f = files[i].clone();
-            if let Ok(m) = clients[f.owner].manifest(&f.id).await {
-                let gone = Gone { id: f.id, shards: m.segments.iter().flat_map(|s| s.shard_ids.clone()).collect() };
+            if let Ok(m) = clients[f.owner].segments(&f.id).await {
+                let gone = Gone { id: f.id, shards: m.iter().flat_map(|s| s.shard_ids.clone()).collect() };
                 match clients[f.owner].remove(&f.id, PASSWORD).await {
                     Ok(()) => {
                         out.log.push(format!("deleted {}", short(&f.id)));
@@ -485,7 +485,7 @@ async fn workload(
     let probes = async {
         let mut out = Outcome::default();
         let Some(seed) = plan.probe_seed else { return out };
-        let req = PlanRequest { size: 200_000, k: 2, n: 4, segment_size: crate::harness::SEGMENT };
+        let req = PlanRequest { size: 200_000, k: 2, n: 4, segment_size: crate::harness::SEGMENT, stream: false };
         let Ok(p) = clients[0].plan(&req).await else { return out };
         let h = http::Client::new(Duration::from_secs(5));
         let mut rng = Rng(seed);
@@ -701,14 +701,14 @@ impl Checker<'_> {
                 Err(e) => p.push(format!("committed file {} does not download: {e}", f.id)),
             }
             let _ = std::fs::remove_file(&out);
-            let (view, m) = match (c.info(&f.id).await, c.manifest(&f.id).await) {
+            let (view, m) = match (c.info(&f.id).await, c.segments(&f.id).await) {
                 (Ok(v), Ok(m)) => (v, m),
                 (Err(e), _) | (_, Err(e)) => {
                     p.push(format!("committed file {}: info/manifest: {e}", f.id));
                     continue;
                 }
             };
-            for (s, seg) in m.segments.iter().enumerate() {
+            for (s, seg) in m.iter().enumerate() {
                 for (j, sid) in seg.shard_ids.iter().enumerate() {
                     live_shards.insert(*sid);
                     let peer = &view.placements[s][j];
@@ -832,8 +832,8 @@ impl Checker<'_> {
                 Err(e) => return vec![format!("list: {e}")],
             };
             for s in listed {
-                match c.manifest(&FileId::parse(&s.file_id).unwrap()).await {
-                    Ok(m) => needed.extend(m.segments.iter().flat_map(|s| s.shard_ids.clone())),
+                match c.segments(&FileId::parse(&s.file_id).unwrap()).await {
+                    Ok(m) => needed.extend(m.iter().flat_map(|s| s.shard_ids.clone())),
                     Err(e) => return vec![format!("manifest of {}: {e}", s.file_id)],
                 }
             }
@@ -1203,7 +1203,7 @@ async fn nodes_killed_right_after_a_commit_still_serve_the_file() {
     net.kill_and_restart_nodes().await;
     net.all_online(&c).await;
 
-    let (view, m) = (c.info(&id).await.unwrap(), c.manifest(&id).await.unwrap());
+    let (view, m) = (c.info(&id).await.unwrap(), c.segments(&id).await.unwrap());
     let (key, h) = (net.coordinator_key(), http::Client::new(Duration::from_secs(5)));
     let out = tmp.path().join("f.out");
     let problems = eventually!(20, {
@@ -1212,7 +1212,7 @@ async fn nodes_killed_right_after_a_commit_still_serve_the_file() {
             Ok(_) => assert!(std::fs::read(&out).unwrap() == bytes),
             Err(e) => p.push(format!("the file does not download: {e}")),
         }
-        for (s, seg) in m.segments.iter().enumerate() {
+        for (s, seg) in m.iter().enumerate() {
             for (j, sid) in seg.shard_ids.iter().enumerate() {
                 let peer = &view.placements[s][j];
                 let i = net.node_of(peer).unwrap();
@@ -1244,7 +1244,10 @@ async fn nodes_killed_right_after_a_commit_still_serve_the_file() {
 async fn a_node_killed_right_after_a_receipt_knows_the_upload() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut net, c) = small_net(tmp.path(), 4).await;
-    let plan = c.plan(&PlanRequest { size: 100_000, k: 2, n: 4, segment_size: crate::harness::SEGMENT }).await.unwrap();
+    let plan = c
+        .plan(&PlanRequest { size: 100_000, k: 2, n: 4, segment_size: crate::harness::SEGMENT, stream: false })
+        .await
+        .unwrap();
     let h = http::Client::new(Duration::from_secs(5));
     let mut acked = Vec::new();
     for (peer, order) in &plan.orders {
@@ -1288,13 +1291,13 @@ async fn a_coordinator_killed_right_after_delivering_notices_still_gets_later_on
     let path = tmp.path().join("f");
     std::fs::write(&path, data(PER_SEGMENT, 12)).unwrap();
     let id = c.upload(&path, PASSWORD, params(2, 4), None).await.unwrap();
-    let m = c.manifest(&id).await.unwrap();
+    let m = c.segments(&id).await.unwrap();
     tokio::time::sleep(Duration::from_millis(30)).await; // the notices are delivered
     net.kill_and_restart_coordinator().await;
     net.all_online(&c).await;
     // Deleting the file: its nodes hear it, and let its shards go.
     c.remove(&id, PASSWORD).await.unwrap();
-    let shards: Vec<ShardId> = m.segments.iter().flat_map(|s| s.shard_ids.clone()).collect();
+    let shards: Vec<ShardId> = m.iter().flat_map(|s| s.shard_ids.clone()).collect();
     let left = eventually!(20, {
         let held = net.held_on_disk();
         shards.iter().filter_map(|s| held.get(s).map(|n| format!("shard {s} still on nodes {n:?}"))).collect()
@@ -1314,7 +1317,10 @@ async fn a_coordinator_killed_right_after_delivering_notices_still_gets_later_on
 async fn a_coordinator_killed_right_after_a_plan_still_collects_the_upload() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut net, c) = small_net(tmp.path(), 4).await;
-    let plan = c.plan(&PlanRequest { size: 100_000, k: 2, n: 4, segment_size: crate::harness::SEGMENT }).await.unwrap();
+    let plan = c
+        .plan(&PlanRequest { size: 100_000, k: 2, n: 4, segment_size: crate::harness::SEGMENT, stream: false })
+        .await
+        .unwrap();
     net.kill_and_restart_coordinator().await;
     let h = http::Client::new(Duration::from_secs(5));
     let mut acked = Vec::new();
@@ -1364,9 +1370,9 @@ async fn a_coordinator_killed_right_after_a_repair_still_gets_later_notices_take
     // Every node hears of a new file and of its deletion.
     std::fs::write(&path, data(PER_SEGMENT, 14)).unwrap();
     let id2 = c.upload(&path, PASSWORD, params(2, 4), None).await.unwrap();
-    let m2 = c.manifest(&id2).await.unwrap();
+    let m2 = c.segments(&id2).await.unwrap();
     c.remove(&id2, PASSWORD).await.unwrap();
-    let shards: Vec<ShardId> = m2.segments.iter().flat_map(|s| s.shard_ids.clone()).collect();
+    let shards: Vec<ShardId> = m2.iter().flat_map(|s| s.shard_ids.clone()).collect();
     let left = eventually!(20, {
         let held = net.held_on_disk();
         shards.iter().filter_map(|s| held.get(s).map(|n| format!("shard {s} still on nodes {n:?}"))).collect()

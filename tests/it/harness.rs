@@ -51,7 +51,10 @@ impl Cluster {
 
     /// A placement plan asked for directly, as a client would before uploading.
     pub async fn plan(&self, size: u64, k: u8, n: u8) -> p2pstore::proto::Plan {
-        self.client.plan(&p2pstore::proto::PlanRequest { size, k, n, segment_size: SEGMENT }).await.unwrap()
+        self.client
+            .plan(&p2pstore::proto::PlanRequest { size, k, n, segment_size: SEGMENT, stream: false })
+            .await
+            .unwrap()
     }
 
     /// Another client of this network, with an account of its own.
@@ -71,6 +74,13 @@ pub fn params(k: u8, n: u8) -> EncodeParams {
 }
 
 /// Deterministic, incompressible-looking bytes.
+/// Downloads `id` (password "pw") to `name` and checks it is `bytes`.
+pub async fn downloads_intact(c: &Cluster, id: &p2pstore::core::manifest::FileId, bytes: &[u8], name: &str) {
+    let out = c.path(name);
+    c.client.download(id, b"pw", Some(&out), true, None).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == bytes, "{name}: downloaded bytes differ");
+}
+
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)

@@ -12,6 +12,7 @@ mod network;
 mod proxy;
 mod records;
 mod security;
+mod streams;
 mod tls;
 mod upkeep;
 mod vectors;

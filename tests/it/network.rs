@@ -77,13 +77,13 @@ async fn corrupted_shard_is_skipped_and_reported() {
     let bytes = data(3 * PER_SEGMENT, 3);
     let src = c.write("c.bin", &bytes);
     let id = c.client.upload(&src, b"pw", params(2, 5), None).await.unwrap();
-    let m = c.client.manifest(&id).await.unwrap();
+    let m = c.client.segments(&id).await.unwrap();
     let view = c.client.info(&id).await.unwrap();
     // Corrupt every shard on the peer holding data shard 0 of segment 0, while it is stopped.
     let victim = view.placements[0][0].clone();
     let node = (0..5).find(|&i| load_or_create(&c.net.node_dir(i)).unwrap().peer_id() == victim).unwrap();
     c.net.stop_node(node).await;
-    let file = p2pstore::store::shards::shard_file(&c.net.node_dir(node), &m.segments[0].shard_ids[0]);
+    let file = p2pstore::store::shards::shard_file(&c.net.node_dir(node), &m[0].shard_ids[0]);
     let mut b = std::fs::read(&file).unwrap();
     b[10] ^= 1;
     std::fs::write(&file, b).unwrap();
@@ -208,6 +208,7 @@ async fn forged_orders_and_receipts_are_refused() {
         manifest: hex::encode(manifest.to_bytes()),
         owner_hash: "00".repeat(32),
         placements: view.placements.clone(),
+        segments: c.client.segments(&real).await.unwrap(),
         receipts: vec![fake_receipt],
     };
     let r = send_commit(&commit).await;

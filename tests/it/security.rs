@@ -43,13 +43,16 @@ async fn another_account_cannot_take_over_list_or_delete_a_file() {
     // Mallory knows the id (ids are capabilities to read, with the password): the manifest
     // and placements are readable, so it can try to restore the shards itself.
     let manifest = mallory.manifest(&id).await.unwrap();
+    let segments = mallory.segments(&id).await.unwrap();
     let view = mallory.info(&id).await.unwrap();
-    let plan =
-        mallory.plan(&PlanRequest { size: manifest.plaintext_size, k: 2, n: 4, segment_size: SEGMENT }).await.unwrap();
+    let plan = mallory
+        .plan(&PlanRequest { size: manifest.plaintext_size, k: 2, n: 4, segment_size: SEGMENT, stream: false })
+        .await
+        .unwrap();
     let h = http::Client::default();
     let mut receipts = Vec::new();
     let mut placements = Vec::new();
-    for (seg, entry) in manifest.segments.iter().enumerate() {
+    for (seg, entry) in segments.iter().enumerate() {
         let mut peers = Vec::new();
         for (j, sid) in entry.shard_ids.iter().enumerate() {
             let holder = &view.placements[seg][j];
@@ -71,6 +74,7 @@ async fn another_account_cannot_take_over_list_or_delete_a_file() {
         manifest: hex::encode(manifest.to_bytes()),
         owner_hash: "11".repeat(32),
         placements,
+        segments,
         receipts,
     };
     let body = Bytes::from(serde_json::to_vec(&commit).unwrap());
@@ -81,7 +85,8 @@ async fn another_account_cannot_take_over_list_or_delete_a_file() {
     assert!(mallory.list().await.unwrap().is_empty(), "a stranger's file ids are not listed");
     assert_eq!(victim.list().await.unwrap().len(), 1);
     assert_eq!(status(&mallory.remove(&id, b"pw").await.unwrap_err()), 403);
-    let theirs = victim.plan(&PlanRequest { size: 10, k: 2, n: 4, segment_size: SEGMENT }).await.unwrap();
+    let theirs =
+        victim.plan(&PlanRequest { size: 10, k: 2, n: 4, segment_size: SEGMENT, stream: false }).await.unwrap();
     let empty = Commit { upload_id: theirs.upload_id.clone(), ..commit };
     let body = Bytes::from(serde_json::to_vec(&empty).unwrap());
     let r = mallory.send_signed("POST", &format!("/v2/uploads/{}/commit", theirs.upload_id), body).await.unwrap();
@@ -105,10 +110,9 @@ async fn captured_messages_are_refused_on_every_other_route_and_when_replayed() 
     let node = &peers[0];
     let node_key = load_or_create(&c.net.node_dir(c.node_of(&node.peer_id))).unwrap();
     let held: Vec<_> = {
-        let m = c.client.manifest(&id).await.unwrap();
+        let m = c.client.segments(&id).await.unwrap();
         let v = c.client.info(&id).await.unwrap();
-        m.segments
-            .iter()
+        m.iter()
             .zip(&v.placements)
             .flat_map(|(s, p)| s.shard_ids.iter().zip(p).filter(|(_, p)| **p == node.peer_id).map(|(i, _)| *i))
             .collect()
@@ -223,8 +227,8 @@ async fn a_node_serves_a_shard_only_under_a_valid_grant() {
     let c = Cluster::start(4).await;
     let (id, _) = upload(&c, &c.client, "g", PER_SEGMENT).await;
     let view = c.client.info(&id).await.unwrap();
-    let m = c.client.manifest(&id).await.unwrap();
-    let (peer, sid) = (&view.placements[0][0], m.segments[0].shard_ids[0]);
+    let m = c.client.segments(&id).await.unwrap();
+    let (peer, sid) = (&view.placements[0][0], m[0].shard_ids[0]);
     let addr = &view.peers[peer].address;
     let h = http::Client::default();
     let get = |grant: Option<String>| {

@@ -5,7 +5,7 @@
 use p2pstore::core::codec::{EncodeParams, Encoder};
 use p2pstore::core::crypto::{FileKeys, Salt};
 use p2pstore::core::erasure::Shape;
-use p2pstore::core::manifest::{FileMeta, Manifest};
+use p2pstore::core::manifest::{FileMeta, Manifest, PAGE_SEGMENTS, encode_page};
 use ring::digest::{SHA256, digest};
 use serde_json::{Value, json};
 
@@ -26,10 +26,14 @@ fn compute(v: &Value) -> Value {
     let mut enc = Encoder::new(&data[..], password, params, Salt(salt)).unwrap();
     let mut sealed = Vec::new();
     let mut ids = Vec::new();
+    let mut entries = Vec::new();
     while let Some(s) = enc.next_segment().unwrap() {
         sealed.push(hex::encode(digest(&SHA256, &s.sealed())));
         ids.push(s.ids.iter().map(|i| i.to_hex()).collect::<Vec<_>>());
+        entries.push(s.entry());
     }
+    let pages: Vec<String> =
+        entries.chunks(PAGE_SEGMENTS as usize).map(|page| hex::encode(encode_page(page))).collect();
     let meta =
         FileMeta { name: v["name"].as_str().unwrap().into(), content_type: v["content_type"].as_str().unwrap().into() };
     let m = enc.finish(&meta).unwrap();
@@ -37,6 +41,7 @@ fn compute(v: &Value) -> Value {
     json!({
         "file_id": m.file_id().to_string(),
         "manifest": hex::encode(m.to_bytes()),
+        "pages": pages,
         "owner_token": hex::encode(keys.owner_token()),
         "sealed_segments_sha256": sealed,
         "shard_ids": ids,
@@ -63,8 +68,32 @@ fn known_answers() {
             // The stored manifest parses back to the same id.
             let m = Manifest::from_bytes(&hex::decode(v["expected"]["manifest"].as_str().unwrap()).unwrap()).unwrap();
             assert_eq!(m.file_id().to_string(), v["expected"]["file_id"].as_str().unwrap());
+            for (p, page) in v["expected"]["pages"].as_array().unwrap().iter().enumerate() {
+                m.open_page(p as u32, Some(&hex::decode(page.as_str().unwrap()).unwrap())).unwrap();
+            }
         }
         seen += 1;
     }
     assert!(seen >= 3, "expected at least three vectors in {dir}");
+}
+
+/// Version 2 manifests (the segment table inline) blessed before version 3 are still read:
+/// they hash to their id and list the same shards.
+#[test]
+fn version_2_manifests_are_still_read() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/v2");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
+        let m = Manifest::from_bytes(&hex::decode(v["manifest"].as_str().unwrap()).unwrap()).unwrap();
+        assert_eq!(m.version(), 2);
+        assert_eq!(m.file_id().to_string(), v["file_id"].as_str().unwrap());
+        let listed: Vec<Vec<String>> = (0..m.page_count())
+            .flat_map(|p| m.open_page(p, None).unwrap())
+            .map(|e| e.shard_ids.iter().map(|i| i.to_hex()).collect())
+            .collect();
+        assert_eq!(serde_json::to_value(listed).unwrap(), v["shard_ids"]);
+        seen += 1;
+    }
+    assert!(seen >= 3);
 }
