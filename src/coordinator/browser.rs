@@ -32,10 +32,10 @@ pub(super) struct Upload {
     receipts: Vec<Signed<Receipt>>,
 }
 
-pub(super) fn start(s: &State, caller: &Caller, req: PlanRequest) -> ApiResult {
+pub(super) async fn start(s: &State, caller: &Caller, req: PlanRequest) -> ApiResult {
     let shape = Shape::new(req.k, req.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let (size, segment_size) = (req.size, req.segment_size);
-    let plan = uploads::plan(s, caller, req)?;
+    let plan = uploads::plan(s, caller, req).await?;
     let count = plan.segments.len();
     let upload_id = plan.upload_id.clone();
     let upload = Upload {

@@ -37,7 +37,10 @@ pub(super) fn min_shards(k: u8, n: u8, repair_threshold: u32) -> u8 {
     (n - tail).max(above_repair)
 }
 
-pub(super) fn plan(s: &State, caller: &Caller, req: PlanRequest) -> Result<Plan, ApiError> {
+/// Plans an upload. The upload's record is durable before the plan is answered: nodes store
+/// shards under its put orders, and only a coordinator that remembers the upload tells them,
+/// when it expires, to let the shards go.
+pub(super) async fn plan(s: &State, caller: &Caller, req: PlanRequest) -> Result<Plan, ApiError> {
     let shape = Shape::new(req.k, req.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
     manifest::check_segment_size(req.segment_size).map_err(|e| ApiError::bad_request(e.to_string()))?;
     // Decided before anything is allocated for the plan: its layout grows with the segments.
@@ -112,6 +115,7 @@ pub(super) fn plan(s: &State, caller: &Caller, req: PlanRequest) -> Result<Plan,
         min_shards: min_shards(req.k, req.n, s.config.repair.threshold),
     };
     s.uploads.insert(&upload_id, &rec).map_err(ApiError::internal)?;
+    s.sync().await.map_err(ApiError::internal)?;
     let min_shards = rec.min_shards;
     Ok(Plan { upload_id, expires, orders, addresses, segments: layout, min_shards })
 }
@@ -270,7 +274,7 @@ pub(super) async fn commit(s: &State, caller: &Caller, upload_id: &str, c: Commi
     let file_id = m.file_id().to_string();
     record_file(s, &file_id, rec, m.plaintext_size)?;
     s.uploads.remove(upload_id).map_err(ApiError::internal)?;
-    s.files.flush().await.map_err(ApiError::internal)?;
+    s.sync().await.map_err(ApiError::internal)?;
     tracing::info!(file = %file_id, size = m.plaintext_size, segments = m.segments.len(), "file committed");
     ok(&CommitReply { file_id })
 }
