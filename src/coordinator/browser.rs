@@ -37,7 +37,7 @@ pub(super) struct Upload {
     receipts: Vec<Signed<Receipt>>,
 }
 
-pub(super) fn start(s: &State, caller: &Caller, req: PlanRequest) -> ApiResult {
+pub(super) async fn start(s: &State, caller: &Caller, req: PlanRequest) -> ApiResult {
     let shape = Shape::new(req.k, req.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let (size, segment_size) = (req.size, req.segment_size);
     if segment_count(size, segment_size) > BROWSER_SEGMENTS {
@@ -46,7 +46,7 @@ pub(super) fn start(s: &State, caller: &Caller, req: PlanRequest) -> ApiResult {
             format!("a browser upload has at most {BROWSER_SEGMENTS} segments; use the command line for bigger files"),
         ));
     }
-    let plan = uploads::plan(s, caller, req)?;
+    let plan = uploads::plan(s, caller, req).await?;
     let count = segment_count(size, segment_size).max(1) as usize;
     let upload_id = plan.upload_id.clone();
     let upload = Upload {
@@ -104,7 +104,7 @@ pub(super) async fn put_segment(s: &State, caller: &Caller, id: &str, index: usi
     let window = up.plan.first as usize..up.plan.first as usize + up.plan.segments.len();
     if !window.contains(&index) {
         let first = index as u32 / LAYOUT_SEGMENTS * LAYOUT_SEGMENTS;
-        up.plan = Arc::new(uploads::relayout(s, caller, id, LayoutRequest { first, count: LAYOUT_SEGMENTS })?);
+        up.plan = Arc::new(uploads::relayout(s, caller, id, LayoutRequest { first, count: LAYOUT_SEGMENTS }).await?);
     }
     let shape = up.shape;
     let seg = tokio::task::spawn_blocking(move || {

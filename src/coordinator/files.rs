@@ -162,7 +162,7 @@ pub(super) async fn delete(s: &State, caller: &Caller, id: &str, req: DeleteRequ
     let keys = notices::deleted(s, id, &rec).map_err(ApiError::internal)?;
     s.files.remove(id).map_err(ApiError::internal)?;
     s.owned.remove(&format!("{}/{id}", rec.owner)).map_err(ApiError::internal)?;
-    s.files.flush().await.map_err(ApiError::internal)?;
+    s.sync().await.map_err(ApiError::internal)?;
     s.drop_rows(rec.rows_prefix()).map_err(ApiError::internal)?;
     // Online peers are told now; the others when they are back.
     if let Err(e) = notices::deliver(s, Some(&keys)).await {

@@ -120,6 +120,7 @@ pub async fn spawn(
         recovering: std::sync::atomic::AtomicBool::new(fresh),
         recovery_queue,
         db: db.clone(),
+        durable: crate::store::GroupCommit::new(),
         repair_queue: Mutex::new(HashSet::new()),
         browser_uploads: Mutex::new(HashMap::new()),
         recent_audits: Mutex::new(VecDeque::new()),
@@ -137,6 +138,8 @@ pub async fn spawn(
     audit::load_log(&state);
     files::move_placements_to_rows(&state).map_err(|e| ServerError::Db { dir: data_dir.clone(), source: e.into() })?;
     notices::generation(&state).map_err(|e| ServerError::Db { dir: data_dir.clone(), source: e.into() })?;
+    // Nodes remember the generation the first heartbeat reply names: it is durable first.
+    state.sync().await.map_err(|e| ServerError::Db { dir: data_dir.clone(), source: e.into() })?;
     let tls = crate::net::tls::server_config_from(state.config.tls.cert.as_deref(), state.config.tls.key.as_deref())?;
     let tcp = TcpListener::bind(bind).await.map_err(|source| ServerError::Bind { addr: bind, source })?;
     let limits = server::ConnectionLimits::from_parts(state.config.limits.connections());

@@ -21,6 +21,7 @@ use super::state::{FileRecord, State};
 use crate::core::merkle::ShardId;
 use crate::net::server::Shutdown;
 use crate::proto::*;
+use crate::store::shards::RECENT_NOTICES;
 use crate::store::{Record, RecordError};
 
 /// The database's identity under "generation"; each peer's notice counter under
@@ -216,9 +217,27 @@ async fn deliver_to(s: &State, peer: &str) -> Result<(), RecordError> {
     let turn = s.delivering.lock().expect("not poisoned").entry(peer.to_owned()).or_default().clone();
     let _one_at_a_time = turn.lock().await;
     let Some(p) = s.peers.get(peer)?.filter(|p| s.is_admitted(p)) else { return Ok(()) };
-    for (key, rec) in s.outbox.scan_prefix(&format!("{peer}/"))?.records {
+    let waiting = s.outbox.scan_prefix(&format!("{peer}/"))?.records;
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    // What a node takes must outlive a crash here: the notice's number (the node refuses it
+    // and every other notice numbered so again) and what it tells (the commit, the deletion,
+    // the expired upload, the repair it follows from).
+    s.sync().await?;
+    let mut unsynced = 0;
+    for (key, rec) in waiting {
         match s.http.post_json(&format!("{}/v2/notices", p.address), &rec.notice).await {
-            Ok(r) if r.status.is_success() => s.outbox.remove(&key)?,
+            Ok(r) if r.status.is_success() => {
+                s.outbox.remove(&key)?;
+                // Nodes recognise the last RECENT_NOTICES they took when they come again after
+                // a crash here: the removals are made durable well before that many.
+                unsynced += 1;
+                if unsynced >= RECENT_NOTICES / 4 {
+                    s.sync().await?;
+                    unsynced = 0;
+                }
+            }
             Ok(r) => {
                 tracing::warn!(peer = %peer, status = %r.status, error = %r.error_message(), "a notice was refused");
                 break;
@@ -228,6 +247,9 @@ async fn deliver_to(s: &State, peer: &str) -> Result<(), RecordError> {
                 break;
             }
         }
+    }
+    if unsynced > 0 {
+        s.sync().await?;
     }
     Ok(())
 }

@@ -116,7 +116,7 @@ async fn take_inventory(s: &State, peer: &str) -> Result<RecoveryReport, Recover
     for (file, shards) in held {
         report.placements_filled += fill_placements(s, &file, peer, &shards)?;
     }
-    s.files.flush().await.map_err(RecordError::from)?;
+    s.sync().await.map_err(RecordError::from)?;
     Ok(report)
 }
 

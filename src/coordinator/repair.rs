@@ -245,8 +245,8 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
             r
         })
     })?;
-    s.segments.flush().await?;
-    // The new holders keep their copies for the file; the old ones may let theirs go.
+    // The new holders keep their copies for the file; the old ones may let theirs go. Queued
+    // before the flush, so the new placements and their notices become durable together.
     for (sid, old, new) in changed {
         let upload_id = f.upload_id.clone();
         let kept = NoticeEvent::Committed {
@@ -260,6 +260,7 @@ async fn repair_segment(s: &Arc<State>, file_id: &str, seg: usize) -> Result<usi
         let freed = NoticeEvent::Released { file_id: file_id.to_owned(), shard_ids: vec![sid], deleted: false };
         notices::queue(s, &old, freed)?;
     }
+    s.sync().await?;
     s.counters.repaired_shards.inc_by(moved.len() as u64);
     Ok(moved.len())
 }

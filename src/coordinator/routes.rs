@@ -215,9 +215,9 @@ async fn for_account(s: &State, caller: &Caller, route: Route, body: Incoming) -
             caller.no_body(body).await?;
             ok(&accounts::view(s, caller)?)
         }
-        Route::Plan => ok(&uploads::plan(s, caller, caller.json(body, SMALL_BODY).await?)?),
+        Route::Plan => ok(&uploads::plan(s, caller, caller.json(body, SMALL_BODY).await?).await?),
         Route::Commit(id) => uploads::commit(s, caller, &id, caller.json(body, MAX_JSON_BODY).await?).await,
-        Route::Layout(id) => ok(&uploads::layout(s, caller, &id, caller.json(body, SMALL_BODY).await?)?),
+        Route::Layout(id) => ok(&uploads::layout(s, caller, &id, caller.json(body, SMALL_BODY).await?).await?),
         Route::Segments(id) => uploads::segments(s, caller, &id, caller.json(body, BATCH_BODY).await?).await,
         Route::UploadStatus(id) => {
             caller.no_body(body).await?;
@@ -240,7 +240,7 @@ async fn for_account(s: &State, caller: &Caller, route: Route, body: Incoming) -
             files::manifest(s, &id)
         }
         Route::Delete(id) => files::delete(s, caller, &id, caller.json(body, SMALL_BODY).await?).await,
-        Route::BrowserStart => browser::start(s, caller, caller.json(body, SMALL_BODY).await?),
+        Route::BrowserStart => browser::start(s, caller, caller.json(body, SMALL_BODY).await?).await,
         Route::BrowserSegment(id, i) => browser::put_segment(s, caller, &id, i, body).await,
         Route::BrowserCommit(id) => browser::commit(s, caller, &id, caller.json(body, SMALL_BODY).await?).await,
         Route::FileDamage(id) => files::damage(s, &id, caller.json(body, SMALL_BODY).await?),

@@ -276,6 +276,8 @@ pub(super) struct State {
     pub recovery_queue: tokio::sync::mpsc::UnboundedSender<String>,
     /// The database the tables live in (backups read all of it).
     pub db: sled::Db,
+    /// Flushes of `db` shared by concurrent callers (see [`State::sync`]).
+    pub durable: Arc<crate::store::GroupCommit>,
     /// (file id, segment) pairs waiting for or under repair.
     pub repair_queue: Mutex<HashSet<(String, usize)>>,
     /// Outcomes of the last minute's audits, for the dashboard (the stored history is per peer).
@@ -342,6 +344,13 @@ impl Counters {
 impl State {
     pub fn now(&self) -> u64 {
         self.clock.now()
+    }
+
+    /// Makes every write to the database so far durable: called before anything that
+    /// promises them is answered or sent (a reply to a client, a notice to a node). One
+    /// flush covers every table (sled flushes its whole log); concurrent callers share it.
+    pub async fn sync(&self) -> Result<(), crate::store::DbError> {
+        self.durable.sync_db(&self.db).await
     }
 
     /// The id requests are signed for: the peer id of the coordinator's key.

@@ -39,7 +39,10 @@ pub(super) fn min_shards(k: u8, n: u8, repair_threshold: u32) -> u8 {
     (n - tail).max(above_repair)
 }
 
-pub(super) fn plan(s: &State, caller: &Caller, req: PlanRequest) -> Result<Plan, ApiError> {
+/// Plans an upload. The upload's record is durable before the plan is answered: nodes store
+/// shards under its put orders, and only a coordinator that remembers the upload tells them,
+/// when it expires, to let the shards go.
+pub(super) async fn plan(s: &State, caller: &Caller, req: PlanRequest) -> Result<Plan, ApiError> {
     Shape::new(req.k, req.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
     manifest::check_segment_size(req.segment_size).map_err(|e| ApiError::bad_request(e.to_string()))?;
     // Decided before anything is allocated for the plan: its layout grows with the segments.
@@ -84,6 +87,7 @@ pub(super) fn plan(s: &State, caller: &Caller, req: PlanRequest) -> Result<Plan,
     };
     let plan = lay_out(s, &upload_id, &mut rec, 0, LAYOUT_SEGMENTS)?;
     s.uploads.insert(&upload_id, &rec).map_err(ApiError::internal)?;
+    s.sync().await.map_err(ApiError::internal)?;
     Ok(plan)
 }
 
@@ -157,7 +161,7 @@ fn pending(s: &State, caller: &Caller, upload_id: &str) -> Result<UploadRecord, 
 }
 
 /// `POST /v2/uploads/{id}/layout`: more segments of an upload laid out.
-pub(super) fn layout(s: &State, caller: &Caller, upload_id: &str, req: LayoutRequest) -> Result<Plan, ApiError> {
+pub(super) async fn layout(s: &State, caller: &Caller, upload_id: &str, req: LayoutRequest) -> Result<Plan, ApiError> {
     let up = pending(s, caller, upload_id)?;
     if req.first > up.committed.saturating_add(4 * LAYOUT_SEGMENTS) {
         return Err(ApiError::bad_request(format!(
@@ -165,12 +169,18 @@ pub(super) fn layout(s: &State, caller: &Caller, upload_id: &str, req: LayoutReq
             req.first, up.committed
         )));
     }
-    relayout(s, caller, upload_id, req)
+    relayout(s, caller, upload_id, req).await
 }
 
 /// As [`layout`], for uploads whose segments the coordinator itself stores (browsers'),
-/// which record them all at the commit.
-pub(super) fn relayout(s: &State, caller: &Caller, upload_id: &str, req: LayoutRequest) -> Result<Plan, ApiError> {
+/// which record them all at the commit. The new peers are durable before the plan is
+/// answered, as for a plan.
+pub(super) async fn relayout(
+    s: &State,
+    caller: &Caller,
+    upload_id: &str,
+    req: LayoutRequest,
+) -> Result<Plan, ApiError> {
     let mut up = pending(s, caller, upload_id)?;
     let plan = lay_out(s, upload_id, &mut up, req.first, req.count)?;
     let peers = up.peers.clone();
@@ -186,6 +196,7 @@ pub(super) fn relayout(s: &State, caller: &Caller, upload_id: &str, req: LayoutR
             })
         })
         .map_err(ApiError::internal)?;
+    s.sync().await.map_err(ApiError::internal)?;
     Ok(plan)
 }
 
@@ -396,7 +407,7 @@ async fn record_batch(s: &State, caller: &Caller, upload_id: &str, b: SegmentBat
         })
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(format!("upload {upload_id} ended meanwhile")))?;
-    s.segments.flush().await.map_err(ApiError::internal)?;
+    s.sync().await.map_err(ApiError::internal)?;
     Ok(UploadStatus { upload_id: upload_id.to_owned(), committed: up.committed, expires: up.expires })
 }
 
@@ -460,7 +471,7 @@ pub(super) async fn commit(s: &State, caller: &Caller, upload_id: &str, mut c: C
     };
     record_file(s, &file_id, rec, m.plaintext_size)?;
     s.uploads.remove(upload_id).map_err(ApiError::internal)?;
-    s.files.flush().await.map_err(ApiError::internal)?;
+    s.sync().await.map_err(ApiError::internal)?;
     tracing::info!(file = %file_id, size = m.plaintext_size, segments = m.segment_count(), "file committed");
     ok(&CommitReply { file_id })
 }

@@ -214,7 +214,7 @@ async fn heartbeats(s: Arc<State>, interval: Duration, mut shutdown: Shutdown) {
 }
 
 /// Sends one signed heartbeat and pins (or checks) the coordinator's key.
-async fn heartbeat(s: &State) -> Result<(), HeartbeatError> {
+async fn heartbeat(s: &Arc<State>) -> Result<(), HeartbeatError> {
     let pow = proof_of_work(s).await?;
     let time = s.clock.now();
     let next = |last: u64| Some((last + 1).max(time * 1000));
@@ -230,7 +230,7 @@ async fn heartbeat(s: &State) -> Result<(), HeartbeatError> {
     };
     let reply: HeartbeatReply =
         s.http.post_json(&format!("{}/v2/heartbeat", s.coordinator), &s.identity.sign(&hb)).await?.json()?;
-    observe_coordinator(s, &reply);
+    observe_coordinator(s, &reply).await;
     match s.coordinator_key.get() {
         Some(k) if *k != reply.coordinator_key => Err(HeartbeatError::WrongCoordinator {
             url: s.coordinator.clone(),
@@ -250,7 +250,9 @@ async fn heartbeat(s: &State) -> Result<(), HeartbeatError> {
 
 /// Remembers the coordinator database's generation the first reply names; a later one naming
 /// another database is reported (its deletions are refused).
-fn observe_coordinator(s: &State, reply: &HeartbeatReply) {
+async fn observe_coordinator(s: &Arc<State>, reply: &HeartbeatReply) {
+    // Notices change the mark too: one at a time.
+    let _one_at_a_time = s.notices.lock().await;
     let Ok(mut mark) = s.store.mark() else { return };
     let before = mark.clone();
     if mark.observe(&reply.generation) == Observation::OtherDatabase {
@@ -260,9 +262,12 @@ fn observe_coordinator(s: &State, reply: &HeartbeatReply) {
              is recovered from the network (p2pstore coordinator recover)"
         );
     }
-    if mark != before
-        && let Err(e) = s.store.set_mark(&mark)
-    {
+    if mark == before {
+        return;
+    }
+    let s2 = s.clone();
+    let stored = tokio::task::spawn_blocking(move || s2.store.set_mark(&mark).and_then(|()| s2.store.sync())).await;
+    if let Err(e) = stored.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
         tracing::warn!(error = %e, "could not record the coordinator's generation");
     }
 }

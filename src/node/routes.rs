@@ -10,7 +10,7 @@ use super::State;
 use crate::core::merkle::{self, ShardId};
 use crate::net::server::{self, ApiError, ApiResult, ok, read_body_aligned, read_json};
 use crate::proto::*;
-use crate::store::shards::StoreError;
+use crate::store::shards::{StoreError, Take};
 
 /// Every request a node answers (besides `/healthz`, which the server loop answers).
 #[derive(Debug, PartialEq, Eq)]
@@ -237,38 +237,55 @@ async fn audit(s: &Arc<State>, signed: Signed<Challenge>) -> ApiResult {
 /// that went back in time, is refused (409): such a database may not know what is committed.
 async fn notice(s: &Arc<State>, signed: Signed<Notice>) -> ApiResult {
     let n = addressed_to_me(s, &signed, "notice")?;
-    {
-        let _one_at_a_time = s.notices.lock().await;
-        let mut mark = s.store.mark().map_err(ApiError::internal)?;
-        if let Err(why) = mark.accept(&n.generation, n.seq) {
+    let digest = blake3::hash(signed.body.as_bytes()).to_hex().to_string();
+    // One at a time, from the check of its number until what it changed is durable with the
+    // number taken: the answer promises both (a node killed before answering takes it again).
+    let _one_at_a_time = s.notices.lock().await;
+    let mut mark = s.store.mark().map_err(ApiError::internal)?;
+    match mark.accept(&n.generation, n.seq, &digest) {
+        Err(why) => {
             tracing::error!(reason = %why, "a notice from the coordinator was refused");
             return Err(ApiError::new(StatusCode::CONFLICT, why));
         }
-        s.store.set_mark(&mark).map_err(ApiError::internal)?;
+        Ok(Take::Again) => {
+            // Its coordinator was stopped before it noted that this node took it.
+            tracing::info!(seq = n.seq, "a notice taken before came again: answered as taken");
+            let s2 = s.clone();
+            blocking(move || s2.store.sync().map_err(ApiError::internal)).await?;
+            return ok(&Removed { removed: 0 });
+        }
+        Ok(Take::New) => {}
     }
     let (s2, now) = (s.clone(), s.clock.now());
     let removed = blocking(move || {
         let st = &s2.store;
-        let r = (|| match n.event {
-            NoticeEvent::Committed { upload_id, file_id, shard_ids, complete, manifest } => {
-                if let Some(copy) = manifest {
-                    st.keep_manifest(&file_id, serde_json::to_vec(&copy).expect("serializes").as_slice())?;
+        let r = (|| {
+            let removed = match n.event {
+                NoticeEvent::Committed { upload_id, file_id, shard_ids, complete, manifest } => {
+                    if let Some(copy) = manifest {
+                        st.keep_manifest(&file_id, serde_json::to_vec(&copy).expect("serializes").as_slice())?;
+                    }
+                    st.commit(&upload_id, &file_id, &shard_ids, complete, now)?
                 }
-                st.commit(&upload_id, &file_id, &shard_ids, complete, now)
-            }
-            NoticeEvent::Abandoned { upload_id } => match st.abandon(&upload_id, now) {
-                Err(StoreError::Committed(u)) => {
-                    tracing::warn!(upload = %u, "asked to abandon an upload this node knows committed: kept");
-                    Ok(0)
+                NoticeEvent::Abandoned { upload_id } => match st.abandon(&upload_id, now) {
+                    Err(StoreError::Committed(u)) => {
+                        tracing::warn!(upload = %u, "asked to abandon an upload this node knows committed: kept");
+                        0
+                    }
+                    r => r?,
+                },
+                NoticeEvent::Released { file_id, shard_ids, deleted } => {
+                    if deleted {
+                        st.drop_manifest(&file_id)?;
+                    }
+                    st.release(&file_id, &shard_ids, now)?
                 }
-                r => r,
-            },
-            NoticeEvent::Released { file_id, shard_ids, deleted } => {
-                if deleted {
-                    st.drop_manifest(&file_id)?;
-                }
-                st.release(&file_id, &shard_ids, now)
-            }
+            };
+            // The number after what it changed: sled recovers a prefix of its writes, so a
+            // number found after a crash always comes with the notice's changes.
+            st.set_mark(&mark)?;
+            st.sync()?;
+            Ok::<_, StoreError>(removed)
         })();
         r.map_err(ApiError::internal)
     })

@@ -103,12 +103,22 @@ pub enum UploadState {
 
 /// What a node knows of its coordinator's database: the generation it was made with, and
 /// the sequence number of the last notice it took (notices to one node are numbered one
-/// after the other and delivered in order).
+/// after the other and delivered in order), with a digest of each of the last few it took:
+/// a coordinator killed after a node took a notice but before its outbox said so delivers
+/// that notice again, and the node answers it as taken instead of refusing it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CoordinatorMark {
     pub generation: Option<String>,
     pub last_notice: u64,
+    /// (sequence number, BLAKE3 of the signed text) of the last [`RECENT_NOTICES`] taken.
+    #[serde(default)]
+    pub recent: Vec<(u64, String)>,
 }
+
+/// Notices taken that a node recognises when they come again. A coordinator makes its outbox
+/// durable at least every `RECENT_NOTICES / 4` notices it delivers to a node, so no more than
+/// that can come again.
+pub const RECENT_NOTICES: usize = 256;
 
 /// What a heartbeat reply told a node about its coordinator's database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +126,15 @@ pub enum Observation {
     Known,
     /// Another database than the one this node registered with (lost, or replaced).
     OtherDatabase,
+}
+
+/// Whether a notice is to be acted on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// A new notice: act on it.
+    New,
+    /// One already taken, delivered again: answer it as taken, change nothing.
+    Again,
 }
 
 impl CoordinatorMark {
@@ -132,10 +151,12 @@ impl CoordinatorMark {
         }
     }
 
-    /// Takes a notice numbered `seq` from the database `generation`, or says why not: from
-    /// another database (lost and replaced: it may not know what is committed), or not newer
-    /// than the last one taken (a replay, or a database restored from an older backup).
-    pub fn accept(&mut self, generation: &str, seq: u64) -> Result<(), String> {
+    /// Takes a notice numbered `seq` from the database `generation`, whose signed text hashes
+    /// to `digest`, or says why not: from another database (lost and replaced: it may not know
+    /// what is committed), or not newer than the last one taken and not one of the last taken
+    /// (a replay of an old one, or a database restored from an older backup, which numbers
+    /// other notices with numbers already used).
+    pub fn accept(&mut self, generation: &str, seq: u64, digest: &str) -> Result<Take, String> {
         if let Some(g) = &self.generation
             && g != generation
         {
@@ -145,6 +166,9 @@ impl CoordinatorMark {
             ));
         }
         if seq <= self.last_notice {
+            if self.recent.iter().any(|(n, d)| *n == seq && d == digest) {
+                return Ok(Take::Again);
+            }
             return Err(format!(
                 "notice {seq} is not newer than the last one taken ({}): a replay, or a coordinator database restored \
                  from an older backup; refused until it is recovered from the network (p2pstore coordinator recover)",
@@ -153,7 +177,12 @@ impl CoordinatorMark {
         }
         self.generation = Some(generation.to_owned());
         self.last_notice = seq;
-        Ok(())
+        self.recent.push((seq, digest.to_owned()));
+        if self.recent.len() > RECENT_NOTICES {
+            let extra = self.recent.len() - RECENT_NOTICES;
+            self.recent.drain(..extra);
+        }
+        Ok(Take::New)
     }
 }
 
@@ -171,7 +200,9 @@ const STRIPES: usize = 64;
 /// A node's shards: files under `shards/xx/`, indexed in sled, and the trash.
 pub struct ShardStore {
     dir: PathBuf,
-    _db: sled::Db,
+    db: sled::Db,
+    /// Flushes of `db` shared by concurrent writers.
+    group: std::sync::Arc<crate::store::GroupCommit>,
     index: sled::Tree,
     uploads: sled::Tree,
     /// `upload id ‖ 0 ‖ shard id` for every shard an upload stored.
@@ -245,7 +276,8 @@ impl ShardStore {
             trash,
             manifests: db.open_tree("manifests")?,
             meta: db.open_tree("meta")?,
-            _db: db,
+            db,
+            group: crate::store::GroupCommit::new(),
             used: AtomicU64::new(used),
             trashed: AtomicU64::new(trashed),
             capacity,
@@ -313,9 +345,23 @@ impl ShardStore {
         self.by_upload.scan_prefix(&prefix).map(|kv| Ok(id_of(&kv?.0[n..]))).collect()
     }
 
-    /// Stores a shard durably for `upload` (blocking I/O: call from a blocking thread). A
-    /// shard already here is not written again: the node remembers the upload and the time.
+    /// Makes every change made so far durable (blocking: call from a blocking thread). Callers
+    /// that finish at the same time share one flush of the index.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.group.sync(|| self.db.flush().map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Stores a shard durably for `upload`, its file and its index entry both (blocking I/O:
+    /// call from a blocking thread): once this returns, a receipt may go out. A shard already
+    /// here is not written again: the node remembers the upload and the time.
     pub fn put(&self, id: &ShardId, data: &[u8], upload: &str, now: u64) -> Result<(), StoreError> {
+        self.put_unsynced(id, data, upload, now)?;
+        // Outside the shard's lock: concurrent puts share the flush.
+        self.sync()
+    }
+
+    fn put_unsynced(&self, id: &ShardId, data: &[u8], upload: &str, now: u64) -> Result<(), StoreError> {
         let _guard = self.lock(id);
         if self.upload_state(upload)?.is_none() {
             self.set_upload_state(upload, UploadState::Pending)?;
@@ -536,8 +582,8 @@ impl ShardStore {
     }
 
     pub fn set_mark(&self, mark: &CoordinatorMark) -> Result<(), StoreError> {
+        // Durable with the next `sync`, together with what the notice changed.
         self.meta.insert("coordinator", serde_json::to_vec(mark).expect("serializes"))?;
-        self.meta.flush()?;
         Ok(())
     }
 
@@ -596,13 +642,20 @@ mod tests {
     fn notices_from_another_or_an_older_database_are_refused() {
         let mut m = CoordinatorMark::default();
         assert_eq!(m.observe("g1"), Observation::Known);
-        assert!(m.accept("g1", 1).is_ok() && m.accept("g1", 2).is_ok());
-        assert!(m.accept("g1", 2).is_err(), "a replay");
-        assert!(m.accept("g1", 1).is_err(), "an older database");
-        assert!(m.accept("g2", 9).is_err(), "another database");
+        assert_eq!((m.accept("g1", 1, "a"), m.accept("g1", 2, "b")), (Ok(Take::New), Ok(Take::New)));
+        assert_eq!(m.accept("g1", 2, "b"), Ok(Take::Again), "delivered again: taken, nothing done");
+        assert_eq!(m.accept("g1", 1, "a"), Ok(Take::Again));
+        assert!(m.accept("g1", 2, "x").is_err(), "another notice under a number already used");
+        assert!(m.accept("g1", 1, "b").is_err(), "an older database");
+        assert!(m.accept("g2", 9, "c").is_err(), "another database");
         assert_eq!(m.observe("g2"), Observation::OtherDatabase);
-        assert!(m.accept("g1", 3).is_ok());
+        assert_eq!(m.accept("g1", 3, "c"), Ok(Take::New));
         assert_eq!(m.last_notice, 3);
+        for n in 4..4 + RECENT_NOTICES as u64 {
+            m.accept("g1", n, &n.to_string()).unwrap();
+        }
+        assert_eq!(m.recent.len(), RECENT_NOTICES);
+        assert!(m.accept("g1", 3, "c").is_err(), "too old to be a redelivery");
     }
 
     #[test]

@@ -910,7 +910,6 @@ fn now() -> u64 {
 // The test.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: state acknowledged before sled flushed it is lost on SIGKILL (being fixed)"]
 async fn random_kills_lose_no_committed_file() {
     let seed = env_u64("P2PSTORE_CRASH_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000_007
@@ -1191,7 +1190,6 @@ macro_rules! eventually {
 /// the nodes change for them reaches sled's disk only at its next flush (every 500 ms). Nodes
 /// killed in between must still serve the file and know it needs their shards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: state acknowledged before sled flushed it is lost on SIGKILL (being fixed)"]
 async fn nodes_killed_right_after_a_commit_still_serve_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut net, c) = small_net(tmp.path(), 4).await;
@@ -1240,7 +1238,6 @@ async fn nodes_killed_right_after_a_commit_still_serve_the_file() {
 /// upload stored it (a read grant for that upload reads it; when the upload is abandoned, the
 /// shard goes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: state acknowledged before sled flushed it is lost on SIGKILL (being fixed)"]
 async fn a_node_killed_right_after_a_receipt_knows_the_upload() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut net, c) = small_net(tmp.path(), 4).await;
@@ -1284,7 +1281,6 @@ async fn a_node_killed_right_after_a_receipt_knows_the_upload() {
 /// The coordinator delivers a commit's notices and is killed before sled wrote that they were
 /// taken: it delivers them again, and the nodes must not stop taking notices from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: state acknowledged before sled flushed it is lost on SIGKILL (being fixed)"]
 async fn a_coordinator_killed_right_after_delivering_notices_still_gets_later_ones_taken() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut net, c) = small_net(tmp.path(), 4).await;
@@ -1313,7 +1309,6 @@ async fn a_coordinator_killed_right_after_delivering_notices_still_gets_later_on
 /// The coordinator is killed right after it answered a plan: the shards stored under it must
 /// still be collected once the upload expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: state acknowledged before sled flushed it is lost on SIGKILL (being fixed)"]
 async fn a_coordinator_killed_right_after_a_plan_still_collects_the_upload() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut net, c) = small_net(tmp.path(), 4).await;
@@ -1343,7 +1338,6 @@ async fn a_coordinator_killed_right_after_a_plan_still_collects_the_upload() {
 /// after. Notices numbered after the crash must still be taken by that node (a number it saw
 /// must never be handed out again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: state acknowledged before sled flushed it is lost on SIGKILL (being fixed)"]
 async fn a_coordinator_killed_right_after_a_repair_still_gets_later_notices_taken() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut net, c) = small_net(tmp.path(), 5).await;
