@@ -139,7 +139,8 @@ pub(super) async fn commit(s: &State, caller: &Caller, id: &str, c: BrowserCommi
         receipts: up.receipts.clone(),
     };
     drop(up);
-    let reply = uploads::commit(s, caller, id, commit).await?;
+    let planned = uploads::pending_upload(s, caller, id)?;
+    let reply = uploads::commit(s, caller, id, planned, commit).await?;
     s.browser_uploads.lock().expect("not poisoned").remove(id);
     Ok(reply)
 }

@@ -151,7 +151,8 @@ pub(super) async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
         Access::Public => public(&s, route),
         Access::Node => match route {
             Route::Heartbeat => peers::heartbeat(&s, read_json(req, SMALL_BODY).await?, remote).await,
-            Route::NodeDamage => peers::damage(&s, read_json(req, MAX_JSON_BODY).await?),
+            // Read at the bound a report can need, from anyone: the signature is inside.
+            Route::NodeDamage => peers::damage(&s, read_json(req, DAMAGE_BODY).await?),
             _ => peers::exit(&s, read_json(req, SMALL_BODY).await?),
         },
         Access::Operator => accounts::admin(&s, read_json(req, SMALL_BODY).await?).await,
@@ -193,7 +194,13 @@ async fn for_account(s: &State, caller: &Caller, route: Route, body: Incoming) -
             ok(&accounts::view(s, caller)?)
         }
         Route::Plan => ok(&uploads::plan(s, caller, caller.json(body, SMALL_BODY).await?)?),
-        Route::Commit(id) => uploads::commit(s, caller, &id, caller.json(body, MAX_JSON_BODY).await?).await,
+        Route::Commit(id) => {
+            // The upload named in the path first: a body is read only for the caller's own
+            // pending upload, and only as large as its plan's segments can need.
+            let up = uploads::pending_upload(s, caller, &id)?;
+            let limit = uploads::commit_body_limit(&up);
+            uploads::commit(s, caller, &id, up, caller.json(body, limit).await?).await
+        }
         Route::Files => {
             caller.no_body(body).await?;
             ok(&files::list(s, caller)?)

@@ -247,12 +247,42 @@ pub(super) fn verify_commit(
     Ok((m, record))
 }
 
-pub(super) async fn commit(s: &State, caller: &Caller, upload_id: &str, c: Commit) -> ApiResult {
+/// A commit body's bytes beyond its segments: the envelope, the manifest's header and its
+/// sealed metadata (at most 64 KiB, twice that in hex).
+const COMMIT_FIXED: u64 = 256 << 10;
+/// A commit body's bytes per shard, about twice what it takes: the shard id in the manifest
+/// (64 hex digits), its placement (a peer id) and its receipt (a signed message of ~500 bytes).
+const COMMIT_PER_SHARD: u64 = 1 << 10;
+
+/// The largest commit body the upload `up` can need: bounded by its plan's segments and n,
+/// and by [`MAX_JSON_BODY`].
+pub(super) fn commit_body_limit(up: &UploadRecord) -> usize {
+    let segments = segment_count(up.size, up.segment_size);
+    let per_segment = up.n as u64 * COMMIT_PER_SHARD + 64;
+    let bound = COMMIT_FIXED.saturating_add(segments.saturating_mul(per_segment));
+    usize::try_from(bound).unwrap_or(usize::MAX).min(MAX_JSON_BODY)
+}
+
+/// The caller's pending upload `upload_id`, looked up before its commit body is read: a
+/// commit for an upload that does not exist, is another account's or has expired is refused
+/// unread.
+pub(super) fn pending_upload(s: &State, caller: &Caller, upload_id: &str) -> Result<UploadRecord, ApiError> {
     let up = s
         .uploads
         .get(upload_id)
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(format!("no pending upload {upload_id} (expired or committed)")))?;
+    if up.account != caller.id {
+        return Err(CommitRefusal::NotYours.into());
+    }
+    if up.expires < s.now() {
+        return Err(CommitRefusal::Expired.into());
+    }
+    Ok(up)
+}
+
+/// Commits the caller's pending upload `up` (from [`pending_upload`]).
+pub(super) async fn commit(s: &State, caller: &Caller, upload_id: &str, up: UploadRecord, c: Commit) -> ApiResult {
     let mut keys = HashMap::new();
     for r in &c.receipts {
         let signer = r.signer_id();
@@ -425,6 +455,21 @@ mod tests {
 
     fn refused_at(up: &UploadRecord, c: Commit, keys: &HashMap<String, String>) -> CommitRefusal {
         verify_commit(("u", up), "me", c, keys, 50).unwrap_err()
+    }
+
+    #[test]
+    fn a_commit_fits_its_plans_bound_and_the_bound_grows_with_the_plan() {
+        let (up, c, _, _) = scene();
+        let len = serde_json::to_vec(&c).unwrap().len();
+        let per_shard = (len - c.manifest.len()) / (2 * 3);
+        assert!(per_shard as u64 * 2 <= COMMIT_PER_SHARD + 64, "{per_shard} bytes per shard");
+        assert!(len <= commit_body_limit(&up));
+        // 8,192 segments of 8-of-20 (a 64 GiB file in 8 MiB segments): 160 MiB, held to the
+        // protocol's bound; a one-segment file: under 300 KiB.
+        let big = UploadRecord { size: 64 << 30, segment_size: 8 << 20, k: 8, n: 20, ..up.clone() };
+        assert_eq!(commit_body_limit(&big), MAX_JSON_BODY);
+        let small = UploadRecord { size: 1000, k: 8, n: 20, ..up };
+        assert!(commit_body_limit(&small) < 300 << 10);
     }
 
     #[test]

@@ -257,7 +257,6 @@ async fn a_thousand_throwaway_identities_do_not_lock_out_a_real_node() {
 /// dial-back waits out its timeout holding one of the coordinator's few dial-back turns. A
 /// steady stream of them from one address must not keep a real node from registering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "attack still works: stalled dial-backs from one address hold every dial-back turn (report to the lead)"]
 async fn stalled_dial_backs_do_not_lock_out_a_real_node() {
     let mut config = Config::default();
     config.security.node_pow_bits = 0;
@@ -622,7 +621,6 @@ async fn random_paths_do_not_grow_metrics() {
 /// 5b. Such bodies, chunked (no length declared, so nothing to refuse up front), to a
 /// node's notices: the node must not hold them (within 64 MB, as above).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "attack still works: a node reads every chunked notice body up to 16 MiB before anything is checked (report to the lead)"]
 async fn big_chunked_notices_are_not_read_whole() {
     let dir = tempfile::tempdir().unwrap();
     let (coordinator, node) = coordinator_and_node(dir.path()).await;
@@ -640,7 +638,6 @@ async fn big_chunked_notices_are_not_read_whole() {
 /// an empty body, and the hash is compared only once the body is in): the coordinator must
 /// not hold them (within 64 MB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "attack still works: a commit body is read whole (up to 64 MiB) before its upload is looked up (report to the lead)"]
 async fn big_commits_for_no_upload_are_not_read_whole() {
     let dir = tempfile::tempdir().unwrap();
     let (coordinator, _node) = coordinator_and_node(dir.path()).await;
@@ -665,7 +662,6 @@ async fn big_commits_for_no_upload_are_not_read_whole() {
 /// the body, so the body is read to check it): a report names shard ids, well under a
 /// megabyte, and the coordinator must not hold 60 MB bodies from anyone (within 64 MB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "attack still works: /v2/peers/damage reads up to 64 MiB from anyone before the signature is checked (report to the lead)"]
 async fn big_damage_reports_are_not_read_whole() {
     let dir = tempfile::tempdir().unwrap();
     let (coordinator, _node) = coordinator_and_node(dir.path()).await;
@@ -716,7 +712,6 @@ fn endless_inventory(key: Arc<Identity>, listener: tokio::net::TcpListener) -> (
 /// (recovery). One that answers with endless pages of made-up shards and files must not
 /// make the coordinator hold them all: its memory stays within 64 MB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "attack still works: a new peer's inventory is read page after page without bound (report to the lead)"]
 async fn an_endless_inventory_does_not_exhaust_the_coordinator() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
