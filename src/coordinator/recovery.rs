@@ -85,9 +85,10 @@ pub(super) async fn recover_all(s: &State) -> Result<RecoveryReport, RecordError
     Ok(total)
 }
 
-/// Bytes of an inventory's first page read at most (it carries the manifest copies the node
-/// keeps), and of each later page (10,000 shards and the files that need them).
-const FIRST_PAGE_LIMIT: usize = 64 << 20;
+/// Bytes of an inventory's first page read at most: it carries every manifest copy the node
+/// keeps (the protocol does not page them), so only the client's general bound applies.
+const FIRST_PAGE_LIMIT: usize = 256 << 20;
+/// Bytes of each later page read at most: 10,000 shards and the files that need them.
 const PAGE_LIMIT: usize = 16 << 20;
 
 /// Shards taken from one peer beyond what it declared in its heartbeat (it may have stored

@@ -297,13 +297,12 @@ pub(super) const NOTICE_BUDGET: usize = 2 * NOTICE_BODY;
 /// coordinator delivers it again later).
 const NOTICE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A notice's body, read only after what is cheap was checked: this node has a coordinator,
-/// the body declares its length (a coordinator always does; a chunked body is refused
-/// unread, 411), the length is at most [`NOTICE_BODY`] (413), and that many bytes fit in
+/// A notice's body, read only after what is cheap was checked: the body declares its length
+/// (a coordinator always does; a chunked body is refused unread, 411), the length is at most
+/// [`NOTICE_BODY`] (413), this node has a coordinator (503), and that many bytes fit in
 /// [`NOTICE_BUDGET`] with the notices being read (503 after [`NOTICE_WAIT`]). The signature is
 /// inside the body, so this is what bounds what strangers can make a node hold: 32 MiB.
 async fn notice_body(s: &State, req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
-    coordinator_key(s)?;
     let declared = server::declared_len(req.headers()).ok_or_else(|| {
         ApiError::new(StatusCode::LENGTH_REQUIRED, "a notice must declare its length (Content-Length)")
     })?;
@@ -311,6 +310,7 @@ async fn notice_body(s: &State, req: Request<Incoming>) -> Result<bytes::Bytes, 
         // Refused from the declared length alone.
         return server::read_body(req, NOTICE_BODY).await;
     }
+    coordinator_key(s)?;
     let busy = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many notices are being read; try again later");
     let want = u32::try_from(declared).expect("at most NOTICE_BODY");
     let _room = tokio::time::timeout(NOTICE_WAIT, s.notice_bytes.acquire_many(want))
