@@ -200,3 +200,35 @@ async fn resolve(host: &str, port: u16) -> Result<IpAddr, ApiError> {
 pub(super) fn needs_dial_back(old: Option<&PeerRecord>, address: &str) -> bool {
     old.is_none_or(|p| p.verified_address != address)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let key = |a: &str| address_key(a.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::2"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
+        assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
+    }
+
+    #[tokio::test]
+    async fn one_address_holds_at_most_its_share_of_dial_backs() {
+        let d = DialBacks::new();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let held: Vec<_> = futures::future::join_all((0..DIAL_BACKS_PER_ADDRESS).map(|_| d.turn(Some(a)))).await;
+        assert!(held.iter().all(Result::is_ok));
+        // One more from that address waits...
+        assert!(tokio::time::timeout(Duration::from_millis(50), d.turn(Some(a))).await.is_err());
+        // ... while another address gets a turn at once.
+        let other = tokio::time::timeout(Duration::from_millis(50), d.turn(Some(b))).await;
+        assert!(matches!(other, Ok(Ok(_))));
+        drop(other);
+        drop(held);
+        // Nobody holds or waits for a turn: no address is remembered.
+        assert!(d.by_address.lock().unwrap().is_empty());
+        assert_eq!(d.turns.available_permits(), DIAL_BACKS);
+    }
+}

@@ -673,11 +673,16 @@ async fn big_damage_reports_are_not_read_whole() {
 }
 
 /// A fake node that answers the dial-back and then, asked for its inventory, sends page
-/// after page of made-up shards needed by made-up files, always with more to come.
-fn endless_inventory(key: Arc<Identity>, listener: tokio::net::TcpListener) -> (ServerHandle, String) {
+/// after page of made-up shards needed by made-up files, always with more to come. Returns
+/// the count of pages it was asked for too.
+fn endless_inventory(
+    key: Arc<Identity>,
+    listener: tokio::net::TcpListener,
+) -> (ServerHandle, String, Arc<std::sync::atomic::AtomicU64>) {
     let address = format!("http://{}", listener.local_addr().unwrap());
     let a2 = address.clone();
     let pages = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let asked = pages.clone();
     let handle = server::serve(
         server::Listener::plain(listener),
         (Metrics::new("fake"), |_, _| "fake"),
@@ -705,12 +710,13 @@ fn endless_inventory(key: Arc<Identity>, listener: tokio::net::TcpListener) -> (
         server::shutdown_signal(),
         Vec::new(),
     );
-    (handle, address)
+    (handle, address, asked)
 }
 
 /// 2c. A node that proved its key and address is asked for its inventory when it registers
 /// (recovery). One that answers with endless pages of made-up shards and files must not
-/// make the coordinator hold them all: its memory stays within 64 MB.
+/// make the coordinator hold them all (its memory stays within 64 MB), nor read them for
+/// ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_inventory_does_not_exhaust_the_coordinator() {
     let dir = tempfile::tempdir().unwrap();
@@ -726,14 +732,24 @@ async fn an_endless_inventory_does_not_exhaust_the_coordinator() {
         http::Client::default().get(&format!("{}/v2/info", coordinator.url)).await.unwrap().json().unwrap();
     let (key, pow) = key_with_pow(info.node_pow_bits);
     let key = Arc::new(key);
-    let (fake, address) = endless_inventory(key.clone(), tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let (fake, address, pages) =
+        endless_inventory(key.clone(), tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
     let work = async {
         let r = heartbeat(&http::Client::default(), &coordinator.url, &key, &address, 1 << 40, pow).await;
         assert_eq!(r.status, 200, "{}", r.error_message());
         tokio::time::sleep(Duration::from_secs(8)).await;
     };
     let (before, peak, ()) = peak_during(coordinator.pid(), work).await;
-    eprintln!("coordinator: {} MB resident before, {} MB at most during", before / MB, peak / MB);
+    let pages = pages.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "coordinator: {} MB resident before, {} MB at most during; {pages} pages asked for",
+        before / MB,
+        peak / MB
+    );
     fake.shutdown().await;
     assert!(peak < before + 64 * MB, "the coordinator grew from {} MB to {} MB", before / MB, peak / MB);
+    // It was asked (the attack was tried), and not for ever: the fake declared no shards, so
+    // a page of a real node's size (10,000 shards; the fake's hold 2,000) is all it is owed.
+    assert!(pages > 0, "the coordinator never asked for the inventory");
+    assert!(pages <= 6, "the coordinator read {pages} pages of 2,000 shards from a peer that declared none");
 }
