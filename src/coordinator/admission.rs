@@ -18,8 +18,98 @@ use crate::net::client::{self as http, request};
 use crate::net::server::ApiError;
 use crate::proto::*;
 
-/// How long a dial-back may take.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a dial-back may take: a node answers `/v2/identify` at once, so a dial-back that
+/// takes longer holds a turn for nothing.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Dial-backs running at once, from all addresses together.
+const DIAL_BACKS: usize = 16;
+/// Dial-backs running at once for registrations from one address (an IPv6 /64): a stream of
+/// stalled dial-backs from one address holds these turns and no more.
+const DIAL_BACKS_PER_ADDRESS: usize = 2;
+/// How long a registration waits for a dial-back turn before it is answered 503.
+const TURN_WAIT: Duration = Duration::from_secs(10);
+
+/// Turns for dial-backs: [`DIAL_BACKS`] at once, at most [`DIAL_BACKS_PER_ADDRESS`] of them
+/// for registrations from one address, so a burst of registrations can neither make the
+/// coordinator dial without bound nor, from one address, keep others' dial-backs waiting.
+pub(super) struct DialBacks {
+    turns: tokio::sync::Semaphore,
+    by_address: std::sync::Mutex<std::collections::HashMap<IpAddr, std::sync::Arc<tokio::sync::Semaphore>>>,
+}
+
+/// A dial-back turn, given back when dropped.
+struct Turn<'a> {
+    _turn: tokio::sync::SemaphorePermit<'a>,
+    _address: Option<AddressTurn<'a>>,
+}
+
+/// One of an address's turns; the address is forgotten when nobody holds or waits for one.
+struct AddressTurn<'a> {
+    sem: std::sync::Arc<tokio::sync::Semaphore>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    key: IpAddr,
+    owner: &'a DialBacks,
+}
+
+impl Drop for AddressTurn<'_> {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        let mut m = self.owner.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's reference and this one: nobody else holds or waits for a turn.
+        if std::sync::Arc::strong_count(&self.sem) == 2 {
+            m.remove(&self.key);
+        }
+    }
+}
+
+/// The key an address's dial-backs are counted under: the address itself for IPv4, its /64
+/// for IPv6 (what one customer is usually given).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
+impl DialBacks {
+    pub fn new() -> DialBacks {
+        DialBacks { turns: tokio::sync::Semaphore::new(DIAL_BACKS), by_address: Default::default() }
+    }
+
+    /// Waits (at most [`TURN_WAIT`]) for a turn of the address `from`, then for one of all.
+    async fn turn(&self, from: Option<IpAddr>) -> Result<Turn<'_>, ApiError> {
+        let busy = || {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many registrations are being checked; try again shortly",
+            )
+        };
+        let wait = async {
+            let address = match from.map(address_key) {
+                Some(key) => {
+                    let sem = self
+                        .by_address
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(key)
+                        .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(DIAL_BACKS_PER_ADDRESS)))
+                        .clone();
+                    // Held while waiting, so the address is kept while anyone waits.
+                    let mut held = AddressTurn { sem, permit: None, key, owner: self };
+                    held.permit = Some(held.sem.clone().acquire_owned().await.map_err(ApiError::internal)?);
+                    Some(held)
+                }
+                None => None,
+            };
+            let turn = self.turns.acquire().await.map_err(ApiError::internal)?;
+            Ok(Turn { _turn: turn, _address: address })
+        };
+        tokio::time::timeout(TURN_WAIT, wait).await.map_err(|_| busy())?
+    }
+}
 /// Bytes of a dial-back answer read at most.
 const DIAL_REPLY_LIMIT: usize = 16 << 10;
 
@@ -63,8 +153,9 @@ pub(super) fn check_new_peer(s: &State, id: &str, hb: &Heartbeat, key: &str) -> 
     Ok(())
 }
 
-/// Reaches the peer at `addr` and checks that the key `key` answers there (dial-back).
-pub(super) async fn dial_back(s: &State, addr: &str, key: &str) -> Result<Reached, ApiError> {
+/// Reaches the peer at `addr` and checks that the key `key` answers there (dial-back), in a
+/// turn of the address `from` the registration came from.
+pub(super) async fn dial_back(s: &State, addr: &str, key: &str, from: Option<IpAddr>) -> Result<Reached, ApiError> {
     let a = address::parse(addr).map_err(|e| ApiError::bad_request(format!("address `{addr}`: {e}")))?;
     let ip = resolve(&a.host, a.port).await?;
     if !s.config.coordinator.private_addresses_allowed() && !address::is_public(ip) {
@@ -73,7 +164,7 @@ pub(super) async fn dial_back(s: &State, addr: &str, key: &str) -> Result<Reache
              ([coordinator] allow_private_addresses)"
         )));
     }
-    let _turn = s.dial_backs.acquire().await.map_err(ApiError::internal)?;
+    let _turn = s.dial_backs.turn(from).await?;
     let nonce = hex::encode(crate::core::crypto::Salt::random().0);
     let challenge = IdentifyChallenge { coordinator: s.id(), nonce: nonce.clone() };
     let body = bytes::Bytes::from(serde_json::to_vec(&challenge).expect("wire types serialize"));
@@ -108,4 +199,36 @@ async fn resolve(host: &str, port: u16) -> Result<IpAddr, ApiError> {
 /// Whether the peer must be reached again: new, or advertising a new address.
 pub(super) fn needs_dial_back(old: Option<&PeerRecord>, address: &str) -> bool {
     old.is_none_or(|p| p.verified_address != address)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let key = |a: &str| address_key(a.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::2"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
+        assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
+    }
+
+    #[tokio::test]
+    async fn one_address_holds_at_most_its_share_of_dial_backs() {
+        let d = DialBacks::new();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let held: Vec<_> = futures::future::join_all((0..DIAL_BACKS_PER_ADDRESS).map(|_| d.turn(Some(a)))).await;
+        assert!(held.iter().all(Result::is_ok));
+        // One more from that address waits...
+        assert!(tokio::time::timeout(Duration::from_millis(50), d.turn(Some(a))).await.is_err());
+        // ... while another address gets a turn at once.
+        let other = tokio::time::timeout(Duration::from_millis(50), d.turn(Some(b))).await;
+        assert!(matches!(other, Ok(Ok(_))));
+        drop(other);
+        drop(held);
+        // Nobody holds or waits for a turn: no address is remembered.
+        assert!(d.by_address.lock().unwrap().is_empty());
+        assert_eq!(d.turns.available_permits(), DIAL_BACKS);
+    }
 }

@@ -47,9 +47,6 @@ pub use accounts::AdminError;
 pub use audit::AUDIT_ITEMS;
 pub use backup::restore;
 
-/// Dial-backs (admission checks of new addresses) running at once.
-const DIAL_BACKS: usize = 16;
-
 /// Applies an operator's account command to the database of the coordinator whose data
 /// directory is `data_dir`, which must not be running (see [`admin_request`] for one that is).
 pub fn admin_offline(
@@ -131,7 +128,7 @@ pub async fn spawn(
         counters: Counters::new(&metrics),
         metrics: metrics.clone(),
         placed_cache: Mutex::new(None),
-        dial_backs: tokio::sync::Semaphore::new(DIAL_BACKS),
+        dial_backs: admission::DialBacks::new(),
         limits: limits::Limits::new(&config_limits),
         browser_turns: tokio::sync::Semaphore::new(2),
     });

@@ -62,7 +62,7 @@ pub(super) async fn heartbeat(s: &State, signed: Signed<Heartbeat>, remote: Opti
         None => admission::check_new_peer(s, &id, &hb, &signed.signer)?,
     }
     let reached = match admission::needs_dial_back(old.as_ref(), &hb.address) {
-        true => Some(admission::dial_back(s, &hb.address, &signed.signer).await?),
+        true => Some(admission::dial_back(s, &hb.address, &signed.signer, remote).await?),
         false => None,
     };
     if old.is_none() {
@@ -109,6 +109,12 @@ pub(super) async fn heartbeat(s: &State, signed: Signed<Heartbeat>, remote: Opti
 /// so repair rebuilds them elsewhere; no audit failure is counted (the node told the truth).
 pub(super) fn damage(s: &State, signed: Signed<DamageReport>) -> ApiResult {
     let report = signed.open().ok_or_else(|| ApiError::forbidden("damage report signature does not verify"))?;
+    if report.shard_ids.len() > MAX_DAMAGE_IDS {
+        return Err(ApiError::new(
+            hyper::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a damage report names at most {MAX_DAMAGE_IDS} shards; send several"),
+        ));
+    }
     let id = signed.signer_id();
     if report.time.abs_diff(s.now()) > CLOCK_SKEW || report.coordinator != s.id() {
         return Err(ApiError::forbidden("the damage report is stale or for another coordinator"));

@@ -18,8 +18,9 @@ use tokio::sync::mpsc;
 
 use super::notices;
 use super::state::{FileRecord, OwnedRecord, SegmentRow, State, row_key};
-use crate::core::manifest::Manifest;
+use crate::core::manifest::{FileId, Manifest};
 use crate::core::merkle::ShardId;
+use crate::net::client::request;
 use crate::net::server::Shutdown;
 use crate::proto::*;
 use crate::store::RecordError;
@@ -84,17 +85,35 @@ pub(super) async fn recover_all(s: &State) -> Result<RecoveryReport, RecordError
     Ok(total)
 }
 
-/// Reads one peer's inventory and merges it: manifests it keeps become files (when unknown),
-/// and its shards fill the empty placements of the files that need them.
+/// Bytes of an inventory's first page read at most: it carries every manifest copy the node
+/// keeps (the protocol does not page them), so only the client's general bound applies.
+const FIRST_PAGE_LIMIT: usize = 256 << 20;
+/// Bytes of each later page read at most: 10,000 shards and the files that need them.
+const PAGE_LIMIT: usize = 16 << 20;
+
+/// Shards taken from one peer beyond what it declared in its heartbeat (it may have stored
+/// more since): one node page.
+const SHARDS_BEYOND_DECLARED: u64 = 10_000;
+
+/// Reads one peer's inventory and merges it, a page at a time: manifests it keeps become
+/// files (when unknown), and its shards fill the empty placements of the known files that
+/// need them. Nothing is kept from one page to the next, each page is read at a bound, and a
+/// peer is read for no more shards than it declared (or holds here) and one page more: an
+/// endless inventory costs the coordinator a few pages.
 async fn take_inventory(s: &State, peer: &str) -> Result<RecoveryReport, RecoveryError> {
     let Some(p) = s.peers.get(peer)? else { return Ok(RecoveryReport::default()) };
     let mut report = RecoveryReport { peers: 1, ..RecoveryReport::default() };
+    let placed = s.placed_counts().get(peer).copied().unwrap_or(0);
+    let most = p.shards.max(placed).saturating_add(SHARDS_BEYOND_DECLARED);
     let mut after = None;
-    let mut held: HashMap<String, HashSet<ShardId>> = HashMap::new();
+    let mut taken = 0u64;
     loop {
         let req = InventoryRequest { peer_id: peer.to_owned(), after, expires: s.now() + 600 };
-        let page: Inventory =
-            s.http.post_json(&format!("{}/v2/inventory", p.address), &s.identity.sign(&req)).await?.json()?;
+        let body = bytes::Bytes::from(serde_json::to_vec(&s.identity.sign(&req)).expect("wire types serialize"));
+        let url = format!("{}/v2/inventory", p.address);
+        let http_req = request("POST", &url, &[("content-type", "application/json")], body)?;
+        let limit = if after.is_none() { FIRST_PAGE_LIMIT } else { PAGE_LIMIT };
+        let page: Inventory = s.http.send_limited(http_req, limit).await?.json()?;
         if after.is_none() {
             adopt_generation(s, page.generation.as_deref())?;
             notices::catch_up(s, peer, page.last_notice)?;
@@ -103,18 +122,26 @@ async fn take_inventory(s: &State, peer: &str) -> Result<RecoveryReport, Recover
             }
         }
         report.shards += page.shards.len();
+        taken = taken.saturating_add(page.shards.len() as u64);
         after = page.shards.last().map(|h| h.shard_id);
+        let more = page.more;
+        let mut held: HashMap<String, HashSet<ShardId>> = HashMap::new();
         for h in page.shards {
-            for f in h.files {
+            // Only file ids (64 hex digits): anything else needs nothing here.
+            for f in h.files.into_iter().filter(|f| f.len() == 64 && FileId::parse(f).is_ok()) {
                 held.entry(f).or_default().insert(h.shard_id);
             }
         }
-        if !page.more || after.is_none() {
+        for (file, shards) in held {
+            report.placements_filled += fill_placements(s, &file, peer, &shards)?;
+        }
+        if !more || after.is_none() {
             break;
         }
-    }
-    for (file, shards) in held {
-        report.placements_filled += fill_placements(s, &file, peer, &shards)?;
+        if taken >= most {
+            tracing::warn!(peer = %peer, taken, declared = p.shards, "a peer's inventory goes on past what it holds; stopped reading it");
+            break;
+        }
     }
     s.sync().await.map_err(RecordError::from)?;
     Ok(report)

@@ -174,7 +174,8 @@ pub(super) async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
         Access::Public => public(&s, route),
         Access::Node => match route {
             Route::Heartbeat => peers::heartbeat(&s, read_json(req, SMALL_BODY).await?, remote).await,
-            Route::NodeDamage => peers::damage(&s, read_json(req, MAX_JSON_BODY).await?),
+            // Read at the bound a report can need, from anyone: the signature is inside.
+            Route::NodeDamage => peers::damage(&s, read_json(req, DAMAGE_BODY).await?),
             _ => peers::exit(&s, read_json(req, SMALL_BODY).await?),
         },
         Access::Operator => accounts::admin(&s, read_json(req, SMALL_BODY).await?).await,
@@ -216,7 +217,12 @@ async fn for_account(s: &State, caller: &Caller, route: Route, body: Incoming) -
             ok(&accounts::view(s, caller)?)
         }
         Route::Plan => ok(&uploads::plan(s, caller, caller.json(body, SMALL_BODY).await?).await?),
-        Route::Commit(id) => uploads::commit(s, caller, &id, caller.json(body, MAX_JSON_BODY).await?).await,
+        Route::Commit(id) => {
+            // The upload named in the path first: a body is read only for the caller's own
+            // pending upload, and only as large as its plan's segments can need.
+            let limit = uploads::commit_body_limit(&uploads::pending(s, caller, &id)?);
+            uploads::commit(s, caller, &id, caller.json(body, limit).await?).await
+        }
         Route::Layout(id) => ok(&uploads::layout(s, caller, &id, caller.json(body, SMALL_BODY).await?).await?),
         Route::Segments(id) => uploads::segments(s, caller, &id, caller.json(body, BATCH_BODY).await?).await,
         Route::UploadStatus(id) => {

@@ -296,9 +296,8 @@ pub(super) struct State {
     pub counters: Counters,
     /// `placed_bytes`, and the files table's change count it was computed at.
     pub placed_cache: Mutex<Option<(u64, PlacedBytes)>>,
-    /// Turns for dial-backs, so a burst of registrations cannot make the coordinator dial
-    /// without bound.
-    pub dial_backs: tokio::sync::Semaphore,
+    /// Turns for dial-backs, in all and per address.
+    pub dial_backs: super::admission::DialBacks,
     pub limits: super::limits::Limits,
     /// Turns for coding browsers' segments: each holds a segment and its shards in memory.
     pub browser_turns: tokio::sync::Semaphore,

@@ -145,7 +145,7 @@ fn lay_out(s: &State, upload_id: &str, up: &mut UploadRecord, first: u32, count:
 }
 
 /// The upload `upload_id` of `caller`, unexpired.
-fn pending(s: &State, caller: &Caller, upload_id: &str) -> Result<UploadRecord, ApiError> {
+pub(super) fn pending(s: &State, caller: &Caller, upload_id: &str) -> Result<UploadRecord, ApiError> {
     let up = s
         .uploads
         .get(upload_id)
@@ -313,6 +313,25 @@ pub(super) fn verify_segments(
         }
     }
     Ok(())
+}
+
+/// A commit body's bytes beyond its segments: the envelope, the manifest root and its
+/// sealed metadata (at most 64 KiB, twice that in hex).
+const COMMIT_FIXED: u64 = 256 << 10;
+/// A commit body's bytes per shard, about twice what it takes: the shard id in the segment
+/// entry (64 hex digits), its placement (a peer id) and its receipt (a signed message of ~500
+/// bytes).
+const COMMIT_PER_SHARD: u64 = 1 << 10;
+
+/// The largest commit body the upload `up` can need: its segments not yet recorded (a
+/// stream's last batch: at most [`LAYOUT_SEGMENTS`]) at n shards each, and at most
+/// [`MAX_JSON_BODY`].
+pub(super) fn commit_body_limit(up: &UploadRecord) -> usize {
+    let segments = if up.stream { LAYOUT_SEGMENTS as u64 } else { segment_count(up.size, up.segment_size) };
+    let segments = segments.saturating_sub(up.committed as u64).max(1);
+    let per_segment = up.n as u64 * COMMIT_PER_SHARD + 64;
+    let bound = COMMIT_FIXED.saturating_add(segments.saturating_mul(per_segment));
+    usize::try_from(bound).unwrap_or(usize::MAX).min(MAX_JSON_BODY)
 }
 
 /// Checks a commit's manifest against its plan: it parses, has the planned shape, and (for
@@ -659,6 +678,21 @@ mod tests {
 
     fn refused_at(up: &UploadRecord, c: Commit, keys: &HashMap<String, String>) -> CommitRefusal {
         check(up, &c, keys).unwrap_err()
+    }
+
+    #[test]
+    fn a_commit_fits_its_plans_bound_and_the_bound_grows_with_the_plan() {
+        let (up, c, _, _) = scene();
+        let len = serde_json::to_vec(&c).unwrap().len();
+        let per_shard = (len - c.manifest.len()) / (2 * 3);
+        assert!(per_shard as u64 * 2 <= COMMIT_PER_SHARD + 64, "{per_shard} bytes per shard");
+        assert!(len <= commit_body_limit(&up));
+        // 8,192 segments of 8-of-20 (a 64 GiB file in 8 MiB segments): 160 MiB, held to the
+        // protocol's bound; a one-segment file: under 300 KiB.
+        let big = UploadRecord { size: 64 << 30, segment_size: 8 << 20, k: 8, n: 20, ..up.clone() };
+        assert_eq!(commit_body_limit(&big), MAX_JSON_BODY);
+        let small = UploadRecord { size: 1000, k: 8, n: 20, ..up };
+        assert!(commit_body_limit(&small) < 300 << 10);
     }
 
     #[test]

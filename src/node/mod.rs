@@ -96,6 +96,8 @@ struct State {
     coordinator_id: OnceCell<String>,
     /// Notices are taken one at a time: each must be newer than the last.
     notices: tokio::sync::Mutex<()>,
+    /// Bytes of notice bodies being read at once (see `routes::NOTICE_BUDGET`).
+    notice_bytes: tokio::sync::Semaphore,
     /// The last heartbeat's `seq`: each one is strictly greater.
     seq: std::sync::atomic::AtomicU64,
     bytes_in: IntCounter,
@@ -175,6 +177,7 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         grants: Mutex::new(HashMap::new()),
         seq: std::sync::atomic::AtomicU64::new(0),
         notices: tokio::sync::Mutex::new(()),
+        notice_bytes: tokio::sync::Semaphore::new(routes::NOTICE_BUDGET),
         pow_bits: OnceCell::new(),
         coordinator_id: OnceCell::new(),
         bytes_in: metrics.add(IntCounter::new("shard_bytes_in_total", "Shard bytes stored").expect("valid")),
@@ -312,13 +315,16 @@ async fn scrub(s: Arc<State>, interval: u64, mut shutdown: Shutdown) {
     }
 }
 
-/// Tells the coordinator which shards were found damaged here.
+/// Tells the coordinator which shards were found damaged here, [`MAX_DAMAGE_IDS`] at most
+/// per report.
 async fn report_damage(s: &State, shard_ids: Vec<ShardId>) {
     let Some(coordinator) = s.coordinator_id.get() else { return };
-    let report = DamageReport { coordinator: coordinator.clone(), shard_ids, time: s.clock.now() };
     let url = format!("{}/v2/peers/damage", s.coordinator);
-    if let Err(e) = s.http.post_json(&url, &s.identity.sign(&report)).await.and_then(|r| r.ok()) {
-        tracing::warn!(error = %e, "reporting damaged shards failed");
+    for ids in shard_ids.chunks(MAX_DAMAGE_IDS) {
+        let report = DamageReport { coordinator: coordinator.clone(), shard_ids: ids.to_vec(), time: s.clock.now() };
+        if let Err(e) = s.http.post_json(&url, &s.identity.sign(&report)).await.and_then(|r| r.ok()) {
+            tracing::warn!(error = %e, "reporting damaged shards failed");
+        }
     }
 }
 

@@ -81,7 +81,13 @@ pub(super) async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
         }),
         Route::PutShard(id) => put_shard(&s, id, req).await,
         Route::GetShard(id) => get_shard(&s, id, &req).await,
-        Route::Notice => notice(&s, read_json(req, NOTICE_BODY).await?).await,
+        Route::Notice => {
+            let body = notice_body(&s, req).await?;
+            let signed =
+                serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+            drop(body);
+            notice(&s, signed).await
+        }
         Route::Inventory => inventory(&s, read_json(req, 64 * 1024).await?).await,
         Route::Audit => audit(&s, read_json(req, 64 * 1024).await?).await,
         Route::Identify => {
@@ -299,6 +305,37 @@ async fn notice(s: &Arc<State>, signed: Signed<Notice>) -> ApiResult {
 /// Largest notice body: 8,192 shard ids and a manifest copy (a 64 GiB file's manifest is 10
 /// MB of hex).
 const NOTICE_BODY: usize = 16 << 20;
+
+/// Bytes of notice bodies read at once, from everyone together: the coordinator sends a node
+/// one notice at a time, so this is room for it and one more.
+pub(super) const NOTICE_BUDGET: usize = 2 * NOTICE_BODY;
+
+/// How long a notice waits for room in [`NOTICE_BUDGET`] before it is answered 503 (the
+/// coordinator delivers it again later).
+const NOTICE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A notice's body, read only after what is cheap was checked: the body declares its length
+/// (a coordinator always does; a chunked body is refused unread, 411), the length is at most
+/// [`NOTICE_BODY`] (413), this node has a coordinator (503), and that many bytes fit in
+/// [`NOTICE_BUDGET`] with the notices being read (503 after [`NOTICE_WAIT`]). The signature is
+/// inside the body, so this is what bounds what strangers can make a node hold: 32 MiB.
+async fn notice_body(s: &State, req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
+    let declared = server::declared_len(req.headers()).ok_or_else(|| {
+        ApiError::new(StatusCode::LENGTH_REQUIRED, "a notice must declare its length (Content-Length)")
+    })?;
+    if declared > NOTICE_BODY as u64 {
+        // Refused from the declared length alone.
+        return server::read_body(req, NOTICE_BODY).await;
+    }
+    coordinator_key(s)?;
+    let busy = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many notices are being read; try again later");
+    let want = u32::try_from(declared).expect("at most NOTICE_BODY");
+    let _room = tokio::time::timeout(NOTICE_WAIT, s.notice_bytes.acquire_many(want))
+        .await
+        .map_err(|_| busy())?
+        .map_err(ApiError::internal)?;
+    server::read_body(req, declared as usize).await
+}
 
 /// Shards in one inventory page.
 const INVENTORY_PAGE: usize = 10_000;

@@ -24,6 +24,12 @@ pub const GRANT_HEADER: &str = "x-p2pstore-grant";
 pub const CLOCK_SKEW: u64 = 300;
 /// Largest JSON body any route accepts (a commit of a ~100 GiB file fits).
 pub const MAX_JSON_BODY: usize = 64 << 20;
+/// Shard ids one damage report (`POST /v2/peers/damage`) names at most; a node reports more
+/// in several.
+pub const MAX_DAMAGE_IDS: usize = 4096;
+/// Largest damage report body: [`MAX_DAMAGE_IDS`] ids (68 bytes each once escaped inside the
+/// signed body) and the envelope, with room to spare.
+pub const DAMAGE_BODY: usize = 512 << 10;
 
 /// Node → coordinator, signed by the node, every heartbeat interval. The first one registers.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -268,17 +268,22 @@ async fn bad_requests_get_clear_statuses_and_servers_keep_serving() {
         let r = h.send(request(method, &url, &[], body).unwrap()).await.unwrap();
         assert_eq!(r.status.as_u16(), want, "{method} {url}: {}", r.error_message());
     }
-    // The same mistakes, signed by an account.
-    let signed: Vec<(&str, &str, Bytes, u16)> = vec![
-        ("POST", "/v2/uploads", Bytes::from_static(b"{not json"), 400),
-        ("POST", "/v2/uploads", Bytes::from_static(b"{\"size\":1,\"k\":5,\"n\":5,\"segment_size\":65536}"), 400),
-        ("POST", "/v2/uploads", Bytes::from(vec![b' '; 200_000]), 413),
-        ("POST", "/v2/uploads/abc/commit", Bytes::from_static(b"{}"), 400),
-        ("GET", "/v2/files/xyz", Bytes::new(), 404),
-        ("DELETE", "/v2/files/xyz", Bytes::from_static(b"{\"owner_token\":\"00\"}"), 404),
+    // The same mistakes, signed by an account. A commit's upload is looked up before its body
+    // is read: for an upload that does not exist the answer is 404 whatever the body, and a
+    // malformed body is 400 for a pending one.
+    let pending = c.plan(1000, 2, 3).await.upload_id;
+    let signed: Vec<(&str, String, Bytes, u16)> = vec![
+        ("POST", "/v2/uploads".into(), Bytes::from_static(b"{not json"), 400),
+        ("POST", "/v2/uploads".into(), Bytes::from_static(b"{\"size\":1,\"k\":5,\"n\":5,\"segment_size\":65536}"), 400),
+        ("POST", "/v2/uploads".into(), Bytes::from(vec![b' '; 200_000]), 413),
+        ("POST", "/v2/uploads/abc/commit".into(), Bytes::from_static(b"{}"), 404),
+        ("POST", format!("/v2/uploads/{pending}/commit"), Bytes::from_static(b"{}"), 400),
+        ("POST", format!("/v2/uploads/{pending}/commit"), Bytes::from(vec![b' '; 1 << 20]), 413),
+        ("GET", "/v2/files/xyz".into(), Bytes::new(), 404),
+        ("DELETE", "/v2/files/xyz".into(), Bytes::from_static(b"{\"owner_token\":\"00\"}"), 404),
     ];
     for (method, path, body, want) in signed {
-        let r = c.client.send_signed(method, path, body).await.unwrap();
+        let r = c.client.send_signed(method, &path, body).await.unwrap();
         assert_eq!(r.status.as_u16(), want, "{method} {path}: {}", r.error_message());
     }
     // Too few peers for the requested n: the message says how many are online and needed.
