@@ -30,11 +30,28 @@ impl Client {
     ) -> Result<FileId, ClientError> {
         let io = |source| ClientError::Input { path: path.to_owned(), source };
         let size = std::fs::metadata(path).map_err(io)?.len();
+        let file = std::fs::File::open(path).map_err(io)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let meta = FileMeta { name, content_type: "application/octet-stream".into() };
+        let reader = std::io::BufReader::with_capacity(1 << 20, file);
+        self.upload_reader(reader, size, meta, password, params, progress).await
+    }
+
+    /// Uploads exactly `size` bytes read from `reader` (read on a blocking thread, one
+    /// segment at a time) as a file described by `meta`; returns its id. A read error stops
+    /// the upload before anything is committed.
+    pub async fn upload_reader(
+        &self,
+        reader: impl std::io::Read + Send + 'static,
+        size: u64,
+        meta: FileMeta,
+        password: &[u8],
+        params: EncodeParams,
+        progress: Option<ProgressBar>,
+    ) -> Result<FileId, ClientError> {
         if let Some(p) = &progress {
             p.set_length(size);
         }
-        let file = std::fs::File::open(path).map_err(io)?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let req = PlanRequest { size, k: params.shape.k, n: params.shape.n, segment_size: params.segment_size };
         let plan = Arc::new(self.plan(&req).await?);
 
@@ -43,15 +60,14 @@ impl Client {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<EncodedSegment>(1);
         let password = password.to_vec();
         let encoder = tokio::task::spawn_blocking(move || -> Result<(Manifest, [u8; 32]), CodecError> {
-            let mut enc =
-                Encoder::new(std::io::BufReader::with_capacity(1 << 20, file), &password, params, Salt::random())?;
+            let mut enc = Encoder::new(reader, &password, params, Salt::random())?;
             while let Some(seg) = enc.next_segment()? {
                 if tx.blocking_send(seg).is_err() {
                     break; // the network side failed; its error is reported
                 }
             }
             let token = enc.keys().owner_token();
-            Ok((enc.finish(&FileMeta { name, content_type: "application/octet-stream".into() })?, token))
+            Ok((enc.finish(&meta)?, token))
         });
 
         let mut placements = Vec::new();

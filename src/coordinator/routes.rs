@@ -8,12 +8,14 @@ use hyper::{Method, Request};
 
 use super::auth::{self, Caller};
 use super::state::State;
-use super::{accounts, audit, browser, files, peers, stats, uploads, web};
+use super::{accounts, audit, browser, files, names, peers, stats, uploads, web};
 use crate::net::server::{self, ApiError, ApiResult, RemoteAddr, ok, read_json};
 use crate::proto::*;
 
 /// Small JSON bodies: heartbeats, plans, browser commits.
 const SMALL_BODY: usize = 64 * 1024;
+/// Namespace puts and deletes: a value of [`MAX_NAME_VALUE`] in base64, or a thousand keys.
+const NAME_BODY: usize = MAX_NAME_VALUE * 4 / 3 + 2 * MAX_NAME_KEY + 1024;
 
 /// Every request the coordinator answers (besides `/healthz`, which the server loop answers).
 #[derive(Debug, PartialEq, Eq)]
@@ -42,8 +44,19 @@ pub(super) enum Route {
     Admin,
     NodeDamage,
     FileDamage(String),
+    /// The account's private namespace: put, get, list, delete.
+    Names(NameOp),
     /// A file of the web UI ("" is the page itself).
     Asset(String),
+}
+
+/// An operation on an account's namespace (`/v2/names/{op}`).
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub(super) enum NameOp {
+    Put,
+    Get,
+    List,
+    Delete,
 }
 
 /// Who may call a route.
@@ -83,6 +96,10 @@ impl Route {
             Route::NodeDamage => "/v2/peers/damage",
             Route::FileDamage(_) => "/v2/files/:id/damage",
             Route::Admin => "/v2/admin",
+            Route::Names(NameOp::Put) => "/v2/names/put",
+            Route::Names(NameOp::Get) => "/v2/names/get",
+            Route::Names(NameOp::List) => "/v2/names/list",
+            Route::Names(NameOp::Delete) => "/v2/names/delete",
             Route::Asset(_) => "/ (web UI)",
         }
     }
@@ -120,6 +137,13 @@ impl Route {
                 let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
                 Route::Audits { peer: q.get("peer").cloned(), limit }
             }
+            (&Method::POST, ["v2", "names", op]) => Route::Names(match *op {
+                "put" => NameOp::Put,
+                "get" => NameOp::Get,
+                "list" => NameOp::List,
+                "delete" => NameOp::Delete,
+                _ => return Err(ApiError::not_found(format!("no route {method} {path}"))),
+            }),
             (&Method::POST, ["v2", "uploads"]) => Route::Plan,
             (&Method::POST, ["v2", "uploads", id, "commit"]) => Route::Commit(id.to_string()),
             (&Method::GET, ["v2", "files"]) => Route::Files,
@@ -211,6 +235,15 @@ async fn for_account(s: &State, caller: &Caller, route: Route, body: Incoming) -
         Route::BrowserSegment(id, i) => browser::put_segment(s, caller, &id, i, body).await,
         Route::BrowserCommit(id) => browser::commit(s, caller, &id, caller.json(body, SMALL_BODY).await?).await,
         Route::FileDamage(id) => files::damage(s, &id, caller.json(body, SMALL_BODY).await?),
+        Route::Names(op) => {
+            s.limits.names(&caller.id)?;
+            match op {
+                NameOp::Put => ok(&names::put(s, caller, caller.json(body, NAME_BODY).await?)?),
+                NameOp::Get => ok(&names::get(s, caller, caller.json(body, SMALL_BODY).await?)?),
+                NameOp::List => ok(&names::list(s, caller, caller.json(body, SMALL_BODY).await?)?),
+                NameOp::Delete => ok(&names::delete(s, caller, caller.json(body, NAME_BODY).await?)?),
+            }
+        }
         Route::SealedSegment(id, i) => {
             caller.no_body(body).await?;
             browser::sealed_segment(s, caller, &id, i).await
