@@ -34,6 +34,11 @@ pub enum GatewayError {
     /// A namespace entry that does not open: another password, or damage.
     #[error("{0} (is this the password the gateway was first used with?)")]
     Namespace(String),
+    #[error(
+        "this password does not open the account's buckets: use the password the account's gateway was first \
+         started with"
+    )]
+    WrongPassword,
     #[error("the S3 credentials file {path}")]
     Credentials { path: PathBuf, source: std::io::Error },
     #[error("the S3 credentials file {path} is not valid: {reason}")]
@@ -164,6 +169,12 @@ pub async fn bind(client: Client, password: &[u8], opts: GatewayOptions) -> Resu
     let keys = tokio::task::spawn_blocking(move || NameKeys::derive(&pw, &account))
         .await
         .map_err(|e| GatewayError::Client(e.into()))?;
+    // A namespace written with another password would answer every request with an error:
+    // refuse to start instead.
+    let (first, _) = client.name_list("b/", "", 1, false).await?;
+    if let Some((key, value)) = first.first() {
+        keys.open_record::<serde_json::Value>(key, value).map_err(|_| GatewayError::WrongPassword)?;
+    }
     let backend = Gateway::new(client, keys, opts.shape);
     let mut b = S3ServiceBuilder::new(backend);
     b.set_auth(Auth(SimpleAuth::from_single(opts.credentials.access_key.clone(), opts.credentials.secret_key.as_str())));
