@@ -311,10 +311,10 @@ pub(super) async fn upload(
 pub(super) async fn gateway(config: Config, password: PasswordArgs) -> anyhow::Result<()> {
     let pw = password.get(false)?;
     let g = &config.gateway;
-    let (credentials, fresh) =
-        crate::gateway::credentials(g.access_key.clone(), g.secret_key.clone(), &g.data_dir)?;
+    let (credentials, fresh) = crate::gateway::credentials(g.access_key.clone(), g.secret_key.clone(), &g.data_dir)?;
     let shape = encode_params(&config, None, None)?.shape;
-    let opts = crate::gateway::GatewayOptions { host: g.host.clone(), port: g.port, credentials: credentials.clone(), shape };
+    let opts =
+        crate::gateway::GatewayOptions { host: g.host.clone(), port: g.port, credentials: credentials.clone(), shape };
     let bound = crate::gateway::bind(client(&config).await?, pw.as_bytes(), opts).await?;
     let addr = bound.local_addr()?;
     if fresh {

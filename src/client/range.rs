@@ -123,7 +123,8 @@ impl Client {
     ) -> Result<(Vec<(String, Vec<u8>)>, bool), ClientError> {
         let req = NameList { prefix: prefix.to_owned(), start_after: start_after.to_owned(), limit, keys_only };
         let page: NameListing = self.post_json("/v2/names/list", &req).await?;
-        let entries = page.entries.iter().map(|e| Ok((e.key.clone(), decode_value(e)?))).collect::<Result<_, ClientError>>()?;
+        let entries =
+            page.entries.iter().map(|e| Ok((e.key.clone(), decode_value(e)?))).collect::<Result<_, ClientError>>()?;
         Ok((entries, page.more))
     }
 

@@ -275,6 +275,9 @@ mod tests {
             Route::Audits { peer: Some("p".into()), limit: 5 }
         );
         assert_eq!(parse(Method::GET, "/v2/audits").unwrap(), Route::Audits { peer: None, limit: 100 });
+        assert_eq!(parse(Method::POST, "/v2/names/list").unwrap(), Route::Names(NameOp::List));
+        assert_eq!(parse(Method::POST, "/v2/names/nope").unwrap_err().status, StatusCode::NOT_FOUND);
+        assert_eq!(parse(Method::POST, "/v2/names/put").unwrap().access(), Access::Account);
         assert_eq!(parse(Method::GET, "/").unwrap(), Route::Asset(String::new()));
         assert_eq!(parse(Method::GET, "/app.js").unwrap(), Route::Asset("app.js".into()));
         assert_eq!(parse(Method::GET, "/v2/files/f/segments/x").unwrap_err().status, StatusCode::BAD_REQUEST);

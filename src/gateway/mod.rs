@@ -177,10 +177,14 @@ pub async fn bind(client: Client, password: &[u8], opts: GatewayOptions) -> Resu
     }
     let backend = Gateway::new(client, keys, opts.shape);
     let mut b = S3ServiceBuilder::new(backend);
-    b.set_auth(Auth(SimpleAuth::from_single(opts.credentials.access_key.clone(), opts.credentials.secret_key.as_str())));
+    b.set_auth(Auth(SimpleAuth::from_single(
+        opts.credentials.access_key.clone(),
+        opts.credentials.secret_key.as_str(),
+    )));
     let service = b.build();
     let addr = format!("{}:{}", opts.host, opts.port);
-    let listener =
-        tokio::net::TcpListener::bind(&addr).await.map_err(|source| GatewayError::Bind { addr: addr.clone(), source })?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| GatewayError::Bind { addr: addr.clone(), source })?;
     Ok(Bound { listener, service })
 }

@@ -139,11 +139,10 @@ fn random_hex(n: usize) -> String {
 
 /// A failure of the network or the namespace, as an S3 error.
 fn s3_err(e: GatewayError) -> S3Error {
-    let (code, status) = match &e {
-        GatewayError::Client(c) => (None, c.status()),
-        _ => (None, None),
+    let status = match &e {
+        GatewayError::Client(c) => c.status(),
+        _ => None,
     };
-    let _: Option<()> = code;
     let mut err = match status.map(|s| s.as_u16()) {
         Some(429) => S3Error::with_message(S3ErrorCode::SlowDown, e.to_string()),
         Some(503) => S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string()),
@@ -504,9 +503,7 @@ impl Gateway {
     }
 
     async fn require_bucket(&self, bucket: &str) -> S3Result<BucketRecord> {
-        self.get_record(&self.bucket_key(bucket))
-            .await?
-            .ok_or_else(|| s3_error!(NoSuchBucket, "no bucket {bucket}"))
+        self.get_record(&self.bucket_key(bucket)).await?.ok_or_else(|| s3_error!(NoSuchBucket, "no bucket {bucket}"))
     }
 
     async fn get_object_record(&self, bucket: &str, key: &str) -> S3Result<ObjectRecord> {
@@ -540,7 +537,11 @@ impl Gateway {
 
     /// Streams `body` into a new p2pstore file (none for an empty body), checking its
     /// length, Content-MD5 and checksums before the file is committed. The body's MD5.
-    async fn store(&self, body: Option<StreamingBlob>, mut checks: BodyChecks) -> S3Result<(Option<PartRef>, [u8; 16])> {
+    async fn store(
+        &self,
+        body: Option<StreamingBlob>,
+        mut checks: BodyChecks,
+    ) -> S3Result<(Option<PartRef>, [u8; 16])> {
         let size = checks.size;
         let expected_md5 = checks.expected_md5()?;
         let password = random_hex(32);

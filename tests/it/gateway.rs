@@ -59,7 +59,13 @@ fn gateway_command(dir: &Path, coordinator: &str, account: &Path, password: &str
     c
 }
 
-fn start_gateway(dir: &Path, coordinator: &str, account: &Path, creds: Option<(&str, &str)>, name: &str) -> GatewayProcess {
+fn start_gateway(
+    dir: &Path,
+    coordinator: &str,
+    account: &Path,
+    creds: Option<(&str, &str)>,
+    name: &str,
+) -> GatewayProcess {
     let port = free_port();
     let log = dir.join(format!("{name}.log"));
     let mut c = gateway_command(dir, coordinator, account, PASSWORD, port, name);
@@ -79,12 +85,8 @@ fn start_gateway(dir: &Path, coordinator: &str, account: &Path, creds: Option<(&
 /// Runs a client script; fails the test with its output unless every check passed.
 fn run_script(what: &str, mut c: Command, creds: (&str, &str)) {
     let t0 = Instant::now();
-    let out = c
-        .env("S3_ACCESS_KEY", creds.0)
-        .env("S3_SECRET_KEY", creds.1)
-        .env("S3_TREE_FILES", "300")
-        .output()
-        .unwrap();
+    let out =
+        c.env("S3_ACCESS_KEY", creds.0).env("S3_SECRET_KEY", creds.1).env("S3_TREE_FILES", "300").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{what}: {} in {:.0?}", stdout.lines().last().unwrap_or(""), t0.elapsed());
     assert!(

@@ -20,7 +20,20 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("bench", &["client", "config", "coordinator", "core", "devnet", "net", "proto", "store", "sys"]),
     (
         "cli",
-        &["bench", "client", "config", "coordinator", "core", "devnet", "gateway", "net", "node", "proto", "store", "sys"],
+        &[
+            "bench",
+            "client",
+            "config",
+            "coordinator",
+            "core",
+            "devnet",
+            "gateway",
+            "net",
+            "node",
+            "proto",
+            "store",
+            "sys",
+        ],
     ),
 ];
 
