@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::GatewayError;
 use super::namespace::NameKeys;
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, RangeReader};
 use crate::core::codec::EncodeParams;
 use crate::core::manifest::{FileId, FileMeta, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
 
@@ -110,7 +110,15 @@ pub struct Inner {
     client: Client,
     keys: NameKeys,
     shape: crate::core::erasure::Shape,
+    /// Files opened for reading lately: S3 tools read an object in many ranged GETs, and
+    /// opening costs a manifest, the placements and a key derivation.
+    readers: std::sync::Mutex<HashMap<String, (std::time::Instant, Arc<RangeReader>)>>,
 }
+
+/// How long an opened file is reused (its read grants last an hour; placements may move).
+const READER_TTL: Duration = Duration::from_secs(60);
+/// Opened files kept at most.
+const READERS_KEPT: usize = 64;
 
 impl std::ops::Deref for Gateway {
     type Target = Inner;
@@ -448,7 +456,7 @@ fn check_upload_id(id: &str) -> S3Result<()> {
 
 impl Gateway {
     pub fn new(client: Client, keys: NameKeys, shape: crate::core::erasure::Shape) -> Gateway {
-        Gateway(Arc::new(Inner { client, keys, shape }))
+        Gateway(Arc::new(Inner { client, keys, shape, readers: std::sync::Mutex::new(HashMap::new()) }))
     }
 
     fn bucket_token(&self, bucket: &str) -> String {
@@ -606,6 +614,7 @@ impl Gateway {
     /// Deletes the files of parts no record names any more (best effort: a failure is
     /// logged, and the file stays until the account deletes it).
     async fn delete_files(&self, parts: Vec<PartRef>) {
+        self.forget_readers(&parts);
         futures::stream::iter(parts)
             .for_each_concurrent(DELETE_CONCURRENCY, |p| async move {
                 let r = match FileId::parse(&p.file) {
@@ -619,11 +628,36 @@ impl Gateway {
             .await;
     }
 
+    /// `part`'s file opened for range reads, reused for a minute.
+    async fn reader(&self, part: &PartRef) -> Result<Arc<RangeReader>, ClientError> {
+        let fresh = |(t, _): &(std::time::Instant, Arc<RangeReader>)| t.elapsed() < READER_TTL;
+        if let Some((_, r)) = self.readers.lock().expect("not poisoned").get(&part.file).filter(|e| fresh(e)) {
+            return Ok(r.clone());
+        }
+        let id = FileId::parse(&part.file)?;
+        let r = Arc::new(self.client.open_ranges(&id, part.password.as_bytes()).await?);
+        let mut readers = self.readers.lock().expect("not poisoned");
+        readers.retain(|_, e| fresh(e));
+        if readers.len() >= READERS_KEPT {
+            readers.clear();
+        }
+        readers.insert(part.file.clone(), (std::time::Instant::now(), r.clone()));
+        Ok(r)
+    }
+
+    /// Forgets opened files (after their object was deleted or replaced).
+    fn forget_readers(&self, parts: &[PartRef]) {
+        let mut readers = self.readers.lock().expect("not poisoned");
+        for p in parts {
+            readers.remove(&p.file);
+        }
+    }
+
     /// The plaintext of `range` of an object made of `parts`, streamed: only the segments
     /// covering the range are fetched, a few ahead.
     fn read_stream(&self, parts: Vec<PartRef>, range: Range<u64>) -> StreamingBlob {
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
-        let client = self.client.clone();
+        let this = self.clone();
         tokio::spawn(async move {
             let mut offset = 0u64;
             for p in parts {
@@ -633,11 +667,7 @@ impl Gateway {
                     continue;
                 }
                 let (from, to) = (range.start.max(start) - start, range.end.min(end) - start);
-                let opened = match FileId::parse(&p.file) {
-                    Ok(id) => client.open_ranges(&id, p.password.as_bytes()).await,
-                    Err(e) => Err(e.into()),
-                };
-                let reader = match opened {
+                let reader = match this.reader(&p).await {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::warn!(file = %p.file, error = %crate::net::server::error_chain(&e), "read failed");
