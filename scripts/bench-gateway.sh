@@ -11,7 +11,7 @@ NODES=${NODES:-20}
 PORT=${PORT:-18600}
 GWPORT=${GWPORT:-18690}
 PAUSE=${PAUSE:-30} # seconds between runs (ext4 reuses freshly deleted inodes slowly)
-B=$(pwd)/target/release/p2pstore
+B=${P2PSTORE_BIN:-$(pwd)/target/release/p2pstore}
 [ -x "$B" ] || { echo "build it first: cargo build --release" >&2; exit 1; }
 W=$(mktemp -d "${TMPDIR:-/tmp}/p2pstore-bench-gw.XXXXXX")
 pids=()
@@ -37,8 +37,8 @@ P2PSTORE_GATEWAY_ACCESS_KEY=$AWS_ACCESS_KEY_ID P2PSTORE_GATEWAY_SECRET_KEY=$AWS_
 GW=$!
 pids+=($GW)
 for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$GWPORT) 2>/dev/null && break; sleep 0.2; done
-A=(aws --endpoint-url "http://127.0.0.1:$GWPORT" --only-show-errors)
-"${A[@]}" s3 mb s3://bench
+A=(aws --endpoint-url "http://127.0.0.1:$GWPORT")
+"${A[@]}" s3 mb s3://bench >/dev/null
 
 head -c $((SIZE_MIB << 20)) /dev/urandom >"$W/input"
 bytes=$((SIZE_MIB << 20))
@@ -49,11 +49,11 @@ sync; sleep "$PAUSE"
 t_up=$(secs "$B" --account "$W/account.p8" upload "$W/input")
 id=$("$B" --account "$W/account.p8" ls --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["file_id"])')
 sync; sleep "$PAUSE"
-g_up=$(secs "${A[@]}" s3 cp "$W/input" s3://bench/input)
+g_up=$(secs "${A[@]}" s3 cp --only-show-errors "$W/input" s3://bench/input)
 sync; sleep "$PAUSE"
 t_down=$(secs "$B" --account "$W/account.p8" download "$id" -o "$W/native.out" --force)
 rm -f "$W/native.out"; sync; sleep "$PAUSE"
-g_down=$(secs "${A[@]}" s3 cp s3://bench/input "$W/gateway.out")
+g_down=$(secs "${A[@]}" s3 cp --only-show-errors s3://bench/input "$W/gateway.out")
 cmp "$W/input" "$W/gateway.out" || { echo "the gateway's download differs" >&2; exit 1; }
 peak=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$GW/status")
 
