@@ -34,6 +34,7 @@ pub struct Config {
     pub node: NodeConfig,
     pub security: SecurityConfig,
     pub client: ClientConfig,
+    pub gateway: GatewayConfig,
     pub audit: AuditConfig,
     pub reputation: ReputationConfig,
     pub repair: RepairConfig,
@@ -247,6 +248,33 @@ pub struct ClientConfig {
     pub kdf_iterations: u32,
 }
 
+/// `p2pstore gateway`: the S3 gateway a user runs on their own machine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    pub host: String,
+    pub port: u16,
+    /// The S3 access key clients sign with (also `P2PSTORE_GATEWAY_ACCESS_KEY`); unset with
+    /// `secret_key`: a pair generated at first start and kept in `data_dir`.
+    pub access_key: Option<String>,
+    /// Its secret key (also `P2PSTORE_GATEWAY_SECRET_KEY`).
+    pub secret_key: Option<String>,
+    /// Where the gateway keeps its generated credentials.
+    pub data_dir: PathBuf,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            host: "127.0.0.1".into(),
+            port: 9000,
+            access_key: None,
+            secret_key: None,
+            data_dir: PathBuf::from("./data/gateway"),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -254,6 +282,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             security: SecurityConfig::default(),
             client: ClientConfig::default(),
+            gateway: GatewayConfig::default(),
             audit: AuditConfig::default(),
             reputation: ReputationConfig::default(),
             repair: RepairConfig::default(),

@@ -29,6 +29,7 @@ pub mod config;
 pub mod coordinator;
 pub mod core;
 pub mod devnet;
+pub mod gateway;
 pub mod net;
 pub mod node;
 pub mod proto;

@@ -327,6 +327,28 @@ pub(super) async fn upload(
     Ok(())
 }
 
+pub(super) async fn gateway(config: Config, password: PasswordArgs) -> anyhow::Result<()> {
+    let pw = password.get(false)?;
+    let g = &config.gateway;
+    let (credentials, fresh) = crate::gateway::credentials(g.access_key.clone(), g.secret_key.clone(), &g.data_dir)?;
+    let shape = encode_params(&config, None, None)?.shape;
+    let opts =
+        crate::gateway::GatewayOptions { host: g.host.clone(), port: g.port, credentials: credentials.clone(), shape };
+    let bound = crate::gateway::bind(client(&config).await?, pw.as_bytes(), opts).await?;
+    let addr = bound.local_addr()?;
+    if fresh {
+        eprintln!(
+            "generated S3 credentials (kept in {}; shown only now):\n  access key: {}\n  secret key: {}",
+            g.data_dir.join("credentials.json").display(),
+            credentials.access_key,
+            credentials.secret_key
+        );
+    }
+    eprintln!("S3 gateway listening on http://{addr} (region us-east-1, path-style)");
+    bound.serve().await;
+    Ok(())
+}
+
 pub(super) async fn download(
     config: Config,
     file_id: String,

@@ -168,6 +168,27 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the S3 API on this machine (aws-cli, boto3, rclone, restic): objects are stored
+    /// as p2pstore files of your account, their names encrypted with your password
+    Gateway {
+        /// Listen address [config: gateway.host]
+        #[arg(long)]
+        host: Option<String>,
+        /// Listen port [config: gateway.port]
+        #[arg(long)]
+        port: Option<u16>,
+        /// Where generated S3 credentials are kept [config: gateway.data_dir]
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The S3 access key [config: gateway.access_key; unset with the secret key: generated]
+        #[arg(long, env = "P2PSTORE_GATEWAY_ACCESS_KEY")]
+        access_key: Option<String>,
+        /// The S3 secret key (better from the environment) [config: gateway.secret_key]
+        #[arg(long, env = "P2PSTORE_GATEWAY_SECRET_KEY", hide_env_values = true)]
+        secret_key: Option<String>,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
     /// Your account: a key pair that signs your requests and owns your files
     #[command(subcommand)]
     Account(AccountCommand),
@@ -373,6 +394,17 @@ fn effective_config(cli: &Cli) -> anyhow::Result<Config> {
             set(&mut config.coordinator.port, port);
             set(&mut config.coordinator.data_dir, data_dir);
         }
+        Command::Gateway { host, port, data_dir, access_key, secret_key, .. } => {
+            set(&mut config.gateway.host, host);
+            set(&mut config.gateway.port, port);
+            set(&mut config.gateway.data_dir, data_dir);
+            if access_key.is_some() {
+                config.gateway.access_key = access_key.clone();
+            }
+            if secret_key.is_some() {
+                config.gateway.secret_key = secret_key.clone();
+            }
+        }
         Command::Node { port, data_dir, max_storage_gb, .. } => {
             set(&mut config.node.port, port);
             if data_dir.is_some() {
@@ -461,6 +493,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Ls { json } => on_runtime("client", c::ls(config, json)),
         Command::Peers { json } => on_runtime("client", c::peers(config, json)),
         Command::Rm { file_id, password, json } => on_runtime("client", c::rm(config, file_id, password, json)),
+        Command::Gateway { password, .. } => on_runtime("gateway", c::gateway(config, password)),
         Command::Audits { peer, limit, json } => on_runtime("client", c::audits(config, peer, limit, json)),
         Command::Bench(b) => c::bench(config, b),
     }

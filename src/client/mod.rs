@@ -4,6 +4,7 @@
 //! to the coordinator and the nodes only through `net`; it holds no server state.
 
 mod download;
+mod range;
 mod resume;
 mod upload;
 
@@ -15,6 +16,7 @@ use ring::digest::{SHA256, digest};
 use tokio::sync::OnceCell;
 
 pub use download::{DownloadReport, OpenFile};
+pub use range::RangeReader;
 pub use resume::default_dir as upload_state_dir;
 pub use upload::{Source, UploadOptions};
 
@@ -52,6 +54,8 @@ pub enum ClientError {
     CommitMismatch { expected: String, got: String },
     #[error("the stored file name \"{0}\" is not used as it is (a hidden file, or control characters); pass -o PATH")]
     UnusableName(String),
+    #[error("the coordinator answered namespace key {0} with a value that is not base64")]
+    BadNameValue(String),
     #[error("a worker task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }

@@ -81,6 +81,25 @@ impl Client {
         self.upload_from(Source::File(path.to_owned()), password, opts).await
     }
 
+    /// Uploads `size` bytes read from `reader` (a stream, on a blocking thread, a segment at
+    /// a time) as a file named by `meta`; returns its id. A read error stops the upload
+    /// before anything is committed.
+    pub async fn upload_reader(
+        &self,
+        reader: impl Read + Send + 'static,
+        size: u64,
+        meta: FileMeta,
+        password: &[u8],
+        params: EncodeParams,
+        progress: Option<ProgressBar>,
+    ) -> Result<FileId, ClientError> {
+        if let Some(p) = &progress {
+            p.set_length(size);
+        }
+        let opts = UploadOptions { progress, ..UploadOptions::new(params) };
+        self.upload_from(Source::Stream { reader: Box::new(reader), name: meta.name }, password, opts).await
+    }
+
     /// Uploads a file or a stream; returns its id.
     pub async fn upload_from(
         &self,

@@ -12,10 +12,15 @@ use hyper::StatusCode;
 use crate::config::LimitsConfig;
 use crate::net::server::ApiError;
 
+/// Namespace requests (`/v2/names/*`) one account may make per minute: each is one small
+/// database read or write, so the bound is generous.
+const NAMES_PER_MINUTE: u32 = 60_000;
+
 pub(super) struct Limits {
     plans_by_account: DefaultKeyedRateLimiter<String>,
     plans_by_address: DefaultKeyedRateLimiter<IpAddr>,
     registrations: DefaultKeyedRateLimiter<IpAddr>,
+    names_by_account: DefaultKeyedRateLimiter<String>,
     per_minute: (u32, u32),
 }
 
@@ -33,6 +38,7 @@ impl Limits {
             plans_by_account: RateLimiter::keyed(per_minute(c.plans_per_minute)),
             plans_by_address: RateLimiter::keyed(per_minute(c.plans_per_minute)),
             registrations: RateLimiter::keyed(per_minute(c.registrations_per_minute)),
+            names_by_account: RateLimiter::keyed(per_minute(NAMES_PER_MINUTE)),
             per_minute: (c.plans_per_minute, c.registrations_per_minute),
         }
     }
@@ -42,6 +48,14 @@ impl Limits {
         let by_address = remote.is_none_or(|ip| self.plans_by_address.check_key(&ip).is_ok());
         if self.plans_by_account.check_key(&account.to_owned()).is_err() || !by_address {
             return Err(slow_down("upload plans", self.per_minute.0));
+        }
+        Ok(())
+    }
+
+    /// One more namespace request for `account`, or 429.
+    pub fn names(&self, account: &str) -> Result<(), ApiError> {
+        if self.names_by_account.check_key(&account.to_owned()).is_err() {
+            return Err(slow_down("namespace requests", NAMES_PER_MINUTE));
         }
         Ok(())
     }
@@ -61,5 +75,6 @@ impl Limits {
         self.plans_by_account.retain_recent();
         self.plans_by_address.retain_recent();
         self.registrations.retain_recent();
+        self.names_by_account.retain_recent();
     }
 }

@@ -18,6 +18,7 @@ mod browser;
 mod files;
 mod gc;
 mod limits;
+mod names;
 mod notices;
 mod peers;
 mod recovery;
@@ -112,6 +113,7 @@ pub async fn spawn(
         banned: Table::open(&db, "banned").map_err(db_err)?,
         meta: Table::open(&db, "meta").map_err(db_err)?,
         outbox: Table::open(&db, "outbox").map_err(db_err)?,
+        names: db.open_tree("names").map_err(|e| db_err(e.into()))?,
         outbox_ready: tokio::sync::Notify::new(),
         delivering: Mutex::new(HashMap::new()),
         recovering: std::sync::atomic::AtomicBool::new(fresh),

@@ -8,7 +8,7 @@ use hyper::{Method, Request};
 
 use super::auth::{self, Caller};
 use super::state::State;
-use super::{accounts, audit, browser, files, peers, stats, uploads, web};
+use super::{accounts, audit, browser, files, names, peers, stats, uploads, web};
 use crate::net::server::{self, ApiError, ApiResult, RemoteAddr, ok, read_json};
 use crate::proto::*;
 
@@ -17,6 +17,8 @@ const SMALL_BODY: usize = 64 * 1024;
 /// A batch of segments: at most `LAYOUT_SEGMENTS` entries with their placements and
 /// receipts (about 3 MB at 20 shards a segment).
 const BATCH_BODY: usize = 8 << 20;
+/// Namespace puts and deletes: a value of [`MAX_NAME_VALUE`] in base64, or a thousand keys.
+const NAME_BODY: usize = MAX_NAME_VALUE * 4 / 3 + 2 * MAX_NAME_KEY + 1024;
 
 /// Every request the coordinator answers (besides `/healthz`, which the server loop answers).
 #[derive(Debug, PartialEq, Eq)]
@@ -53,8 +55,19 @@ pub(super) enum Route {
     Admin,
     NodeDamage,
     FileDamage(String),
+    /// The account's private namespace: put, get, list, delete.
+    Names(NameOp),
     /// A file of the web UI ("" is the page itself).
     Asset(String),
+}
+
+/// An operation on an account's namespace (`/v2/names/{op}`).
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub(super) enum NameOp {
+    Put,
+    Get,
+    List,
+    Delete,
 }
 
 /// Who may call a route.
@@ -98,6 +111,10 @@ impl Route {
             Route::NodeDamage => "/v2/peers/damage",
             Route::FileDamage(_) => "/v2/files/:id/damage",
             Route::Admin => "/v2/admin",
+            Route::Names(NameOp::Put) => "/v2/names/put",
+            Route::Names(NameOp::Get) => "/v2/names/get",
+            Route::Names(NameOp::List) => "/v2/names/list",
+            Route::Names(NameOp::Delete) => "/v2/names/delete",
             Route::Asset(_) => "/ (web UI)",
         }
     }
@@ -135,6 +152,13 @@ impl Route {
                 let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
                 Route::Audits { peer: q.get("peer").cloned(), limit }
             }
+            (&Method::POST, ["v2", "names", op]) => Route::Names(match *op {
+                "put" => NameOp::Put,
+                "get" => NameOp::Get,
+                "list" => NameOp::List,
+                "delete" => NameOp::Delete,
+                _ => return Err(ApiError::not_found(format!("no route {method} {path}"))),
+            }),
             (&Method::POST, ["v2", "uploads"]) => Route::Plan,
             (&Method::POST, ["v2", "uploads", id, "commit"]) => Route::Commit(id.to_string()),
             (&Method::POST, ["v2", "uploads", id, "layout"]) => Route::Layout(id.to_string()),
@@ -250,6 +274,15 @@ async fn for_account(s: &State, caller: &Caller, route: Route, body: Incoming) -
         Route::BrowserSegment(id, i) => browser::put_segment(s, caller, &id, i, body).await,
         Route::BrowserCommit(id) => browser::commit(s, caller, &id, caller.json(body, SMALL_BODY).await?).await,
         Route::FileDamage(id) => files::damage(s, &id, caller.json(body, SMALL_BODY).await?),
+        Route::Names(op) => {
+            s.limits.names(&caller.id)?;
+            match op {
+                NameOp::Put => ok(&names::put(s, caller, caller.json(body, NAME_BODY).await?)?),
+                NameOp::Get => ok(&names::get(s, caller, caller.json(body, SMALL_BODY).await?)?),
+                NameOp::List => ok(&names::list(s, caller, caller.json(body, SMALL_BODY).await?)?),
+                NameOp::Delete => ok(&names::delete(s, caller, caller.json(body, NAME_BODY).await?)?),
+            }
+        }
         Route::SealedSegment(id, i) => {
             caller.no_body(body).await?;
             browser::sealed_segment(s, caller, &id, i).await
@@ -281,6 +314,9 @@ mod tests {
             Route::Audits { peer: Some("p".into()), limit: 5 }
         );
         assert_eq!(parse(Method::GET, "/v2/audits").unwrap(), Route::Audits { peer: None, limit: 100 });
+        assert_eq!(parse(Method::POST, "/v2/names/list").unwrap(), Route::Names(NameOp::List));
+        assert_eq!(parse(Method::POST, "/v2/names/nope").unwrap_err().status, StatusCode::NOT_FOUND);
+        assert_eq!(parse(Method::POST, "/v2/names/put").unwrap().access(), Access::Account);
         assert_eq!(parse(Method::GET, "/").unwrap(), Route::Asset(String::new()));
         assert_eq!(parse(Method::GET, "/app.js").unwrap(), Route::Asset("app.js".into()));
         assert_eq!(parse(Method::GET, "/v2/files/f/segments/x").unwrap_err().status, StatusCode::BAD_REQUEST);

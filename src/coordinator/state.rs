@@ -266,6 +266,9 @@ pub(super) struct State {
     pub banned: Table<BannedPeer>,
     pub meta: Table<super::notices::MetaRecord>,
     pub outbox: Table<super::notices::OutboxRecord>,
+    /// Accounts' private namespaces (`<account id>/<key>` → opaque value): raw bytes, not
+    /// records, since the coordinator cannot read them.
+    pub names: sled::Tree,
     /// Woken when a notice is queued.
     pub outbox_ready: tokio::sync::Notify,
     /// One delivery at a time per peer, so its notices arrive in order.

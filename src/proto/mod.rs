@@ -728,3 +728,65 @@ pub struct BrowserCommit {
     pub sealed_meta: String,
     pub owner_hash: String,
 }
+
+/// The longest key of an account's namespace (`/v2/names/*`), in bytes.
+pub const MAX_NAME_KEY: usize = 4096;
+/// The longest value of an account's namespace, in bytes (before base64).
+pub const MAX_NAME_VALUE: usize = 4 << 20;
+/// The most entries one namespace listing answers with.
+pub const MAX_NAME_LIST: u32 = 1000;
+
+/// One entry of an account's private namespace: an opaque key and an opaque value (base64).
+/// The gateway keeps its encrypted bucket and object names and sealed records here; the
+/// coordinator stores them without being able to read them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NameEntry {
+    pub key: String,
+    pub value: String,
+}
+
+/// `POST /v2/names/put`: stores `value` under `key`; with `if_absent`, only when the key is free.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NamePut {
+    pub key: String,
+    pub value: String,
+    #[serde(default)]
+    pub if_absent: bool,
+}
+
+/// The answer to a namespace put: whether the key was new.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NamePutReply {
+    pub created: bool,
+}
+
+/// `POST /v2/names/get`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NameGet {
+    pub key: String,
+}
+
+/// `POST /v2/names/list`: entries whose key starts with `prefix`, after `start_after`, in key
+/// order, at most `limit` (≤ [`MAX_NAME_LIST`]); `keys_only` leaves the values empty.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NameList {
+    pub prefix: String,
+    #[serde(default)]
+    pub start_after: String,
+    pub limit: u32,
+    #[serde(default)]
+    pub keys_only: bool,
+}
+
+/// A page of a namespace listing; `more` when entries remain after the last one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NameListing {
+    pub entries: Vec<NameEntry>,
+    pub more: bool,
+}
+
+/// `POST /v2/names/delete`: removes these keys (at most [`MAX_NAME_LIST`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NameDelete {
+    pub keys: Vec<String>,
+}

@@ -15,9 +15,26 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("node", &["config", "core", "net", "proto", "store", "sys"]),
     ("coordinator", &["config", "core", "net", "proto", "store", "sys"]),
     ("client", &["core", "net", "proto", "sys"]),
+    ("gateway", &["client", "core", "net", "sys"]),
     ("devnet", &["config", "coordinator", "net", "node", "sys"]),
     ("bench", &["client", "config", "coordinator", "core", "devnet", "net", "proto", "store", "sys"]),
-    ("cli", &["bench", "client", "config", "coordinator", "core", "devnet", "net", "node", "proto", "store", "sys"]),
+    (
+        "cli",
+        &[
+            "bench",
+            "client",
+            "config",
+            "coordinator",
+            "core",
+            "devnet",
+            "gateway",
+            "net",
+            "node",
+            "proto",
+            "store",
+            "sys",
+        ],
+    ),
 ];
 
 /// What the pure core must not name: files, sockets, the clock, threads that sleep.

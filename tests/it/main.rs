@@ -5,6 +5,7 @@ mod browser;
 mod cli;
 mod crash;
 mod durability;
+mod gateway;
 mod harness;
 mod hostile;
 mod layers;

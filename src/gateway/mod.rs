@@ -1,0 +1,190 @@
+//! `p2pstore gateway`: an S3 endpoint on the user's own machine. Its one job is to translate
+//! S3 requests (checked with AWS Signature V4 by `s3s`) into p2pstore uploads, range reads
+//! and deletes made with the user's account and password, and to keep bucket names, object
+//! keys and metadata in an encrypted namespace on the coordinator, so that nothing readable
+//! leaves the machine and a gateway anywhere else with the same account and password sees
+//! the same buckets.
+//!
+//! `s3.rs` implements the S3 operations; `namespace.rs` encrypts names and records.
+
+mod namespace;
+mod s3;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use s3s::auth::{S3Auth, SecretKey, SimpleAuth};
+use s3s::service::S3ServiceBuilder;
+use s3s::{S3Result, s3_error};
+use serde::{Deserialize, Serialize};
+
+pub use namespace::NameKeys;
+pub use s3::Gateway;
+
+use crate::client::{Client, ClientError};
+use crate::core::erasure::Shape;
+
+/// Why the gateway could not start or serve a request.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A namespace entry that does not open: another password, or damage.
+    #[error("{0} (is this the password the gateway was first used with?)")]
+    Namespace(String),
+    #[error(
+        "this password does not open the account's buckets: use the password the account's gateway was first \
+         started with"
+    )]
+    WrongPassword,
+    #[error("the S3 credentials file {path}")]
+    Credentials { path: PathBuf, source: std::io::Error },
+    #[error("the S3 credentials file {path} is not valid: {reason}")]
+    BadCredentials { path: PathBuf, reason: String },
+    #[error("set both the S3 access key and the secret key, or neither (then a pair is generated)")]
+    HalfCredentials,
+    #[error("cannot listen on {addr}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+/// The S3 credentials clients sign with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Credentials {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+/// How to reach the gateway, and who may.
+pub struct GatewayOptions {
+    pub host: String,
+    pub port: u16,
+    pub credentials: Credentials,
+    /// Shards that rebuild a segment and shards per segment, for the files it stores.
+    pub shape: Shape,
+}
+
+fn random_string(len: usize, alphabet: &[u8]) -> String {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut b = vec![0u8; len];
+    SystemRandom::new().fill(&mut b).expect("the operating system's random generator failed");
+    b.iter().map(|x| alphabet[*x as usize % alphabet.len()] as char).collect()
+}
+
+/// The configured credentials, or those kept in `data_dir/credentials.json`, made (and
+/// returned with `true`: print them once) on first start.
+pub fn credentials(
+    access_key: Option<String>,
+    secret_key: Option<String>,
+    data_dir: &Path,
+) -> Result<(Credentials, bool), GatewayError> {
+    match (access_key, secret_key) {
+        (Some(access_key), Some(secret_key)) => return Ok((Credentials { access_key, secret_key }, false)),
+        (None, None) => {}
+        _ => return Err(GatewayError::HalfCredentials),
+    }
+    let path = data_dir.join("credentials.json");
+    let io = |source| GatewayError::Credentials { path: path.clone(), source };
+    let fresh = !path.exists();
+    let bytes = crate::sys::fs::read_or_create_secret(&path, || {
+        let c = Credentials {
+            access_key: random_string(20, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"),
+            secret_key: random_string(40, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"),
+        };
+        Ok(serde_json::to_vec_pretty(&c).expect("serializes"))
+    })
+    .map_err(io)?;
+    let c = serde_json::from_slice(&bytes)
+        .map_err(|e| GatewayError::BadCredentials { path: path.clone(), reason: e.to_string() })?;
+    Ok((c, fresh))
+}
+
+/// s3s's `SimpleAuth` answers an unknown access key with `NotSignedUp`; clients expect
+/// `InvalidAccessKeyId`.
+struct Auth(SimpleAuth);
+
+#[async_trait::async_trait]
+impl S3Auth for Auth {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        self.0.lookup(access_key).cloned().ok_or_else(|| {
+            s3_error!(InvalidAccessKeyId, "The AWS Access Key Id you provided does not exist in our records.")
+        })
+    }
+}
+
+/// A bound gateway, ready to serve.
+pub struct Bound {
+    listener: tokio::net::TcpListener,
+    service: s3s::service::S3Service,
+}
+
+impl Bound {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves S3 until the process ends.
+    pub async fn serve(self) {
+        loop {
+            let (sock, peer) = match self.listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let s3 = self.service.clone();
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let s3 = s3.clone();
+                async move {
+                    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+                    let t0 = std::time::Instant::now();
+                    let resp = s3.call(req.map(s3s::Body::from)).await;
+                    if let Ok(r) = &resp {
+                        let ms = t0.elapsed().as_millis() as u64;
+                        tracing::info!(%peer, %method, %path, status = r.status().as_u16(), ms, "s3");
+                    }
+                    resp
+                }
+            });
+            tokio::spawn(async move {
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(sock), svc);
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// Derives the namespace keys (0.1 s), checks the coordinator answers, and binds.
+pub async fn bind(client: Client, password: &[u8], opts: GatewayOptions) -> Result<Bound, GatewayError> {
+    client.account().await?;
+    let (pw, account) = (password.to_vec(), client.account_id());
+    let keys = tokio::task::spawn_blocking(move || NameKeys::derive(&pw, &account))
+        .await
+        .map_err(|e| GatewayError::Client(e.into()))?;
+    // A namespace written with another password would answer every request with an error:
+    // refuse to start instead.
+    let (first, _) = client.name_list("b/", "", 1, false).await?;
+    if let Some((key, value)) = first.first() {
+        keys.open_record::<serde_json::Value>(key, value).map_err(|_| GatewayError::WrongPassword)?;
+    }
+    let backend = Gateway::new(client, keys, opts.shape);
+    let mut b = S3ServiceBuilder::new(backend);
+    b.set_auth(Auth(SimpleAuth::from_single(
+        opts.credentials.access_key.clone(),
+        opts.credentials.secret_key.as_str(),
+    )));
+    let service = b.build();
+    let addr = format!("{}:{}", opts.host, opts.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| GatewayError::Bind { addr: addr.clone(), source })?;
+    Ok(Bound { listener, service })
+}
