@@ -197,7 +197,8 @@ impl Client {
             let mut enc = Encoder::new(reader, &password_owned, params, salt)?.resume(pages);
             while let Some(seg) = enc.next_segment()? {
                 if tx.blocking_send(seg).is_err() {
-                    break; // the network side failed; its error is reported
+                    // The network side failed and reports its own error; nothing to finish.
+                    return Err(CodecError::Write(std::io::Error::other("the upload stopped")));
                 }
             }
             let token = enc.keys().owner_token();
