@@ -119,7 +119,7 @@ struct Simulated {
 /// `peers` simulated peers, each served on a free port of 127.0.0.1; stopped when the
 /// handles are shut down. This process needs a file descriptor per peer.
 async fn simulate(peers: usize) -> anyhow::Result<(Arc<Simulated>, Vec<server::ServerHandle>)> {
-    let open_files = raise_open_files();
+    let open_files = crate::net::server::raise_fd_limit() as u64;
     anyhow::ensure!(
         open_files >= peers as u64 + 4096,
         "simulating {peers} peers needs {} open files (a port each, and connections); this process may have {open_files} \
@@ -378,25 +378,6 @@ fn memory(pid: &str, field: &str) -> u64 {
 /// Resident memory of a process (VmRSS), in bytes.
 fn resident(pid: &str) -> u64 {
     memory(pid, "VmRSS")
-}
-
-/// The soft limit on this process's open files raised to its hard limit (the benchmark holds
-/// many sockets); returns the limit now in force.
-fn raise_open_files() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit with a valid pointer to an rlimit we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
-    }
-    lim.rlim_cur
 }
 
 /// How a batch of requests went: answers by status, the time it took and the coordinator's

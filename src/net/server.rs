@@ -327,7 +327,7 @@ impl Listener {
 }
 
 /// Raises the soft limit on open files to the hard one; returns the limit now in force.
-fn raise_fd_limit() -> usize {
+pub(crate) fn raise_fd_limit() -> usize {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit and setrlimit with a valid pointer to an rlimit we own.
     unsafe {
