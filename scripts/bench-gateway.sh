@@ -42,19 +42,42 @@ A=(aws --endpoint-url "http://127.0.0.1:$GWPORT")
 
 head -c $((SIZE_MIB << 20)) /dev/urandom >"$W/input"
 bytes=$((SIZE_MIB << 20))
-secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
+DEVNET=${pids[0]}
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk '{ print ($14 + $15) / 100 }' "/proc/$1/stat"; }
+# Times a command; leaves "wall cpu-of-the-command cpu-of-the-gateway cpu-of-the-devnet" in $REPLY.
+secs() {
+  local t0 t1 g0 d0 c
+  g0=$(cpu "$GW"); d0=$(cpu "$DEVNET"); t0=$(date +%s.%N)
+  /usr/bin/time -f '%U %S' -o "$W/time" "$@" >/dev/null
+  c=$(awk 'END { print $1 + $2 }' "$W/time")
+  t1=$(date +%s.%N)
+  REPLY="$(echo "$t1 - $t0" | bc -l) $c $(echo "$(cpu "$GW") - $g0" | bc -l) $(echo "$(cpu "$DEVNET") - $d0" | bc -l)"
+}
 mbps() { echo "scale=0; $bytes / $1 / 1000000" | bc -l; }
 
 sync; sleep "$PAUSE"
-t_up=$(secs "$B" --account "$W/account.p8" upload "$W/input")
+secs "$B" --account "$W/account.p8" upload "$W/input"; read -r t_up c_up _ d_up <<<"$REPLY"
 id=$("$B" --account "$W/account.p8" ls --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["file_id"])')
 sync; sleep "$PAUSE"
-g_up=$(secs "${A[@]}" s3 cp --only-show-errors "$W/input" s3://bench/input)
+secs "${A[@]}" s3 cp --only-show-errors "$W/input" s3://bench/input; read -r g_up a_up gw_up dg_up <<<"$REPLY"
 sync; sleep "$PAUSE"
-t_down=$(secs "$B" --account "$W/account.p8" download "$id" -o "$W/native.out" --force)
+secs "$B" --account "$W/account.p8" download "$id" -o "$W/native.out" --force; read -r t_down c_down _ d_down <<<"$REPLY"
 rm -f "$W/native.out"; sync; sleep "$PAUSE"
-g_down=$(secs "${A[@]}" s3 cp --only-show-errors s3://bench/input "$W/gateway.out")
+secs "${A[@]}" s3 cp --only-show-errors s3://bench/input "$W/gateway.out"; read -r g_down a_down gw_down dg_down <<<"$REPLY"
 cmp "$W/input" "$W/gateway.out" || { echo "the gateway's download differs" >&2; exit 1; }
+rm -f "$W/gateway.out"
+# The same through rclone (Go, its default chunk size and concurrency), when installed.
+if command -v rclone >/dev/null; then
+  export RCLONE_CONFIG=$W/rclone.conf
+  printf '[gw]\ntype = s3\nprovider = Other\naccess_key_id = %s\nsecret_access_key = %s\nendpoint = http://127.0.0.1:%s\nregion = us-east-1\nforce_path_style = true\n' \
+    "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" "$GWPORT" >"$RCLONE_CONFIG"
+  sync; sleep "$PAUSE"
+  secs env -u AWS_CA_BUNDLE rclone copyto "$W/input" gw:bench/rclone-input; read -r r_up ra_up rgw_up rdg_up <<<"$REPLY"
+  sync; sleep "$PAUSE"
+  secs env -u AWS_CA_BUNDLE rclone copyto gw:bench/rclone-input "$W/gateway.out"; read -r r_down ra_down rgw_down rdg_down <<<"$REPLY"
+  cmp "$W/input" "$W/gateway.out" || { echo "rclone's download differs" >&2; exit 1; }
+fi
 peak=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$GW/status")
 
 printf '%s MiB, %s nodes\n' "$SIZE_MIB" "$NODES"
@@ -63,3 +86,10 @@ printf 'upload:   native %4s MB/s   gateway (aws s3 cp) %4s MB/s   %s%%\n' "$(mb
 printf 'download: native %4s MB/s   gateway (aws s3 cp) %4s MB/s   %s%%\n' "$(mbps "$t_down")" "$(mbps "$g_down")" \
   "$(echo "scale=0; 100 * $t_down / $g_down" | bc -l)"
 printf 'gateway peak memory: %s MiB\n' "$peak"
+printf 'CPU seconds   upload: native client %s, nodes %s | aws %s, gateway %s, nodes %s\n' "$c_up" "$d_up" "$a_up" "$gw_up" "$dg_up"
+printf 'CPU seconds download: native client %s, nodes %s | aws %s, gateway %s, nodes %s\n' "$c_down" "$d_down" "$a_down" "$gw_down" "$dg_down"
+if [ -n "${r_up:-}" ]; then
+  printf 'rclone:   up %4s MB/s (%s%%), down %4s MB/s (%s%%); CPU seconds up: rclone %s, gateway %s, nodes %s; down: rclone %s, gateway %s, nodes %s\n' \
+    "$(mbps "$r_up")" "$(echo "scale=0; 100 * $t_up / $r_up" | bc -l)" "$(mbps "$r_down")" "$(echo "scale=0; 100 * $t_down / $r_down" | bc -l)" \
+    "$ra_up" "$rgw_up" "$rdg_up" "$ra_down" "$rgw_down" "$rdg_down"
+fi

@@ -14,6 +14,7 @@ use indicatif::ProgressBar;
 
 use super::{Client, ClientError, blocking};
 use crate::core::codec::Decoder;
+use crate::core::crypto::Secret;
 use crate::core::error::CodecError;
 use crate::core::manifest::{FileId, FileMeta, Manifest, PAGE_SEGMENTS, SegmentEntry, page_of, plain_per_segment};
 use crate::net::transfer::fetch_segment;
@@ -131,10 +132,10 @@ impl OpenFile {
 impl Client {
     /// Opens `id` for reading: fetches its manifest root (checked against the id) and checks
     /// the password.
-    pub async fn open(&self, id: &FileId, password: &[u8]) -> Result<Arc<OpenFile>, ClientError> {
+    pub async fn open(&self, id: &FileId, secret: impl Into<Secret>) -> Result<Arc<OpenFile>, ClientError> {
         let manifest = self.manifest(id).await?;
-        let password = password.to_vec();
-        let decoder = blocking(move || Ok(Decoder::new(manifest, &password)?)).await?;
+        let secret = secret.into();
+        let decoder = blocking(move || Ok(Decoder::with_secret(manifest, &secret)?)).await?;
         Ok(Arc::new(OpenFile {
             client: self.clone(),
             id: *id,

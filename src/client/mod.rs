@@ -20,7 +20,7 @@ pub use range::RangeReader;
 pub use resume::default_dir as upload_state_dir;
 pub use upload::{Source, UploadOptions};
 
-use crate::core::crypto::{FileKeys, Salt};
+use crate::core::crypto::{FileKeys, Salt, Secret};
 use crate::core::error::CodecError;
 use crate::core::identity::Identity;
 use crate::core::manifest::{FileId, Manifest, SegmentEntry, SegmentTable};
@@ -257,10 +257,10 @@ impl Client {
 
     /// Deletes a file; the password proves ownership (its owner token), and the coordinator
     /// tells the nodes to drop the shards.
-    pub async fn remove(&self, id: &FileId, password: &[u8]) -> Result<(), ClientError> {
+    pub async fn remove(&self, id: &FileId, secret: impl Into<Secret>) -> Result<(), ClientError> {
         let m = self.manifest(id).await?;
-        let password = password.to_vec();
-        let keys = blocking(move || Ok(FileKeys::derive(&password, m.salt, m.iterations)?)).await?;
+        let secret = secret.into();
+        let keys = blocking(move || Ok(FileKeys::from_secret(&secret, m.salt, m.iterations)?)).await?;
         let req = DeleteRequest { owner_token: hex::encode(keys.owner_token()) };
         self.signed_json::<Deleted>("DELETE", &format!("/v2/files/{id}"), Some(&req)).await.map(|_| ())
     }

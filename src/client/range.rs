@@ -11,6 +11,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 
 use super::{Client, ClientError, OpenFile};
+use crate::core::crypto::Secret;
 use crate::core::manifest::FileId;
 use crate::proto::*;
 
@@ -61,8 +62,8 @@ impl std::io::Write for Chunks {
 impl Client {
     /// Opens `id` for range reads: the manifest (checked against the id), the password
     /// (checked by opening the sealed metadata) and the placements with read grants.
-    pub async fn open_ranges(&self, id: &FileId, password: &[u8]) -> Result<RangeReader, ClientError> {
-        Ok(RangeReader { client: self.clone(), file: self.open(id, password).await? })
+    pub async fn open_ranges(&self, id: &FileId, secret: impl Into<Secret>) -> Result<RangeReader, ClientError> {
+        Ok(RangeReader { client: self.clone(), file: self.open(id, secret).await? })
     }
 
     /// Stores `value` under `key` in the account's namespace; with `if_absent` only when the

@@ -15,7 +15,7 @@ use ring::digest::{SHA256, digest};
 use super::resume::{StateFile, UploadState, stamp};
 use super::{Client, ClientError};
 use crate::core::codec::{EncodeParams, EncodedSegment, Encoder};
-use crate::core::crypto::Salt;
+use crate::core::crypto::{FileKeys, Salt, Secret};
 use crate::core::error::CodecError;
 use crate::core::manifest::{FileId, FileMeta, Manifest, PageBuilder, SegmentEntry, plain_per_segment};
 use crate::net::transfer::{StoredSegment, put_segment};
@@ -83,13 +83,13 @@ impl Client {
 
     /// Uploads `size` bytes read from `reader` (a stream, on a blocking thread, a segment at
     /// a time) as a file named by `meta`; returns its id. A read error stops the upload
-    /// before anything is committed.
+    /// before anything is committed. A stretched key seals with its own salt.
     pub async fn upload_reader(
         &self,
         reader: impl Read + Send + 'static,
         size: u64,
         meta: FileMeta,
-        password: &[u8],
+        secret: Secret,
         params: EncodeParams,
         progress: Option<ProgressBar>,
     ) -> Result<FileId, ClientError> {
@@ -97,16 +97,17 @@ impl Client {
             p.set_length(size);
         }
         let opts = UploadOptions { progress, ..UploadOptions::new(params) };
-        self.upload_from(Source::Stream { reader: Box::new(reader), name: meta.name }, password, opts).await
+        self.upload_from(Source::Stream { reader: Box::new(reader), name: meta.name }, secret, opts).await
     }
 
     /// Uploads a file or a stream; returns its id.
     pub async fn upload_from(
         &self,
         source: Source,
-        password: &[u8],
+        secret: impl Into<Secret>,
         opts: UploadOptions<'_>,
     ) -> Result<FileId, ClientError> {
+        let secret = secret.into();
         let params = opts.params;
         let (input, size, name, state): (Input, Option<u64>, String, _) = match source {
             Source::File(path) => {
@@ -130,12 +131,13 @@ impl Client {
             p.set_length(size.unwrap_or(0));
         }
 
-        let mut start = Start { upload_id: None, salt: Salt::random(), pages: PageBuilder::default() };
+        let mut start =
+            Start { upload_id: None, salt: secret.salt().unwrap_or_else(Salt::random), pages: PageBuilder::default() };
         if let Some((file, size, modified, path)) = &state {
             if opts.restart {
                 file.remove();
             } else if let Some(saved) = file.load() {
-                match self.resumable(&saved, *size, *modified, password, params).await {
+                match self.resumable(&saved, *size, *modified, &secret, params).await {
                     Ok(()) => {
                         let done = saved.committed as u64 * plain_per_segment(params.segment_size);
                         (opts.say)(format!(
@@ -190,11 +192,12 @@ impl Client {
         // Encoding runs on a blocking thread and hands segments over a short queue, so memory
         // stays at a few segments.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<EncodedSegment>(1);
-        let password_owned = password.to_vec();
+        let encoder_secret = secret.clone();
         let pages = start.pages.clone();
         let encoder = tokio::task::spawn_blocking(move || -> Result<(Manifest, [u8; 32]), CodecError> {
             let reader = std::io::BufReader::with_capacity(1 << 20, reader);
-            let mut enc = Encoder::new(reader, &password_owned, params, salt)?.resume(pages);
+            let keys = FileKeys::from_secret(&encoder_secret, salt, params.iterations)?;
+            let mut enc = Encoder::with_keys(reader, keys, params)?.resume(pages);
             while let Some(seg) = enc.next_segment()? {
                 if tx.blocking_send(seg).is_err() {
                     // The network side failed and reports its own error; nothing to finish.
@@ -232,7 +235,7 @@ impl Client {
                         if let Some((file, size, modified, path)) = &state {
                             let owner = match &owner_hash {
                                 Some(h) => h,
-                                None => owner_hash.insert(owner_hash_of(password, salt, params.iterations).await?),
+                                None => owner_hash.insert(owner_hash_of(&secret, salt, params.iterations).await?),
                             };
                             let saved = UploadState {
                                 path: path.clone(),
@@ -279,7 +282,7 @@ impl Client {
         saved: &UploadState,
         size: u64,
         modified: u128,
-        password: &[u8],
+        secret: &Secret,
         params: EncodeParams,
     ) -> Result<(), String> {
         if saved.size != size || saved.modified != modified {
@@ -289,7 +292,7 @@ impl Client {
         if saved.iterations != params.iterations {
             return Err("the key derivation settings changed".into());
         }
-        let hash = owner_hash_of(password, salt, params.iterations).await.map_err(|e| e.to_string())?;
+        let hash = owner_hash_of(secret, salt, params.iterations).await.map_err(|e| e.to_string())?;
         if hash != saved.owner_hash {
             return Err("the password is not the one it was started with".into());
         }
@@ -361,10 +364,10 @@ impl Batch {
     }
 }
 
-async fn owner_hash_of(password: &[u8], salt: Salt, iterations: u32) -> Result<String, ClientError> {
-    let password = password.to_vec();
+async fn owner_hash_of(secret: &Secret, salt: Salt, iterations: u32) -> Result<String, ClientError> {
+    let secret = secret.clone();
     super::blocking(move || {
-        let keys = crate::core::crypto::FileKeys::derive(&password, salt, iterations)?;
+        let keys = FileKeys::from_secret(&secret, salt, iterations)?;
         Ok(hex::encode(digest(&SHA256, &keys.owner_token())))
     })
     .await

@@ -7,7 +7,7 @@ use std::io::{self, Read};
 use bytes::Bytes;
 use rayon::prelude::*;
 
-use crate::core::crypto::{DEFAULT_ITERATIONS, FileKeys, Salt, TAG_LEN};
+use crate::core::crypto::{DEFAULT_ITERATIONS, FileKeys, Salt, Secret, TAG_LEN};
 use crate::core::erasure::{self, Shape};
 use crate::core::error::CodecError;
 use crate::core::manifest::{
@@ -107,9 +107,13 @@ pub struct Encoder<R> {
 
 impl<R: Read> Encoder<R> {
     pub fn new(reader: R, password: &[u8], params: EncodeParams, salt: Salt) -> Result<Self, CodecError> {
+        Self::with_keys(reader, FileKeys::derive(password, salt, params.iterations)?, params)
+    }
+
+    /// An encoder sealing with `keys` (made for `params.iterations`).
+    pub fn with_keys(reader: R, keys: FileKeys, params: EncodeParams) -> Result<Self, CodecError> {
         Shape::new(params.shape.k, params.shape.n)?;
         check_segment_size(params.segment_size)?;
-        let keys = FileKeys::derive(password, salt, params.iterations)?;
         Ok(Encoder {
             reader,
             keys,
@@ -271,7 +275,12 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(manifest: Manifest, password: &[u8]) -> Result<Decoder, CodecError> {
-        let keys = FileKeys::derive(password, manifest.salt, manifest.iterations)?;
+        Decoder::with_secret(manifest, &Secret::from(password))
+    }
+
+    /// A decoder from the password or the key stretched from it.
+    pub fn with_secret(manifest: Manifest, secret: &Secret) -> Result<Decoder, CodecError> {
+        let keys = FileKeys::from_secret(secret, manifest.salt, manifest.iterations)?;
         let plain = keys.open_metadata(&manifest.sealed_meta)?;
         let meta = serde_json::from_slice(&plain)
             .map_err(|e| CodecError::Malformed(format!("sealed metadata is not valid: {e}")))?;

@@ -48,6 +48,61 @@ impl Salt {
     }
 }
 
+/// What opens a file: its password, which PBKDF2 stretches on every use, or the key that
+/// stretching made with the file's salt. A program that opens many files often (the S3
+/// gateway opens a file per part) keeps the key, as secret as the password, so that PBKDF2
+/// runs once per file instead of once per use.
+#[derive(Clone)]
+pub enum Secret {
+    Password(Vec<u8>),
+    Stretched { salt: Salt, key: [u8; 32] },
+}
+
+impl From<&[u8]> for Secret {
+    fn from(password: &[u8]) -> Secret {
+        Secret::Password(password.to_vec())
+    }
+}
+
+impl<const N: usize> From<&[u8; N]> for Secret {
+    fn from(password: &[u8; N]) -> Secret {
+        Secret::Password(password.to_vec())
+    }
+}
+
+impl Secret {
+    /// PBKDF2-HMAC-SHA256(password, salt, iterations): the key that opens a file sealed with
+    /// `salt` by `password`, without stretching again.
+    pub fn stretch(password: &[u8], salt: Salt, iterations: u32) -> Result<Secret, CodecError> {
+        Ok(Secret::Stretched { salt, key: stretch(password, salt, iterations)? })
+    }
+
+    /// The salt a stretched key belongs to (a password fits any).
+    pub fn salt(&self) -> Option<Salt> {
+        match self {
+            Secret::Password(_) => None,
+            Secret::Stretched { salt, .. } => Some(*salt),
+        }
+    }
+}
+
+fn stretch(password: &[u8], salt: Salt, iterations: u32) -> Result<[u8; 32], CodecError> {
+    if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
+        return Err(CodecError::InvalidParams(format!(
+            "PBKDF2 iterations must be between {MIN_ITERATIONS} and {MAX_ITERATIONS}, got {iterations}"
+        )));
+    }
+    let mut key = [0u8; 32];
+    pbkdf2::derive(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        NonZeroU32::new(iterations).expect("checked above"),
+        &salt.0,
+        password,
+        &mut key,
+    );
+    Ok(key)
+}
+
 /// The keys of one upload, derived from the password and the upload's salt.
 pub struct FileKeys {
     salt: Salt,
@@ -67,20 +122,21 @@ impl FileKeys {
     /// PBKDF2-HMAC-SHA256(password, salt, iterations) → 32-byte master key, then
     /// HKDF-SHA256(salt = upload salt, ikm = master) expanded under three labels.
     pub fn derive(password: &[u8], salt: Salt, iterations: u32) -> Result<FileKeys, CodecError> {
-        if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
-            return Err(CodecError::InvalidParams(format!(
-                "PBKDF2 iterations must be between {MIN_ITERATIONS} and {MAX_ITERATIONS}, got {iterations}"
-            )));
+        Ok(FileKeys::expand(&stretch(password, salt, iterations)?, salt))
+    }
+
+    /// The keys of the file sealed with `salt` and `iterations`, from `secret`. A stretched
+    /// key of another salt opens nothing.
+    pub fn from_secret(secret: &Secret, salt: Salt, iterations: u32) -> Result<FileKeys, CodecError> {
+        match secret {
+            Secret::Password(p) => FileKeys::derive(p, salt, iterations),
+            Secret::Stretched { salt: s, key } if *s == salt => Ok(FileKeys::expand(key, salt)),
+            Secret::Stretched { .. } => Err(CodecError::WrongPasswordOrTampered),
         }
-        let mut master = [0u8; 32];
-        pbkdf2::derive(
-            pbkdf2::PBKDF2_HMAC_SHA256,
-            NonZeroU32::new(iterations).expect("checked above"),
-            &salt.0,
-            password,
-            &mut master,
-        );
-        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &salt.0).extract(&master);
+    }
+
+    fn expand(master: &[u8; 32], salt: Salt) -> FileKeys {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &salt.0).extract(master);
         let expand = |info: &[u8]| -> [u8; 32] {
             let mut out = [0u8; 32];
             prk.expand(&[info], Len(32))
@@ -90,12 +146,12 @@ impl FileKeys {
         };
         let aes =
             |bytes: [u8; 32]| LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &bytes).expect("32-byte AES-256 key"));
-        Ok(FileKeys {
+        FileKeys {
             salt,
             segment: aes(expand(INFO_SEGMENT)),
             metadata: aes(expand(INFO_METADATA)),
             owner_token: expand(INFO_OWNER),
-        })
+        }
     }
 
     pub fn salt(&self) -> Salt {
@@ -187,6 +243,23 @@ mod tests {
 
     fn keys(password: &str, salt: u8) -> FileKeys {
         FileKeys::derive(password.as_bytes(), Salt([salt; SALT_LEN]), MIN_ITERATIONS).unwrap()
+    }
+
+    #[test]
+    fn a_stretched_key_opens_what_its_password_sealed_and_only_with_its_salt() {
+        let salt = Salt([4; SALT_LEN]);
+        let sealed = keys("pw", 4).seal_metadata(b"meta");
+        let secret = Secret::stretch(b"pw", salt, MIN_ITERATIONS).unwrap();
+        assert_eq!(secret.salt(), Some(salt));
+        let opened = FileKeys::from_secret(&secret, salt, MIN_ITERATIONS).unwrap();
+        assert_eq!(opened.open_metadata(&sealed).unwrap(), b"meta");
+        assert_eq!(opened.owner_token(), keys("pw", 4).owner_token());
+        let other_salt = Salt([5; SALT_LEN]);
+        assert!(matches!(
+            FileKeys::from_secret(&secret, other_salt, MIN_ITERATIONS),
+            Err(CodecError::WrongPasswordOrTampered)
+        ));
+        assert!(Secret::stretch(b"pw", salt, MIN_ITERATIONS - 1).is_err());
     }
 
     #[test]
