@@ -390,7 +390,7 @@ pub(super) async fn info(config: Config, file_id: String, json: bool) -> anyhow:
     }
     let s = &view.summary;
     outln!("file     {}\nsize     {} bytes\nsegments {}\ncoding   {}-of-{}", s.file_id, s.size, s.segments, s.k, s.n);
-    let t = &view.totals;
+    let t = view.totals.as_ref().context("the coordinator sent no health totals")?;
     outln!(
         "health   {} healthy, {} degraded, {} at risk, {} unreadable segments; fewest healthy shards: {}",
         t.healthy,

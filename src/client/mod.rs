@@ -220,9 +220,10 @@ impl Client {
         self.get_signed(&format!("/v2/files/{id}")).await
     }
 
-    /// The view of segments `first..first + count` of a file (at most [`VIEW_SEGMENTS`]).
+    /// The view of segments `first..first + count` of a file (at most [`VIEW_SEGMENTS`]),
+    /// without the whole file's health totals (reading them costs the coordinator every row).
     pub async fn info_range(&self, id: &FileId, first: u32, count: u32) -> Result<FileView, ClientError> {
-        self.get_signed(&format!("/v2/files/{id}?first={first}&count={count}")).await
+        self.get_signed(&format!("/v2/files/{id}?first={first}&count={count}&totals=false")).await
     }
 
     /// The manifest of `id`, checked against the id.

@@ -48,7 +48,7 @@ pub enum RestoreError {
 pub fn restore(data_dir: &Path, backup: &Path) -> Result<usize, RestoreError> {
     let text = std::fs::read_to_string(backup)
         .map_err(|source| RestoreError::Read { path: backup.display().to_string(), source })?;
-    let db = sled::open(data_dir.join("db")).map_err(DbError::from)?;
+    let db = super::open_db(data_dir)?;
     if db.tree_names().iter().any(|n| &n[..] != b"__sled__default" && db.open_tree(n).is_ok_and(|t| !t.is_empty())) {
         return Err(RestoreError::NotEmpty(data_dir.display().to_string()));
     }

@@ -171,7 +171,7 @@ pub(super) async fn sealed_segment(s: &State, caller: &Caller, id: &str, index: 
     if index >= m.segment_count() {
         return Err(ApiError::not_found(format!("file {id} has {} segments", m.segment_count())));
     }
-    let view = Arc::new(files::view(s, caller, id, index, 1)?);
+    let view = Arc::new(files::view(s, caller, id, files::Window { first: index, count: 1, totals: false })?);
     let entry =
         s.row(&rec, index).map_err(ApiError::internal)?.ok_or_else(|| ApiError::internal(files::BadManifest))?.entry;
     let problems = Arc::new(Mutex::new(Vec::new()));

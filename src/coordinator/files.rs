@@ -46,27 +46,55 @@ pub(super) fn manifest(s: &State, id: &str) -> ApiResult {
     Ok(server::bytes("application/octet-stream", Bytes::from(bytes)))
 }
 
-/// A file's placements, health and read grants for segments `first..first + count` (at most
-/// [`VIEW_SEGMENTS`]), with health totals over the whole file: for any admitted account that
-/// knows the id (the id and the password are the capability to read a file).
-pub(super) fn view(s: &State, caller: &Caller, id: &str, first: u32, count: u32) -> Result<FileView, ApiError> {
-    view_for(s, &caller.id, id, first, count)
+/// Which segments of a file a view covers, and whether it counts the whole file's health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Window {
+    pub first: u32,
+    /// At most [`VIEW_SEGMENTS`].
+    pub count: u32,
+    /// Totals read every row of the file: `info` wants them, a download's windows do not.
+    pub totals: bool,
+}
+
+/// A file's placements, health and read grants for a window of its segments, with health
+/// totals over the whole file when asked: for any admitted account that knows the id (the id
+/// and the password are the capability to read a file).
+pub(super) fn view(s: &State, caller: &Caller, id: &str, w: Window) -> Result<FileView, ApiError> {
+    view_for(s, &caller.id, id, w)
 }
 
 /// As [`view`], with grants issued to `grantee`.
-pub(super) fn view_for(s: &State, grantee: &str, id: &str, first: u32, count: u32) -> Result<FileView, ApiError> {
+pub(super) fn view_for(s: &State, grantee: &str, id: &str, w: Window) -> Result<FileView, ApiError> {
+    let Window { first, count, totals } = w;
     let rec = record(s, id)?;
     let summary = summary(id, &rec).ok_or_else(|| ApiError::internal(BadManifest))?;
     let records: HashMap<String, PeerRecord> = s.peers.readable().into_iter().collect();
-    let rows = s.rows(&rec).map_err(ApiError::internal)?;
-    let totals = totals(s, &records, &rows, summary.k);
-    let end = (first as usize).saturating_add(count.min(VIEW_SEGMENTS) as usize).min(rows.len());
-    let window = rows.get(first as usize..end).unwrap_or_default();
+    let rules = repair::Rules::of(s);
+    let count = count.min(VIEW_SEGMENTS);
+    let (window, totals) = if totals {
+        // One pass over every row, a page at a time: totals of all, the window kept.
+        let mut t = HealthTotals { min_healthy: u32::MAX, ..HealthTotals::default() };
+        let mut window = Vec::new();
+        s.visit_rows(&rec, |i, row| {
+            tally(s, &rules, &records, &row, summary.k, &mut t);
+            if i >= first && i - first < count {
+                window.push(row);
+            }
+        })
+        .map_err(ApiError::internal)?;
+        if t.min_healthy == u32::MAX {
+            t.min_healthy = 0; // no segments
+        }
+        (window, Some(t))
+    } else {
+        // A download's window: its rows only, whatever the file's size.
+        (s.rows_window(&rec, first, count).map_err(ApiError::internal)?, None)
+    };
+    let window = &window[..];
     let used: HashSet<String> =
         window.iter().flat_map(|r| r.placements.iter().cloned()).filter(|p| !p.is_empty()).collect();
     let peers = used.iter().filter_map(|pid| Some((pid.clone(), s.view(pid, records.get(pid)?, 0)))).collect();
     let health = repair::segments_health(s, &records, id, first, window);
-    let rules = repair::Rules::of(s);
     let shard_states = window
         .iter()
         .map(|r| {
@@ -78,26 +106,25 @@ pub(super) fn view_for(s: &State, grantee: &str, id: &str, first: u32, count: u3
     Ok(FileView { summary, first, totals, placements, peers, health, shard_states, grants })
 }
 
-/// A file's segments counted by health.
-fn totals(s: &State, peers: &HashMap<String, PeerRecord>, rows: &[SegmentRow], k: u8) -> HealthTotals {
-    let rules = repair::Rules::of(s);
-    let mut t = HealthTotals { min_healthy: u32::MAX, ..HealthTotals::default() };
-    for row in rows {
-        let n = row.placements.len();
-        let healthy = n - rules.unhealthy(peers, row).len();
-        let threshold = (k as usize + s.config.repair.threshold as usize).min(n.saturating_sub(1));
-        match healthy {
-            h if h == n => t.healthy += 1,
-            h if h < k as usize => t.unreadable += 1,
-            h if h <= threshold => t.at_risk += 1,
-            _ => t.degraded += 1,
-        }
-        t.min_healthy = t.min_healthy.min(healthy as u32);
+/// Counts one segment row into a file's health totals.
+fn tally(
+    s: &State,
+    rules: &repair::Rules,
+    peers: &HashMap<String, PeerRecord>,
+    row: &SegmentRow,
+    k: u8,
+    t: &mut HealthTotals,
+) {
+    let n = row.placements.len();
+    let healthy = n - rules.unhealthy(peers, row).len();
+    let threshold = (k as usize + s.config.repair.threshold as usize).min(n.saturating_sub(1));
+    match healthy {
+        h if h == n => t.healthy += 1,
+        h if h < k as usize => t.unreadable += 1,
+        h if h <= threshold => t.at_risk += 1,
+        _ => t.degraded += 1,
     }
-    if rows.is_empty() {
-        t.min_healthy = 0;
-    }
-    t
+    t.min_healthy = t.min_healthy.min(healthy as u32);
 }
 
 /// `GET /v2/files/{id}/pages/{p}`: page `p` of a version 3 file's segment table, as its

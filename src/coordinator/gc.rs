@@ -60,7 +60,7 @@ fn forget_peers(s: &State, files: &[(String, super::state::FileRecord)]) -> Resu
     let now = s.now();
     let mut holding = std::collections::HashSet::new();
     for (_, f) in files {
-        holding.extend(s.rows(f)?.into_iter().flat_map(|r| r.placements));
+        s.visit_rows(f, |_, row| holding.extend(row.placements))?;
     }
     for (id, p) in s.peers.all()? {
         if now.saturating_sub(p.last_heartbeat) <= horizon || holding.contains(&id) {

@@ -158,8 +158,12 @@ pub async fn spawn(
     Ok(server::serve(listener, (metrics, routes::label), handler, signal, workers))
 }
 
+/// The coordinator's page cache: its hot rows (peers, pending uploads, the files being read
+/// or repaired) fit many times over; the rest is read from disk when a worker scans it.
+const DB_CACHE: u64 = 128 << 20;
+
 fn open_db(data_dir: &Path) -> Result<sled::Db, crate::store::DbError> {
-    Ok(sled::open(data_dir.join("db"))?)
+    Ok(crate::store::open_db(&data_dir.join("db"), DB_CACHE)?)
 }
 
 /// What `p2pstore coordinator check` found: a line per table and per unreadable record.

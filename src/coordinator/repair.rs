@@ -125,15 +125,17 @@ async fn check(s: &Arc<State>) {
     let mut queue = Vec::new();
     for (file_id, f) in s.files.readable() {
         let Some(m) = f.parsed() else { continue };
-        let Ok(rows) = s.rows(&f) else { continue };
         let (k, n) = (m.shape.k(), m.shape.n());
         let threshold = (k + s.config.repair.threshold as usize).min(n - 1);
-        for (seg, row) in rows.iter().enumerate() {
-            let bad = rules.unhealthy(&peers, row);
+        let walked = s.visit_rows(&f, |seg, row| {
+            let bad = rules.unhealthy(&peers, &row);
             let leaving = row.placements.iter().any(|p| peers.get(p).is_some_and(|p| p.status == PeerStatus::Exiting));
             if !bad.is_empty() && (n - bad.len() <= threshold || leaving) {
-                queue.push((n - bad.len(), file_id.clone(), seg));
+                queue.push((n - bad.len(), file_id.clone(), seg as usize));
             }
+        });
+        if let Err(e) = walked {
+            tracing::warn!(file = %file_id, error = %e, "a segment row cannot be read; repair skips the rest of the file");
         }
     }
     queue.sort();

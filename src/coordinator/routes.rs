@@ -39,11 +39,7 @@ pub(super) enum Route {
     UploadStatus(String),
     Commit(String),
     Files,
-    File {
-        id: String,
-        first: u32,
-        count: u32,
-    },
+    File(String, files::Window),
     Page(String, u32),
     Manifest(String),
     Delete(String),
@@ -101,7 +97,7 @@ impl Route {
             Route::UploadStatus(_) => "/v2/uploads/:id",
             Route::Page(..) => "/v2/files/:id/pages/:p",
             Route::Files => "/v2/files",
-            Route::File { .. } | Route::Delete(_) => "/v2/files/:id",
+            Route::File(..) | Route::Delete(_) => "/v2/files/:id",
             Route::Manifest(_) => "/v2/files/:id/manifest",
             Route::BrowserStart => "/v2/browser/uploads",
             Route::BrowserSegment(..) => "/v2/browser/uploads/:id/segments/:i",
@@ -169,7 +165,13 @@ impl Route {
             (&Method::GET, ["v2", "files", id]) => {
                 let q = server::parse_query(query);
                 let number = |k: &str, default: u32| q.get(k).map_or(Ok(default), |v| index(v));
-                Route::File { id: id.to_string(), first: number("first", 0)?, count: number("count", VIEW_SEGMENTS)? }
+                let totals = match q.get("totals").map(|v| v.as_str()) {
+                    None | Some("true") => true,
+                    Some("false") => false,
+                    Some(other) => return Err(ApiError::bad_request(format!("totals must be true or false, not {other:?}"))),
+                };
+                let w = files::Window { first: number("first", 0)?, count: number("count", VIEW_SEGMENTS)?, totals };
+                Route::File(id.to_string(), w)
             }
             (&Method::DELETE, ["v2", "files", id]) => Route::Delete(id.to_string()),
             (&Method::GET, ["v2", "files", id, "manifest"]) => Route::Manifest(id.to_string()),
@@ -261,9 +263,9 @@ async fn for_account(s: &State, caller: &Caller, route: Route, body: Incoming) -
             caller.no_body(body).await?;
             ok(&files::list(s, caller)?)
         }
-        Route::File { id, first, count } => {
+        Route::File(id, w) => {
             caller.no_body(body).await?;
-            ok(&files::view(s, caller, &id, first, count)?)
+            ok(&files::view(s, caller, &id, w)?)
         }
         Route::Manifest(id) => {
             caller.no_body(body).await?;
@@ -320,6 +322,10 @@ mod tests {
         assert_eq!(parse(Method::GET, "/").unwrap(), Route::Asset(String::new()));
         assert_eq!(parse(Method::GET, "/app.js").unwrap(), Route::Asset("app.js".into()));
         assert_eq!(parse(Method::GET, "/v2/files/f/segments/x").unwrap_err().status, StatusCode::BAD_REQUEST);
+        let window = |first, count, totals| Route::File("f".into(), files::Window { first, count, totals });
+        assert_eq!(parse(Method::GET, "/v2/files/f").unwrap(), window(0, VIEW_SEGMENTS, true));
+        assert_eq!(parse(Method::GET, "/v2/files/f?first=9&count=2&totals=false").unwrap(), window(9, 2, false));
+        assert_eq!(parse(Method::GET, "/v2/files/f?totals=maybe").unwrap_err().status, StatusCode::BAD_REQUEST);
         for (m, p) in [(Method::GET, "/v2"), (Method::POST, "/v2/files"), (Method::GET, "/v2/nope/x/y")] {
             assert_eq!(parse(m, p).unwrap_err().status, StatusCode::NOT_FOUND, "{p}");
         }

@@ -397,6 +397,21 @@ impl State {
         }
     }
 
+    /// Visits the segment rows of a file in index order, a page at a time: a file may have
+    /// millions, and the workers that walk every file each round must not hold them all.
+    pub fn visit_rows(&self, f: &FileRecord, mut visit: impl FnMut(u32, SegmentRow)) -> Result<(), crate::store::RecordError> {
+        let mut index = 0;
+        self.segments.visit_prefix(&format!("{}/", f.rows_prefix()), |row| {
+            visit(index, row);
+            index += 1;
+        })
+    }
+
+    /// At most `count` segment rows of a file from segment `first` on, read without the rest.
+    pub fn rows_window(&self, f: &FileRecord, first: u32, count: u32) -> Result<Vec<SegmentRow>, crate::store::RecordError> {
+        self.segments.range(&format!("{}/", f.rows_prefix()), &row_key(f.rows_prefix(), first), count as usize)
+    }
+
     /// One segment row of a file.
     pub fn row(&self, f: &FileRecord, index: u32) -> Result<Option<SegmentRow>, crate::store::RecordError> {
         self.segments.get(&row_key(f.rows_prefix(), index))
@@ -425,15 +440,14 @@ impl State {
         let mut held: HashMap<String, Vec<(ShardId, usize)>> = HashMap::new();
         for (_, f) in files {
             let Some(m) = f.parsed() else { continue };
-            let Ok(rows) = self.rows(f) else { continue };
-            for (i, row) in rows.into_iter().enumerate() {
-                let len = m.shard_len(i as u32);
+            let _ = self.visit_rows(f, |i, row| {
+                let len = m.shard_len(i);
                 for (id, peer) in row.entry.shard_ids.into_iter().zip(row.placements) {
                     if !peer.is_empty() {
                         held.entry(peer).or_default().push((id, len));
                     }
                 }
-            }
+            });
         }
         held
     }
@@ -480,13 +494,12 @@ impl State {
         let mut map = HashMap::new();
         for (_, f) in self.files.readable() {
             let Some(m) = f.parsed() else { continue };
-            let Ok(rows) = self.rows(&f) else { continue };
-            for (i, row) in rows.into_iter().enumerate() {
-                let len = m.shard_len(i as u32) as u64;
+            let _ = self.visit_rows(&f, |i, row| {
+                let len = m.shard_len(i) as u64;
                 for peer in row.placements.into_iter().filter(|p| !p.is_empty()) {
                     *map.entry(peer).or_insert(0u64) += len;
                 }
-            }
+            });
         }
         let map = Arc::new(map);
         *cache = Some((changes, map.clone()));
@@ -516,10 +529,11 @@ impl State {
     pub fn placed_counts(&self) -> HashMap<String, u64> {
         let mut counts = HashMap::new();
         for (_, f) in self.files.readable() {
-            let Ok(rows) = self.rows(&f) else { continue };
-            for peer in rows.into_iter().flat_map(|r| r.placements).filter(|p| !p.is_empty()) {
-                *counts.entry(peer).or_insert(0) += 1;
-            }
+            let _ = self.visit_rows(&f, |_, row| {
+                for peer in row.placements.into_iter().filter(|p| !p.is_empty()) {
+                    *counts.entry(peer).or_insert(0) += 1;
+                }
+            });
         }
         counts
     }

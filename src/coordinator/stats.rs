@@ -31,10 +31,10 @@ pub(super) fn compute(s: &State) -> NetworkStats {
         let Some(m) = f.parsed() else { continue };
         st.files += 1;
         st.stored_bytes = st.stored_bytes.saturating_add(m.plaintext_size);
-        for row in s.rows(&f).unwrap_or_default() {
+        let _ = s.visit_rows(&f, |_, row| {
             let healthy = (row.placements.len() - rules.unhealthy(&peers, &row).len()) as u32;
             *health.entry(healthy).or_default() += 1;
-        }
+        });
     }
     st.health = health.into_iter().collect();
     let since = s.now().saturating_sub(60);

@@ -292,7 +292,41 @@ struct BodyChecks {
     trailers: Option<TrailingHeaders>,
 }
 
+/// The checksums a PutObject or UploadPart input announces (their types differ, their
+/// fields do not).
+macro_rules! announced_checksums {
+    ($input:expr) => {
+        Checksum {
+            checksum_crc32: $input.checksum_crc32,
+            checksum_crc32c: $input.checksum_crc32c,
+            checksum_sha1: $input.checksum_sha1,
+            checksum_sha256: $input.checksum_sha256,
+            checksum_crc64nvme: $input.checksum_crc64nvme,
+            checksum_type: None,
+        }
+    };
+}
+
 impl BodyChecks {
+    /// The checks of a request's body: `given` checksums (and the algorithm announced for a
+    /// trailer), Content-MD5, and its length.
+    fn new(
+        size: u64,
+        content_md5: Option<String>,
+        given: &Checksum,
+        alg: Option<&ChecksumAlgorithm>,
+        headers: &HeaderMap,
+        trailers: Option<TrailingHeaders>,
+    ) -> S3Result<BodyChecks> {
+        Ok(BodyChecks {
+            size,
+            content_md5,
+            hasher: make_hasher(given, alg, headers)?,
+            given: given.clone(),
+            trailers,
+        })
+    }
+
     fn plain(size: u64) -> BodyChecks {
         BodyChecks {
             size,
@@ -870,22 +904,9 @@ impl S3 for Gateway {
                 }
             }
         }
-        let given = Checksum {
-            checksum_crc32: input.checksum_crc32,
-            checksum_crc32c: input.checksum_crc32c,
-            checksum_sha1: input.checksum_sha1,
-            checksum_sha256: input.checksum_sha256,
-            checksum_crc64nvme: input.checksum_crc64nvme,
-            checksum_type: None,
-        };
-        let hasher = make_hasher(&given, input.checksum_algorithm.as_ref(), &req.headers)?;
-        let checks = BodyChecks {
-            size,
-            content_md5: input.content_md5,
-            hasher,
-            given: given.clone(),
-            trailers: req.trailing_headers.clone(),
-        };
+        let given = announced_checksums!(input);
+        let alg = input.checksum_algorithm.as_ref();
+        let checks = BodyChecks::new(size, input.content_md5, &given, alg, &req.headers, req.trailing_headers)?;
         let (part, md5) = self.store(input.body, checks).await?;
         let etag = hex::encode(md5);
         let rec = ObjectRecord {
@@ -1183,22 +1204,9 @@ impl S3 for Gateway {
         self.get_upload(&input.bucket, &input.key, &input.upload_id).await?;
         let size = input.content_length.ok_or_else(|| s3_error!(MissingContentLength))?;
         let size = u64::try_from(size).map_err(|_| s3_error!(InvalidArgument, "negative Content-Length"))?;
-        let given = Checksum {
-            checksum_crc32: input.checksum_crc32,
-            checksum_crc32c: input.checksum_crc32c,
-            checksum_sha1: input.checksum_sha1,
-            checksum_sha256: input.checksum_sha256,
-            checksum_crc64nvme: input.checksum_crc64nvme,
-            checksum_type: None,
-        };
-        let hasher = make_hasher(&given, input.checksum_algorithm.as_ref(), &req.headers)?;
-        let checks = BodyChecks {
-            size,
-            content_md5: input.content_md5,
-            hasher,
-            given: given.clone(),
-            trailers: req.trailing_headers.clone(),
-        };
+        let given = announced_checksums!(input);
+        let alg = input.checksum_algorithm.as_ref();
+        let checks = BodyChecks::new(size, input.content_md5, &given, alg, &req.headers, req.trailing_headers)?;
         let (file, md5) = self.store(input.body, checks).await?;
         let rec = PartRecord { file, size, md5: hex::encode(md5), modified: now() };
         let name = Self::part_key(&input.upload_id, input.part_number);

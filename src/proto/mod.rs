@@ -254,9 +254,11 @@ pub struct FileView {
     /// most [`VIEW_SEGMENTS`] segments a view).
     #[serde(default)]
     pub first: u32,
-    /// Segments the file has in each health state, over the whole file.
-    #[serde(default)]
-    pub totals: HealthTotals,
+    /// Segments the file has in each health state, over the whole file; absent when the view
+    /// was asked without them (`&totals=false`: a download's windows, which need only their
+    /// own segments, whatever the file's size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totals: Option<HealthTotals>,
     /// `placements[segment - first][shard]` = peer id.
     pub placements: Vec<Vec<String>>,
     pub peers: BTreeMap<String, PeerView>,

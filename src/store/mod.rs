@@ -8,4 +8,4 @@ pub mod shards;
 pub mod table;
 
 pub use durable::GroupCommit;
-pub use table::{DbError, Record, RecordError, Scan, Table, Tree};
+pub use table::{DbError, Record, RecordError, Scan, Table, Tree, open_db};

@@ -261,7 +261,8 @@ impl ShardStore {
         }
         fs::create_dir_all(dir.join("trash"))?;
         fs::File::open(&root)?.sync_all()?;
-        let db = sled::open(dir.join("index"))?;
+        // A node's index entries are small; millions of shards need no more cache than this.
+        let db = super::open_db(&dir.join("index"), 64 << 20)?;
         let (index, trash) = (db.open_tree("shards")?, db.open_tree("trash")?);
         let used = reconcile(&index, files_in(&root)?, |len, at| Entry { len, stored_at: at, ..Entry::default() })?;
         let trashed = reconcile(&trash, files_in(&dir.join("trash"))?, |len, at| Trashed {

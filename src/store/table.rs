@@ -20,11 +20,20 @@ use serde::de::DeserializeOwned;
 #[error("database: {0}")]
 pub struct DbError(pub String);
 
+/// Opens (or creates) the sled database at `path` with a page cache of at most `cache` bytes
+/// (sled's default, 1 GiB, fills as the database grows).
+pub fn open_db(path: &std::path::Path, cache: u64) -> sled::Result<sled::Db> {
+    sled::Config::new().path(path).cache_capacity(cache).open()
+}
+
 impl From<sled::Error> for DbError {
     fn from(e: sled::Error) -> DbError {
         DbError(e.to_string())
     }
 }
+
+/// Entries a [`Table::visit_prefix`] reads at a time.
+pub const SCAN_PAGE: usize = 512;
 
 /// A stored entry: key and value bytes.
 pub type Entry = (Vec<u8>, Vec<u8>);
@@ -42,6 +51,9 @@ pub trait Tree: Send + Sync {
     fn update(&self, key: &[u8], f: &mut Updater<'_>) -> Result<Option<Vec<u8>>, DbError>;
     /// Entries whose keys start with `prefix` (every entry for an empty prefix), in key order.
     fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, DbError>;
+    /// At most `limit` entries whose keys start with `prefix` and are at least `from`, in
+    /// key order: a long scan a page at a time.
+    fn scan_page(&self, prefix: &[u8], from: &[u8], limit: usize) -> Result<Vec<Entry>, DbError>;
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -65,6 +77,13 @@ impl Tree for sled::Tree {
     }
     fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, DbError> {
         self.scan_prefix(prefix).map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(DbError::from)).collect()
+    }
+    fn scan_page(&self, prefix: &[u8], from: &[u8], limit: usize) -> Result<Vec<Entry>, DbError> {
+        self.range(from.max(prefix)..)
+            .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+            .take(limit)
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(DbError::from))
+            .collect()
     }
     fn len(&self) -> usize {
         sled::Tree::len(self)
@@ -229,6 +248,34 @@ impl<T: Record> Table<T> {
         Ok(scan)
     }
 
+    /// Visits every record whose key starts with `prefix`, in key order, reading
+    /// [`SCAN_PAGE`] entries at a time: memory stays at a page whatever the count. Stops at
+    /// the first record that does not decode.
+    pub fn visit_prefix(&self, prefix: &str, mut visit: impl FnMut(T)) -> Result<(), RecordError> {
+        let mut from = prefix.as_bytes().to_vec();
+        loop {
+            let page = self.tree.scan_page(prefix.as_bytes(), &from, SCAN_PAGE)?;
+            let full = page.len() == SCAN_PAGE;
+            for (k, v) in &page {
+                visit(self.decode(k, v)?);
+            }
+            match page.into_iter().next_back() {
+                Some((mut k, _)) if full => {
+                    k.push(0); // the smallest key after the last one read
+                    from = k;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// At most `limit` records whose keys start with `prefix` and are at least `from`, in
+    /// key order; an error for the first that does not decode.
+    pub fn range(&self, prefix: &str, from: &str, limit: usize) -> Result<Vec<T>, RecordError> {
+        let page = self.tree.scan_page(prefix.as_bytes(), from.as_bytes(), limit)?;
+        page.iter().map(|(k, v)| self.decode(k, v)).collect()
+    }
+
     /// Every record, and an error for each one that does not decode.
     pub fn scan(&self) -> Result<Scan<T>, DbError> {
         self.scan_prefix("")
@@ -322,6 +369,29 @@ mod tests {
         assert_eq!((t.all().unwrap().len(), t.changes()), (1, 2), "reads count nothing");
         t.remove("a").unwrap();
         assert_eq!(t.changes(), 3);
+    }
+
+    #[test]
+    fn visits_cross_pages_and_stop_at_the_prefix() {
+        let (_d, db, t) = table();
+        let n = 2 * SCAN_PAGE + 7;
+        for i in 0..n {
+            t.insert(&format!("f/{i:010}"), &Thing { a: i as u32, b: String::new() }).unwrap();
+        }
+        for k in ["e/x", "f", "f0", "g/0"] {
+            t.insert(k, &Thing { a: u32::MAX, b: String::new() }).unwrap();
+        }
+        let mut seen = Vec::new();
+        t.visit_prefix("f/", |r| seen.push(r.a)).unwrap();
+        assert_eq!(seen, (0..n as u32).collect::<Vec<_>>());
+        let mut none = 0;
+        t.visit_prefix("h/", |_| none += 1).unwrap();
+        assert_eq!(none, 0);
+        let window: Vec<u32> = t.range("f/", &format!("f/{:010}", n - 3), 10).unwrap().iter().map(|r| r.a).collect();
+        assert_eq!(window, [n as u32 - 3, n as u32 - 2, n as u32 - 1], "a range stops at its prefix's end");
+        assert_eq!(t.range("f/", "e", 2).unwrap().len(), 2, "a start before the prefix starts at the prefix");
+        db.open_tree("things").unwrap().insert(format!("f/{:010}", SCAN_PAGE + 1), b"{".to_vec()).unwrap();
+        assert!(t.visit_prefix("f/", |_| {}).is_err(), "a damaged record is an error, not a shorter visit");
     }
 
     #[test]
