@@ -203,13 +203,13 @@ pub(super) async fn delete(s: &State, caller: &Caller, id: &str, req: DeleteRequ
 /// audited at once, on those shards (the reader's word alone changes nothing).
 pub(super) fn damage(s: &State, id: &str, claim: DamageClaim) -> ApiResult {
     let rec = record(s, id)?;
-    let placed: Vec<crate::core::merkle::ShardId> = s
-        .placed_shards(&rec)
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .filter(|(sid, peer)| *peer == claim.peer_id && claim.shard_ids.contains(sid))
-        .map(|(sid, _)| sid)
-        .collect();
+    let mut placed = Vec::new();
+    s.visit_placed(&rec, |sid, peer| {
+        if peer == claim.peer_id && claim.shard_ids.contains(&sid) {
+            placed.push(sid);
+        }
+    })
+    .map_err(ApiError::internal)?;
     if placed.is_empty() {
         return Err(ApiError::bad_request("none of those shards of this file is placed on that peer"));
     }

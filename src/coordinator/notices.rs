@@ -107,9 +107,7 @@ const MANIFEST_COPIES: usize = 3;
 /// The shards of a file on each of its peers.
 fn shards_by_peer(s: &State, rec: &FileRecord) -> Result<BTreeMap<String, Vec<ShardId>>, RecordError> {
     let mut by_peer: BTreeMap<String, Vec<ShardId>> = BTreeMap::new();
-    for (sid, peer) in s.placed_shards(rec)? {
-        by_peer.entry(peer).or_default().push(sid);
-    }
+    s.visit_placed(rec, |sid, peer| by_peer.entry(peer).or_default().push(sid))?;
     Ok(by_peer)
 }
 
@@ -198,9 +196,11 @@ pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
 /// given) that is online: one peer's in order, one at a time; each one taken leaves the
 /// outbox.
 pub(super) async fn deliver(s: &State, only: Option<&[String]>) -> Result<(), RecordError> {
+    // Every known peer when not told whom: reading the outbox for its peers' names would
+    // read every waiting notice (hundreds of MB after the commit of a 1 TiB file).
     let peers: BTreeMap<String, ()> = match only {
         Some(keys) => keys.iter().filter_map(|k| Some((k.split_once('/')?.0.to_owned(), ()))).collect(),
-        None => s.outbox.all()?.into_iter().filter_map(|(k, _)| Some((k.split_once('/')?.0.to_owned(), ()))).collect(),
+        None => s.peers.readable().into_iter().map(|(id, _)| (id, ())).collect(),
     };
     futures::stream::iter(peers.into_keys())
         .for_each_concurrent(CONCURRENCY, |peer| async move {
@@ -214,37 +214,44 @@ pub(super) async fn deliver(s: &State, only: Option<&[String]>) -> Result<(), Re
 
 /// Delivers `peer`'s waiting notices in order, stopping at the first not taken.
 async fn deliver_to(s: &State, peer: &str) -> Result<(), RecordError> {
+    let prefix = format!("{peer}/");
+    if s.outbox.range(&prefix, &prefix, 1)?.is_empty() {
+        return Ok(());
+    }
     let turn = s.delivering.lock().expect("not poisoned").entry(peer.to_owned()).or_default().clone();
     let _one_at_a_time = turn.lock().await;
     let Some(p) = s.peers.get(peer)?.filter(|p| s.is_admitted(p)) else { return Ok(()) };
-    let waiting = s.outbox.scan_prefix(&format!("{peer}/"))?.records;
-    if waiting.is_empty() {
-        return Ok(());
-    }
     // What a node takes must outlive a crash here: the notice's number (the node refuses it
     // and every other notice numbered so again) and what it tells (the commit, the deletion,
     // the expired upload, the repair it follows from).
     s.sync().await?;
     let mut unsynced = 0;
-    for (key, rec) in waiting {
-        match s.http.post_json(&format!("{}/v2/notices", p.address), &rec.notice).await {
-            Ok(r) if r.status.is_success() => {
-                s.outbox.remove(&key)?;
-                // Nodes recognise the last RECENT_NOTICES they took when they come again after
-                // a crash here: the removals are made durable well before that many.
-                unsynced += 1;
-                if unsynced >= RECENT_NOTICES / 4 {
-                    s.sync().await?;
-                    unsynced = 0;
+    'pages: loop {
+        // A page at a time: a peer away for long may have many waiting.
+        let waiting = s.outbox.range(&prefix, &prefix, DELIVERY_PAGE)?;
+        if waiting.is_empty() {
+            break 'pages;
+        }
+        for (key, rec) in waiting {
+            match s.http.post_json(&format!("{}/v2/notices", p.address), &rec.notice).await {
+                Ok(r) if r.status.is_success() => {
+                    s.outbox.remove(&key)?;
+                    // Nodes recognise the last RECENT_NOTICES they took when they come again
+                    // after a crash here: the removals are made durable well before that many.
+                    unsynced += 1;
+                    if unsynced >= RECENT_NOTICES / 4 {
+                        s.sync().await?;
+                        unsynced = 0;
+                    }
                 }
-            }
-            Ok(r) => {
-                tracing::warn!(peer = %peer, status = %r.status, error = %r.error_message(), "a notice was refused");
-                break;
-            }
-            Err(e) => {
-                tracing::debug!(peer = %peer, error = %e, "a notice could not be delivered; later");
-                break;
+                Ok(r) => {
+                    tracing::warn!(peer = %peer, status = %r.status, error = %r.error_message(), "a notice was refused");
+                    break 'pages;
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer, error = %e, "a notice could not be delivered; later");
+                    break 'pages;
+                }
             }
         }
     }
@@ -253,6 +260,9 @@ async fn deliver_to(s: &State, peer: &str) -> Result<(), RecordError> {
     }
     Ok(())
 }
+
+/// Waiting notices read from the outbox at a time.
+const DELIVERY_PAGE: usize = 64;
 
 /// Forgets the waiting notices of a peer that is gone for good.
 pub(super) fn drop_for(s: &State, peer: &str) -> Result<(), RecordError> {

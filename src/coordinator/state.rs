@@ -409,7 +409,8 @@ impl State {
 
     /// At most `count` segment rows of a file from segment `first` on, read without the rest.
     pub fn rows_window(&self, f: &FileRecord, first: u32, count: u32) -> Result<Vec<SegmentRow>, crate::store::RecordError> {
-        self.segments.range(&format!("{}/", f.rows_prefix()), &row_key(f.rows_prefix(), first), count as usize)
+        let rows = self.segments.range(&format!("{}/", f.rows_prefix()), &row_key(f.rows_prefix(), first), count as usize)?;
+        Ok(rows.into_iter().map(|(_, r)| r).collect())
     }
 
     /// One segment row of a file.
@@ -425,13 +426,13 @@ impl State {
         Ok(())
     }
 
-    /// Every (shard id, peer) a file has placed.
-    pub fn placed_shards(&self, f: &FileRecord) -> Result<Vec<(ShardId, String)>, crate::store::RecordError> {
-        Ok(self
-            .rows(f)?
-            .into_iter()
-            .flat_map(|r| r.entry.shard_ids.into_iter().zip(r.placements).filter(|(_, p)| !p.is_empty()))
-            .collect())
+    /// Visits every (shard id, peer) a file has placed, a page of rows at a time.
+    pub fn visit_placed(&self, f: &FileRecord, mut visit: impl FnMut(ShardId, String)) -> Result<(), crate::store::RecordError> {
+        self.visit_rows(f, |_, row| {
+            for (sid, peer) in row.entry.shard_ids.into_iter().zip(row.placements).filter(|(_, p)| !p.is_empty()) {
+                visit(sid, peer);
+            }
+        })
     }
 
     /// Every shard each peer should hold, with its length, over the files that can be read

@@ -270,10 +270,10 @@ impl<T: Record> Table<T> {
     }
 
     /// At most `limit` records whose keys start with `prefix` and are at least `from`, in
-    /// key order; an error for the first that does not decode.
-    pub fn range(&self, prefix: &str, from: &str, limit: usize) -> Result<Vec<T>, RecordError> {
+    /// key order, with their keys; an error for the first that does not decode.
+    pub fn range(&self, prefix: &str, from: &str, limit: usize) -> Result<Vec<(String, T)>, RecordError> {
         let page = self.tree.scan_page(prefix.as_bytes(), from.as_bytes(), limit)?;
-        page.iter().map(|(k, v)| self.decode(k, v)).collect()
+        page.iter().map(|(k, v)| Ok((String::from_utf8_lossy(k).into_owned(), self.decode(k, v)?))).collect()
     }
 
     /// Every record, and an error for each one that does not decode.
@@ -387,7 +387,7 @@ mod tests {
         let mut none = 0;
         t.visit_prefix("h/", |_| none += 1).unwrap();
         assert_eq!(none, 0);
-        let window: Vec<u32> = t.range("f/", &format!("f/{:010}", n - 3), 10).unwrap().iter().map(|r| r.a).collect();
+        let window: Vec<u32> = t.range("f/", &format!("f/{:010}", n - 3), 10).unwrap().iter().map(|(_, r)| r.a).collect();
         assert_eq!(window, [n as u32 - 3, n as u32 - 2, n as u32 - 1], "a range stops at its prefix's end");
         assert_eq!(t.range("f/", "e", 2).unwrap().len(), 2, "a start before the prefix starts at the prefix");
         db.open_tree("things").unwrap().insert(format!("f/{:010}", SCAN_PAGE + 1), b"{".to_vec()).unwrap();
