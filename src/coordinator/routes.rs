@@ -168,7 +168,9 @@ impl Route {
                 let totals = match q.get("totals").map(|v| v.as_str()) {
                     None | Some("true") => true,
                     Some("false") => false,
-                    Some(other) => return Err(ApiError::bad_request(format!("totals must be true or false, not {other:?}"))),
+                    Some(other) => {
+                        return Err(ApiError::bad_request(format!("totals must be true or false, not {other:?}")));
+                    }
                 };
                 let w = files::Window { first: number("first", 0)?, count: number("count", VIEW_SEGMENTS)?, totals };
                 Route::File(id.to_string(), w)

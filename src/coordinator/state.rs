@@ -399,7 +399,11 @@ impl State {
 
     /// Visits the segment rows of a file in index order, a page at a time: a file may have
     /// millions, and the workers that walk every file each round must not hold them all.
-    pub fn visit_rows(&self, f: &FileRecord, mut visit: impl FnMut(u32, SegmentRow)) -> Result<(), crate::store::RecordError> {
+    pub fn visit_rows(
+        &self,
+        f: &FileRecord,
+        mut visit: impl FnMut(u32, SegmentRow),
+    ) -> Result<(), crate::store::RecordError> {
         let mut index = 0;
         self.segments.visit_prefix(&format!("{}/", f.rows_prefix()), |row| {
             visit(index, row);
@@ -408,8 +412,14 @@ impl State {
     }
 
     /// At most `count` segment rows of a file from segment `first` on, read without the rest.
-    pub fn rows_window(&self, f: &FileRecord, first: u32, count: u32) -> Result<Vec<SegmentRow>, crate::store::RecordError> {
-        let rows = self.segments.range(&format!("{}/", f.rows_prefix()), &row_key(f.rows_prefix(), first), count as usize)?;
+    pub fn rows_window(
+        &self,
+        f: &FileRecord,
+        first: u32,
+        count: u32,
+    ) -> Result<Vec<SegmentRow>, crate::store::RecordError> {
+        let rows =
+            self.segments.range(&format!("{}/", f.rows_prefix()), &row_key(f.rows_prefix(), first), count as usize)?;
         Ok(rows.into_iter().map(|(_, r)| r).collect())
     }
 
@@ -427,7 +437,11 @@ impl State {
     }
 
     /// Visits every (shard id, peer) a file has placed, a page of rows at a time.
-    pub fn visit_placed(&self, f: &FileRecord, mut visit: impl FnMut(ShardId, String)) -> Result<(), crate::store::RecordError> {
+    pub fn visit_placed(
+        &self,
+        f: &FileRecord,
+        mut visit: impl FnMut(ShardId, String),
+    ) -> Result<(), crate::store::RecordError> {
         self.visit_rows(f, |_, row| {
             for (sid, peer) in row.entry.shard_ids.into_iter().zip(row.placements).filter(|(_, p)| !p.is_empty()) {
                 visit(sid, peer);

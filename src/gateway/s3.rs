@@ -318,13 +318,7 @@ impl BodyChecks {
         headers: &HeaderMap,
         trailers: Option<TrailingHeaders>,
     ) -> S3Result<BodyChecks> {
-        Ok(BodyChecks {
-            size,
-            content_md5,
-            hasher: make_hasher(given, alg, headers)?,
-            given: given.clone(),
-            trailers,
-        })
+        Ok(BodyChecks { size, content_md5, hasher: make_hasher(given, alg, headers)?, given: given.clone(), trailers })
     }
 
     fn plain(size: u64) -> BodyChecks {
@@ -628,9 +622,10 @@ impl Gateway {
             let pw = password.clone();
             tokio::spawn(async move {
                 // Stretched once here, kept in the part's record for every later use.
-                let secret = tokio::task::spawn_blocking(move || Secret::stretch(pw.as_bytes(), Salt::random(), MIN_ITERATIONS))
-                    .await?
-                    .map_err(ClientError::from)?;
+                let secret =
+                    tokio::task::spawn_blocking(move || Secret::stretch(pw.as_bytes(), Salt::random(), MIN_ITERATIONS))
+                        .await?
+                        .map_err(ClientError::from)?;
                 let reader = ChannelReader { rx, cur: Bytes::new() };
                 let id = client.upload_reader(reader, size, meta, secret.clone(), params, None).await?;
                 Ok::<_, ClientError>((id, secret))

@@ -387,7 +387,8 @@ mod tests {
         let mut none = 0;
         t.visit_prefix("h/", |_| none += 1).unwrap();
         assert_eq!(none, 0);
-        let window: Vec<u32> = t.range("f/", &format!("f/{:010}", n - 3), 10).unwrap().iter().map(|(_, r)| r.a).collect();
+        let window: Vec<u32> =
+            t.range("f/", &format!("f/{:010}", n - 3), 10).unwrap().iter().map(|(_, r)| r.a).collect();
         assert_eq!(window, [n as u32 - 3, n as u32 - 2, n as u32 - 1], "a range stops at its prefix's end");
         assert_eq!(t.range("f/", "e", 2).unwrap().len(), 2, "a start before the prefix starts at the prefix");
         db.open_tree("things").unwrap().insert(format!("f/{:010}", SCAN_PAGE + 1), b"{".to_vec()).unwrap();
