@@ -130,6 +130,7 @@ pub async fn spawn(
         counters: Counters::new(&metrics),
         metrics: metrics.clone(),
         placed_cache: Mutex::new(None),
+        health_cache: Mutex::new(None),
         dial_backs: admission::DialBacks::new(),
         limits: limits::Limits::new(&config_limits),
         browser_turns: tokio::sync::Semaphore::new(2),

@@ -299,6 +299,9 @@ pub(super) struct State {
     pub counters: Counters,
     /// `placed_bytes`, and the files table's change count it was computed at.
     pub placed_cache: Mutex<Option<(u64, PlacedBytes)>>,
+    /// The network's segment-health histogram (`/v2/stats`, `/metrics`), see
+    /// `stats::health`.
+    pub health_cache: Mutex<Option<super::stats::HealthCache>>,
     /// Turns for dial-backs, in all and per address.
     pub dial_backs: super::admission::DialBacks,
     pub limits: super::limits::Limits,

@@ -9,6 +9,50 @@ use super::state::{PeerRecord, State};
 use crate::net::metrics::Metrics;
 use crate::proto::*;
 
+/// The last health histogram and what it was computed from.
+pub(crate) struct HealthCache {
+    at: std::time::Instant,
+    /// Changes of the files and segments tables, then of the peers table.
+    data: (u64, u64),
+    peers: u64,
+    health: Vec<(u32, u64)>,
+}
+
+/// How long a health histogram serves while only peers changed (heartbeats change them all
+/// the time).
+const HEALTH_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Segments by healthy shards, over every readable file. It walks every segment row (seconds
+/// for terabytes), and `/v2/stats` and `/metrics` answer anyone, so it is computed again only
+/// when a file or a placement changed, or peers changed and it is older than [`HEALTH_TTL`],
+/// and never twice at once (a second caller waits for the first's answer).
+fn health(
+    s: &State,
+    files: &[(String, super::state::FileRecord)],
+    peers: &HashMap<String, PeerRecord>,
+    rules: &Rules,
+) -> Vec<(u32, u64)> {
+    let data = (s.files.changes(), s.segments.changes());
+    let mut cache = s.health_cache.lock().expect("not poisoned");
+    if let Some(c) = &*cache
+        && c.data == data
+        && (c.peers == s.peers.changes() || c.at.elapsed() < HEALTH_TTL)
+    {
+        return c.health.clone();
+    }
+    let peers_seen = s.peers.changes();
+    let mut health: BTreeMap<u32, u64> = BTreeMap::new();
+    for (_, f) in files {
+        let _ = s.visit_rows(f, |_, row| {
+            let healthy = (row.placements.len() - rules.unhealthy(peers, &row).len()) as u32;
+            *health.entry(healthy).or_default() += 1;
+        });
+    }
+    let health: Vec<(u32, u64)> = health.into_iter().collect();
+    *cache = Some(HealthCache { at: std::time::Instant::now(), data, peers: peers_seen, health: health.clone() });
+    health
+}
+
 pub(super) fn compute(s: &State) -> NetworkStats {
     let peers: HashMap<String, PeerRecord> = s.peers.readable().into_iter().collect();
     let rules = Rules::of(s);
@@ -26,17 +70,13 @@ pub(super) fn compute(s: &State) -> NetworkStats {
             st.used = st.used.saturating_add(p.used);
         }
     }
-    let mut health: BTreeMap<u32, u64> = BTreeMap::new();
-    for (_, f) in s.files.readable() {
+    let files = s.files.readable();
+    for (_, f) in &files {
         let Some(m) = f.parsed() else { continue };
         st.files += 1;
         st.stored_bytes = st.stored_bytes.saturating_add(m.plaintext_size);
-        let _ = s.visit_rows(&f, |_, row| {
-            let healthy = (row.placements.len() - rules.unhealthy(&peers, &row).len()) as u32;
-            *health.entry(healthy).or_default() += 1;
-        });
     }
-    st.health = health.into_iter().collect();
+    st.health = health(s, &files, &peers, &rules);
     let since = s.now().saturating_sub(60);
     let recent: Vec<AuditOutcome> =
         s.recent_audits.lock().expect("not poisoned").iter().filter(|(t, _)| *t >= since).map(|(_, o)| *o).collect();

@@ -77,6 +77,19 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
+/// Whether a request failed because its connection closed before any reply (a server
+/// closing an idle connection as the request went out on it).
+fn closed_before_reply(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_incomplete_message()) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// A pooled HTTP/1 client with per-request timeouts.
 #[derive(Clone)]
 pub struct Client {
@@ -134,7 +147,12 @@ impl Client {
             .https_or_http()
             .enable_http1()
             .wrap_connector(conn);
-        let inner = HyperClient::builder(TokioExecutor::new()).pool_max_idle_per_host(32).build(https);
+        // Idle connections are dropped before a server of ours closes them (its header
+        // timeout, 10 s by default), so few requests are sent on a closing connection.
+        let inner = HyperClient::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(32)
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build(https);
         Client { inner, timeout }
     }
 
@@ -145,8 +163,22 @@ impl Client {
     /// Sends `req`; a reply body over `limit` bytes is an error, and is not read further.
     pub async fn send_limited(&self, req: Request<Body>, limit: usize) -> Result<Reply, HttpError> {
         let url = req.uri().to_string();
+        // A pooled connection the server closed as it went idle fails the request sent on it
+        // ("connection closed before message completed"): a GET goes once more, on a fresh
+        // connection.
+        let again = (req.method() == hyper::Method::GET).then(|| {
+            let mut r = Request::new(req.body().clone());
+            *r.uri_mut() = req.uri().clone();
+            *r.headers_mut() = req.headers().clone();
+            r
+        });
         let fut = async {
-            let resp = self.inner.request(req).await.map_err(|e| {
+            let first = self.inner.request(req).await;
+            let resp = match (first, again) {
+                (Err(e), Some(again)) if closed_before_reply(&e) => self.inner.request(again).await,
+                (r, _) => r,
+            };
+            let resp = resp.map_err(|e| {
                 let reason = root_cause(&e);
                 match e.is_connect() {
                     true => HttpError::Connect { url: url.clone(), reason },
@@ -228,6 +260,27 @@ mod tests {
             }
         });
         format!("http://{addr}/v2/shards/x")
+    }
+
+    #[tokio::test]
+    async fn a_get_on_a_connection_closed_as_it_was_sent_goes_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/x", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            // The first connection answers one request, then closes on the next one unanswered.
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none").await.unwrap();
+            let _ = s.read(&mut buf).await;
+            drop(s);
+            let (mut s, _) = listener.accept().await.unwrap();
+            let _ = s.read(&mut buf).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo").await.unwrap();
+        });
+        let c = Client::default();
+        assert_eq!(&c.get(&url).await.unwrap().body[..], b"one");
+        assert_eq!(&c.get(&url).await.unwrap().body[..], b"two");
     }
 
     #[tokio::test]

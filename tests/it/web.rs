@@ -24,6 +24,12 @@ async fn ui_assets_api_and_metrics() {
     let stats: p2pstore::proto::NetworkStats = h.get(&format!("{base}/v2/stats")).await.unwrap().json().unwrap();
     assert_eq!((stats.peers_online, stats.files, stats.stored_bytes), (4, 1, bytes.len() as u64));
     assert_eq!(stats.health, vec![(4, 3)], "three segments with all four shards healthy");
+    // The histogram is kept between requests (it walks every segment), never past a change.
+    let again: p2pstore::proto::NetworkStats = h.get(&format!("{base}/v2/stats")).await.unwrap().json().unwrap();
+    assert_eq!(again.health, stats.health);
+    c.client.upload(&c.write("w2", &data(PER_SEGMENT, 6)), b"pw", params(2, 4), None).await.unwrap();
+    let after: p2pstore::proto::NetworkStats = h.get(&format!("{base}/v2/stats")).await.unwrap().json().unwrap();
+    assert_eq!((after.files, after.health.clone()), (2, vec![(4, 4)]), "the new file's segment counted at once");
     let view = c.client.info(&id).await.unwrap();
     assert_eq!(view.shard_states.len(), 3);
     assert!(view.shard_states.iter().flatten().all(|s| *s == p2pstore::proto::ShardState::Healthy));
