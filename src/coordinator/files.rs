@@ -8,6 +8,7 @@ use ring::digest::{SHA256, digest};
 
 use super::auth::Caller;
 use super::state::{FileRecord, PeerRecord, SegmentRow, State, row_key};
+use super::stats::Kept;
 use super::{notices, repair};
 use crate::net::server::{self, ApiError, ApiResult, ok};
 use crate::proto::*;
@@ -70,26 +71,8 @@ pub(super) fn view_for(s: &State, grantee: &str, id: &str, w: Window) -> Result<
     let summary = summary(id, &rec).ok_or_else(|| ApiError::internal(BadManifest))?;
     let records: HashMap<String, PeerRecord> = s.peers.readable().into_iter().collect();
     let rules = repair::Rules::of(s);
-    let count = count.min(VIEW_SEGMENTS);
-    let (window, totals) = if totals {
-        // One pass over every row, a page at a time: totals of all, the window kept.
-        let mut t = HealthTotals { min_healthy: u32::MAX, ..HealthTotals::default() };
-        let mut window = Vec::new();
-        s.visit_rows(&rec, |i, row| {
-            tally(s, &rules, &records, &row, summary.k, &mut t);
-            if i >= first && i - first < count {
-                window.push(row);
-            }
-        })
-        .map_err(ApiError::internal)?;
-        if t.min_healthy == u32::MAX {
-            t.min_healthy = 0; // no segments
-        }
-        (window, Some(t))
-    } else {
-        // A download's window: its rows only, whatever the file's size.
-        (s.rows_window(&rec, first, count).map_err(ApiError::internal)?, None)
-    };
+    let window = s.rows_window(&rec, first, count.min(VIEW_SEGMENTS)).map_err(ApiError::internal)?;
+    let totals = if totals { Some(file_totals(s, id, &rec, &records, &rules, summary.k)?) } else { None };
     let window = &window[..];
     let used: HashSet<String> =
         window.iter().flat_map(|r| r.placements.iter().cloned()).filter(|p| !p.is_empty()).collect();
@@ -104,6 +87,36 @@ pub(super) fn view_for(s: &State, grantee: &str, id: &str, w: Window) -> Result<
     let grants = used.iter().map(|p| (p.clone(), s.grant(p, &rec.upload_id, grantee))).collect();
     let placements = window.iter().map(|r| r.placements.clone()).collect();
     Ok(FileView { summary, first, totals, placements, peers, health, shard_states, grants })
+}
+
+/// Files whose totals are kept at most (a new one beyond them starts the set over).
+const TOTALS_KEPT: usize = 256;
+
+/// A file's segments counted by health. Reading them walks every row of the file (seconds
+/// for a terabyte) and any admitted account may ask, so they are [`Kept`] per file.
+fn file_totals(
+    s: &State,
+    id: &str,
+    rec: &FileRecord,
+    peers: &HashMap<String, PeerRecord>,
+    rules: &repair::Rules,
+    k: u8,
+) -> Result<HealthTotals, ApiError> {
+    if let Some(t) = s.totals_cache.lock().expect("not poisoned").get(id).and_then(|c| c.get(s)) {
+        return Ok(t);
+    }
+    let stamp = Kept::stamp(s);
+    let mut t = HealthTotals { min_healthy: u32::MAX, ..HealthTotals::default() };
+    s.visit_rows(rec, |_, row| tally(s, rules, peers, &row, k, &mut t)).map_err(ApiError::internal)?;
+    if t.min_healthy == u32::MAX {
+        t.min_healthy = 0; // no segments
+    }
+    let mut kept = s.totals_cache.lock().expect("not poisoned");
+    if kept.len() >= TOTALS_KEPT {
+        kept.clear();
+    }
+    kept.insert(id.to_owned(), stamp(t));
+    Ok(t)
 }
 
 /// Counts one segment row into a file's health totals.

@@ -131,6 +131,7 @@ pub async fn spawn(
         metrics: metrics.clone(),
         placed_cache: Mutex::new(None),
         health_cache: Mutex::new(None),
+        totals_cache: Mutex::new(HashMap::new()),
         dial_backs: admission::DialBacks::new(),
         limits: limits::Limits::new(&config_limits),
         browser_turns: tokio::sync::Semaphore::new(2),

@@ -301,7 +301,10 @@ pub(super) struct State {
     pub placed_cache: Mutex<Option<(u64, PlacedBytes)>>,
     /// The network's segment-health histogram (`/v2/stats`, `/metrics`), see
     /// `stats::health`.
-    pub health_cache: Mutex<Option<super::stats::HealthCache>>,
+    pub health_cache: Mutex<Option<super::stats::Kept<super::stats::Histogram>>>,
+    /// Health totals of the files asked for lately (`files::totals`), at most
+    /// `files::TOTALS_KEPT`.
+    pub totals_cache: Mutex<HashMap<String, super::stats::Kept<crate::proto::HealthTotals>>>,
     /// Turns for dial-backs, in all and per address.
     pub dial_backs: super::admission::DialBacks,
     pub limits: super::limits::Limits,

@@ -9,38 +9,52 @@ use super::state::{PeerRecord, State};
 use crate::net::metrics::Metrics;
 use crate::proto::*;
 
-/// The last health histogram and what it was computed from.
-pub(crate) struct HealthCache {
+/// Segments by healthy shards: (healthy shards, segments).
+pub(crate) type Histogram = Vec<(u32, u64)>;
+
+/// A figure computed by walking segment rows (seconds for terabytes), kept with what it was
+/// computed from: it serves again until a file or a placement changes, or peers changed and
+/// it is older than [`KEPT_WHILE_PEERS_CHANGE`] (heartbeats change peers all the time).
+pub(crate) struct Kept<T> {
     at: std::time::Instant,
-    /// Changes of the files and segments tables, then of the peers table.
+    /// Change counts of the files and segments tables, then of the peers table.
     data: (u64, u64),
     peers: u64,
-    health: Vec<(u32, u64)>,
+    value: T,
 }
 
-/// How long a health histogram serves while only peers changed (heartbeats change them all
-/// the time).
-const HEALTH_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+const KEPT_WHILE_PEERS_CHANGE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Segments by healthy shards, over every readable file. It walks every segment row (seconds
-/// for terabytes), and `/v2/stats` and `/metrics` answer anyone, so it is computed again only
-/// when a file or a placement changed, or peers changed and it is older than [`HEALTH_TTL`],
-/// and never twice at once (a second caller waits for the first's answer).
+impl<T: Clone> Kept<T> {
+    /// Stamps `value` as computed from the state as it is now (read the stamp first: a
+    /// change made during the computation then makes it stale).
+    pub(crate) fn stamp(s: &State) -> impl FnOnce(T) -> Kept<T> {
+        let (data, peers) = ((s.files.changes(), s.segments.changes()), s.peers.changes());
+        move |value| Kept { at: std::time::Instant::now(), data, peers, value }
+    }
+
+    /// The value, while it still describes the state.
+    pub(crate) fn get(&self, s: &State) -> Option<T> {
+        let fresh = self.data == (s.files.changes(), s.segments.changes())
+            && (self.peers == s.peers.changes() || self.at.elapsed() < KEPT_WHILE_PEERS_CHANGE);
+        fresh.then(|| self.value.clone())
+    }
+}
+
+/// Segments by healthy shards, over every readable file. `/v2/stats` and `/metrics` answer
+/// anyone, so the walk is [`Kept`], and never made twice at once (a second caller waits for
+/// the first's answer).
 fn health(
     s: &State,
     files: &[(String, super::state::FileRecord)],
     peers: &HashMap<String, PeerRecord>,
     rules: &Rules,
 ) -> Vec<(u32, u64)> {
-    let data = (s.files.changes(), s.segments.changes());
     let mut cache = s.health_cache.lock().expect("not poisoned");
-    if let Some(c) = &*cache
-        && c.data == data
-        && (c.peers == s.peers.changes() || c.at.elapsed() < HEALTH_TTL)
-    {
-        return c.health.clone();
+    if let Some(h) = cache.as_ref().and_then(|c| c.get(s)) {
+        return h;
     }
-    let peers_seen = s.peers.changes();
+    let stamp = Kept::stamp(s);
     let mut health: BTreeMap<u32, u64> = BTreeMap::new();
     for (_, f) in files {
         let _ = s.visit_rows(f, |_, row| {
@@ -49,7 +63,7 @@ fn health(
         });
     }
     let health: Vec<(u32, u64)> = health.into_iter().collect();
-    *cache = Some(HealthCache { at: std::time::Instant::now(), data, peers: peers_seen, health: health.clone() });
+    *cache = Some(stamp(health.clone()));
     health
 }
 
