@@ -82,18 +82,28 @@ fn start_gateway(
     g
 }
 
-/// Runs a client script; fails the test with its output unless every check passed.
-fn run_script(what: &str, mut c: Command, creds: (&str, &str)) {
+/// Runs a client script; fails the test with its output, and the warnings and errors of the
+/// gateways' logs, unless every check passed.
+fn run_script(what: &str, mut c: Command, creds: (&str, &str), gateways: &[&GatewayProcess]) {
     let t0 = Instant::now();
     let out =
         c.env("S3_ACCESS_KEY", creds.0).env("S3_SECRET_KEY", creds.1).env("S3_TREE_FILES", "300").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{what}: {} in {:.0?}", stdout.lines().last().unwrap_or(""), t0.elapsed());
-    assert!(
-        out.status.success() && !stdout.contains("FAIL"),
-        "{what} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if out.status.success() && !stdout.contains("FAIL") {
+        return;
+    }
+    let mut logs = String::new();
+    for g in gateways {
+        let text = std::fs::read_to_string(&g.log).unwrap_or_default();
+        let bad: Vec<&str> = text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+        logs += &format!(
+            "{} (last warnings and errors):\n{}\n",
+            g.log.display(),
+            bad[bad.len().saturating_sub(40)..].join("\n")
+        );
+    }
+    panic!("{what} failed:\n{stdout}\n{}\n{logs}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn script(name: &str) -> PathBuf {
@@ -138,23 +148,23 @@ async fn s3_tools_store_their_data_in_p2pstore() {
 
     let mut py = Command::new("python3");
     py.arg(script("boto3_test.py")).arg(&one.url);
-    run_script("boto3", py, creds);
+    run_script("boto3", py, creds, &[&one]);
     // The suite deleted everything it stored: so did the network.
     let left = client.account().await.unwrap();
     assert_eq!((left.files, left.stored), (0, 0), "every object's files were deleted: {left:?}");
 
     let mut py = Command::new("python3");
     py.arg(script("chunked_test.py")).arg(&hp);
-    run_script("raw SigV4 (aws-chunked, trailers)", py, creds);
+    run_script("raw SigV4 (aws-chunked, trailers)", py, creds, &[&one]);
     let mut sh = Command::new("bash");
     sh.arg(script("clients.sh")).arg(&hp);
-    run_script("aws-cli, rclone, restic", sh, creds);
+    run_script("aws-cli, rclone, restic", sh, creds, &[&one]);
 
     // A second gateway, same account and password, other credentials and data directory.
     let two = start_gateway(&dir, &url, &account, Some(creds), "gw2");
     let mut py = Command::new("python3");
     py.arg(script("namespace_test.py")).arg(&one.url).arg(&two.url);
-    run_script("two gateways, one namespace", py, creds);
+    run_script("two gateways, one namespace", py, creds, &[&one, &two]);
 
     // Another password does not open the namespace: the gateway refuses to start.
     let mut wrong = gateway_command(&dir, &url, &account, "not the password", free_port(), "gw3");
