@@ -73,11 +73,10 @@ pub(super) fn view_for(s: &State, grantee: &str, id: &str, w: Window) -> Result<
     let rules = repair::Rules::of(s);
     let window = s.rows_window(&rec, first, count.min(VIEW_SEGMENTS)).map_err(ApiError::internal)?;
     let totals = if totals { Some(file_totals(s, id, &rec, &records, &rules, summary.k)?) } else { None };
-    let window = &window[..];
     let used: HashSet<String> =
         window.iter().flat_map(|r| r.placements.iter().cloned()).filter(|p| !p.is_empty()).collect();
     let peers = used.iter().filter_map(|pid| Some((pid.clone(), s.view(pid, records.get(pid)?, 0)))).collect();
-    let health = repair::segments_health(s, &records, id, first, window);
+    let health = repair::segments_health(s, &records, id, first, &window);
     let shard_states = window
         .iter()
         .map(|r| {
@@ -107,7 +106,19 @@ fn file_totals(
     }
     let stamp = Kept::stamp(s);
     let mut t = HealthTotals { min_healthy: u32::MAX, ..HealthTotals::default() };
-    s.visit_rows(rec, |_, row| tally(s, rules, peers, &row, k, &mut t)).map_err(ApiError::internal)?;
+    s.visit_rows(rec, |_, row| {
+        let n = row.placements.len();
+        let healthy = n - rules.unhealthy(peers, &row).len();
+        let threshold = (k as usize + s.config.repair.threshold as usize).min(n.saturating_sub(1));
+        match healthy {
+            h if h == n => t.healthy += 1,
+            h if h < k as usize => t.unreadable += 1,
+            h if h <= threshold => t.at_risk += 1,
+            _ => t.degraded += 1,
+        }
+        t.min_healthy = t.min_healthy.min(healthy as u32);
+    })
+    .map_err(ApiError::internal)?;
     if t.min_healthy == u32::MAX {
         t.min_healthy = 0; // no segments
     }
@@ -117,27 +128,6 @@ fn file_totals(
     }
     kept.insert(id.to_owned(), stamp(t));
     Ok(t)
-}
-
-/// Counts one segment row into a file's health totals.
-fn tally(
-    s: &State,
-    rules: &repair::Rules,
-    peers: &HashMap<String, PeerRecord>,
-    row: &SegmentRow,
-    k: u8,
-    t: &mut HealthTotals,
-) {
-    let n = row.placements.len();
-    let healthy = n - rules.unhealthy(peers, row).len();
-    let threshold = (k as usize + s.config.repair.threshold as usize).min(n.saturating_sub(1));
-    match healthy {
-        h if h == n => t.healthy += 1,
-        h if h < k as usize => t.unreadable += 1,
-        h if h <= threshold => t.at_risk += 1,
-        _ => t.degraded += 1,
-    }
-    t.min_healthy = t.min_healthy.min(healthy as u32);
 }
 
 /// `GET /v2/files/{id}/pages/{p}`: page `p` of a version 3 file's segment table, as its

@@ -302,7 +302,7 @@ pub(super) struct State {
     /// The network's segment-health histogram (`/v2/stats`, `/metrics`), see
     /// `stats::health`.
     pub health_cache: Mutex<Option<super::stats::Kept<super::stats::Histogram>>>,
-    /// Health totals of the files asked for lately (`files::totals`), at most
+    /// Health totals of the files asked for lately (`files::file_totals`), at most
     /// `files::TOTALS_KEPT`.
     pub totals_cache: Mutex<HashMap<String, super::stats::Kept<crate::proto::HealthTotals>>>,
     /// Turns for dial-backs, in all and per address.

@@ -82,8 +82,10 @@ impl Drop for Devnet {
     }
 }
 
-/// A devnet of 4 nodes from the real binary, and its URL.
+/// A devnet of 4 nodes from the real binary, and its URL; the client configuration
+/// (`p2pstore.toml`, [`SMALL`]) is written beside it.
 fn devnet(d: &Path) -> (Devnet, String) {
+    std::fs::write(d.join("p2pstore.toml"), SMALL).unwrap();
     let mut net = p2pstore(d, &["devnet", "--nodes", "4", "--port", "0", "--data-dir", "net"], &[])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -92,6 +94,11 @@ fn devnet(d: &Path) -> (Devnet, String) {
     let mut url = String::new();
     BufReader::new(net.stdout.take().unwrap()).read_line(&mut url).unwrap();
     (Devnet(net), url.trim().to_owned())
+}
+
+/// The environment of a client command against the devnet at `url`.
+fn cli_env(url: &str) -> [(&'static str, &str); 3] {
+    [("P2PSTORE_COORDINATOR", url), ("P2PSTORE_PASSWORD", "pw"), ("P2PSTORE_CONFIG", "p2pstore.toml")]
 }
 
 /// Small segments, so a few MB make thousands of them, and the fewest KDF iterations.
@@ -116,10 +123,8 @@ fn recorded(cache: &Path) -> u64 {
 fn a_killed_upload_resumes_and_a_changed_file_starts_over() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("p2pstore.toml"), SMALL).unwrap();
     let (_net, url) = devnet(d);
-    let env =
-        [("P2PSTORE_COORDINATOR", url.as_str()), ("P2PSTORE_PASSWORD", "pw"), ("P2PSTORE_CONFIG", "p2pstore.toml")];
+    let env = cli_env(&url);
     let bytes = data(3000 * 4080 + 11, 5);
     std::fs::write(d.join("big.bin"), &bytes).unwrap();
     let upload = || p2pstore(d, &["upload", "big.bin", "-k", "2", "-n", "4"], &env);
@@ -193,10 +198,8 @@ fn a_killed_upload_resumes_and_a_changed_file_starts_over() {
 fn pipes_in_and_out_and_a_wrong_password_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("p2pstore.toml"), SMALL).unwrap();
     let (_net, url) = devnet(d);
-    let env =
-        [("P2PSTORE_COORDINATOR", url.as_str()), ("P2PSTORE_PASSWORD", "pw"), ("P2PSTORE_CONFIG", "p2pstore.toml")];
+    let env = cli_env(&url);
     let bytes = data(700 * 4080 + 3, 9);
 
     let mut up = p2pstore(d, &["upload", "-", "--name", "backup.tar", "-k", "2", "-n", "4"], &env)
