@@ -20,9 +20,31 @@ use crate::core::manifest::{FileId, FileMeta, Manifest, PAGE_SEGMENTS, SegmentEn
 use crate::net::transfer::fetch_segment;
 use crate::proto::FileView;
 use crate::sys::fs::{DirectWriter, write_atomically};
+use crate::sys::pool::Buf;
 
 /// Segments whose shards are fetched ahead of the one being decoded.
 const DOWNLOAD_AHEAD: usize = 4;
+
+/// Where a download's plaintext goes, a segment at a time: `range` of the decoded `plain`.
+/// A writer copies it; a sink that keeps the segment itself saves that copy (the range
+/// reader hands it to the S3 gateway's response as it is).
+pub trait Sink {
+    fn put(&mut self, plain: Buf, range: Range<usize>) -> std::io::Result<()>;
+    /// After the last segment.
+    fn finish(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<W: Write> Sink for W {
+    fn put(&mut self, plain: Buf, range: Range<usize>) -> std::io::Result<()> {
+        self.write_all(&plain[range])
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.flush()
+    }
+}
 
 /// What a download found on the way.
 #[derive(Debug, Default)]
@@ -86,7 +108,7 @@ impl OpenFile {
     fn write_range(
         self: &Arc<Self>,
         range: Range<u64>,
-        out: &mut dyn Write,
+        out: &mut dyn Sink,
         progress: Option<&ProgressBar>,
         rt: &tokio::runtime::Handle,
     ) -> Result<(), ClientError> {
@@ -116,7 +138,7 @@ impl OpenFile {
             let seg_start = i as u64 * per;
             let from = start.saturating_sub(seg_start) as usize;
             let to = ((end - seg_start) as usize).min(plain.len());
-            out.write_all(&plain[from..to]).map_err(CodecError::Write)?;
+            out.put(plain, from..to).map_err(CodecError::Write)?;
             if let Some(p) = progress {
                 p.inc((to - from) as u64)
             }
@@ -181,7 +203,7 @@ impl Client {
     /// Writes the bytes `range` of `id` (all of it: `0..u64::MAX`) to `out` in order. Not
     /// atomic: what authenticated is written, segment by segment, and an error stops it
     /// before any byte of the segment that failed.
-    pub async fn download_to<W: Write + Send + 'static>(
+    pub async fn download_to<W: Sink + Send + 'static>(
         &self,
         file: &Arc<OpenFile>,
         range: Range<u64>,
@@ -192,7 +214,7 @@ impl Client {
         let f = file.clone();
         let out = blocking(move || {
             f.write_range(range, &mut out, progress.as_ref(), &rt)?;
-            out.flush().map_err(CodecError::Write)?;
+            out.finish().map_err(CodecError::Write)?;
             Ok(out)
         })
         .await?;

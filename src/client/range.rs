@@ -10,10 +10,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 
+use super::download::Sink;
 use super::{Client, ClientError, OpenFile};
 use crate::core::crypto::Secret;
 use crate::core::manifest::FileId;
 use crate::proto::*;
+use crate::sys::pool::Buf;
 
 /// A file opened for reading ranges: its checked manifest and keys, its segment table and
 /// placements read a page at a time ([`OpenFile`]).
@@ -43,19 +45,14 @@ impl RangeReader {
     }
 }
 
-/// Hands what is written on as chunks (from a blocking thread).
+/// Hands each decoded segment on as a chunk, without a copy (from a blocking thread).
 struct Chunks(tokio::sync::mpsc::Sender<Result<Bytes, ClientError>>);
 
-impl std::io::Write for Chunks {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+impl Sink for Chunks {
+    fn put(&mut self, plain: Buf, range: Range<usize>) -> std::io::Result<()> {
         self.0
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reader went away"))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+            .blocking_send(Ok(plain.into_bytes().slice(range)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reader went away"))
     }
 }
 

@@ -49,9 +49,10 @@ impl Salt {
 }
 
 /// What opens a file: its password, which PBKDF2 stretches on every use, or the key that
-/// stretching made with the file's salt. A program that opens many files often (the S3
-/// gateway opens a file per part) keeps the key, as secret as the password, so that PBKDF2
-/// runs once per file instead of once per use.
+/// stretching made with the file's salt. A program that opens many files often keeps the
+/// key, as secret as the password, so that PBKDF2 runs once per file instead of once per use.
+/// A file no person ever opens (the S3 gateway's parts) needs no password at all: a random
+/// key has full entropy, so there is nothing for stretching to protect ([`Secret::random_key`]).
 #[derive(Clone)]
 pub enum Secret {
     Password(Vec<u8>),
@@ -75,6 +76,14 @@ impl Secret {
     /// `salt` by `password`, without stretching again.
     pub fn stretch(password: &[u8], salt: Salt, iterations: u32) -> Result<Secret, CodecError> {
         Ok(Secret::Stretched { salt, key: stretch(password, salt, iterations)? })
+    }
+
+    /// A fresh random key with a fresh salt, for a file only a program opens: it keeps the key
+    /// and no password exists, so no PBKDF2 runs (17 ms a file, 2 CPU-s a GiB of 8 MiB parts).
+    pub fn random_key() -> Secret {
+        let mut key = [0u8; 32];
+        SystemRandom::new().fill(&mut key).expect("the operating system's random generator failed");
+        Secret::Stretched { salt: Salt::random(), key }
     }
 
     /// The salt a stretched key belongs to (a password fits any).
@@ -260,6 +269,19 @@ mod tests {
             Err(CodecError::WrongPasswordOrTampered)
         ));
         assert!(Secret::stretch(b"pw", salt, MIN_ITERATIONS - 1).is_err());
+    }
+
+    #[test]
+    fn a_random_key_opens_its_own_file_only() {
+        let (a, b) = (Secret::random_key(), Secret::random_key());
+        let salt = a.salt().unwrap();
+        assert_ne!(Some(salt), b.salt());
+        let sealed = FileKeys::from_secret(&a, salt, MIN_ITERATIONS).unwrap().seal_metadata(b"m");
+        let again = FileKeys::from_secret(&a, salt, MIN_ITERATIONS).unwrap();
+        assert_eq!(again.open_metadata(&sealed).unwrap(), b"m");
+        let Secret::Stretched { key, .. } = b else { unreachable!() };
+        let other = FileKeys::from_secret(&Secret::Stretched { salt, key }, salt, MIN_ITERATIONS).unwrap();
+        assert!(other.open_metadata(&sealed).is_err());
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! is here: ETags, Content-MD5 and `x-amz-checksum-*` checks, ranges, conditional requests,
 //! listing with prefixes, delimiters and paging, and multipart bookkeeping.
 //!
-//! An object is an ordered list of parts, each a p2pstore file encrypted with a random
-//! password of its own; a single PUT is one part, a multipart upload one part per uploaded
+//! An object is an ordered list of parts, each a p2pstore file encrypted with a random key
+//! of its own; a single PUT is one part, a multipart upload one part per uploaded
 //! part (stored as it arrives). Bodies stream through the encoder and the range reader a few
 //! segments at a time, never whole.
 
@@ -50,11 +50,13 @@ const DELETE_CONCURRENCY: usize = 8;
 pub(super) struct PartRef {
     /// The file id (hex).
     pub file: String,
-    /// The file's random password (hex of 32 random bytes).
+    /// The random password of a file written before parts had random keys (hex of 32 random
+    /// bytes); empty since.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub password: String,
-    /// The file's salt and the key PBKDF2 made of the password with it (hex, 16 + 32 bytes):
-    /// reads and deletes skip the key derivation, which cost half of the gateway's CPU in a
-    /// download of 8 MiB parts. Absent in records written before it was kept.
+    /// The file's salt and key (hex, 16 + 32 bytes): a random key since parts have them
+    /// ([`Secret::random_key`]: no PBKDF2, which cost 17 ms a part, 2 CPU-s a GiB), before
+    /// that the key PBKDF2 made of the password. Absent in the oldest records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     pub size: u64,
@@ -612,20 +614,14 @@ impl Gateway {
     ) -> S3Result<(Option<PartRef>, [u8; 16])> {
         let size = checks.size;
         let expected_md5 = checks.expected_md5()?;
-        let password = random_hex(32);
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
         let upload = (size > 0).then(|| {
             let client = self.client.clone();
             let params =
                 EncodeParams { shape: self.shape, segment_size: segment_size(size), iterations: MIN_ITERATIONS };
             let meta = FileMeta { name: String::new(), content_type: String::new() };
-            let pw = password.clone();
             tokio::spawn(async move {
-                // Stretched once here, kept in the part's record for every later use.
-                let secret =
-                    tokio::task::spawn_blocking(move || Secret::stretch(pw.as_bytes(), Salt::random(), MIN_ITERATIONS))
-                        .await?
-                        .map_err(ClientError::from)?;
+                let secret = Secret::random_key();
                 let reader = ChannelReader { rx, cur: Bytes::new() };
                 let id = client.upload_reader(reader, size, meta, secret.clone(), params, None).await?;
                 Ok::<_, ClientError>((id, secret))
@@ -640,6 +636,9 @@ impl Gateway {
         };
         let mut md5 = Md5::new();
         let mut got = 0u64;
+        // Whether the upload failed before the body ended: then its error is the answer (a
+        // digest of part of the body would say BadDigest instead).
+        let mut cut_short = false;
         let mut body = body.unwrap_or_else(|| StreamingBlob::from(s3s::Body::empty()));
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
@@ -653,25 +652,27 @@ impl Gateway {
             md5.update(&chunk);
             checks.hasher.update(&chunk);
             if upload.is_some() && tx.send(Ok(chunk)).await.is_err() {
-                break; // the upload failed; its error is reported below
+                cut_short = true;
+                break;
             }
         }
         let digest: [u8; 16] = md5.finalize();
-        let mut verdict = Ok(());
-        if got != size && upload.as_ref().is_none_or(|u| !u.is_finished()) {
-            verdict = Err(s3_error!(IncompleteBody, "the body is shorter than its Content-Length"));
+        let verdict = if cut_short && got < size {
+            Ok(()) // the upload's own error is the answer, below
+        } else if got != size {
+            Err(s3_error!(IncompleteBody, "the body is shorter than its Content-Length"))
         } else if expected_md5.is_some_and(|m| m != digest) {
-            verdict = Err(s3_error!(BadDigest, "The Content-MD5 you specified did not match what we received."));
-        } else if let Err(e) = verify_checksums(&checks.hasher.finalize(), checks.given, checks.trailers.as_ref()) {
-            verdict = Err(e);
-        }
+            Err(s3_error!(BadDigest, "The Content-MD5 you specified did not match what we received."))
+        } else {
+            verify_checksums(&checks.hasher.finalize(), checks.given, checks.trailers.as_ref())
+        };
         if let Err(e) = verdict {
             return Err(fail(e).await);
         }
         drop(tx); // the end of the body: the encoder finishes and the upload commits
         let Some(upload) = upload else { return Ok((None, digest)) };
         let (id, secret) = upload.await.map_err(|e| client_err(e.into()))?.map_err(client_err)?;
-        Ok((Some(PartRef { file: id.to_string(), password, key: stretched_hex(&secret), size }), digest))
+        Ok((Some(PartRef { file: id.to_string(), password: String::new(), key: stretched_hex(&secret), size }), digest))
     }
 
     /// Deletes the files of parts no record names any more (best effort: a failure is

@@ -201,3 +201,50 @@ async fn s3_tools_store_their_data_in_p2pstore() {
     drop((one, two));
     c.net.shutdown().await;
 }
+
+/// A network too small for the gateway's coding (8-of-20 on four nodes): a PUT is refused
+/// with the network's reason, 503 ServiceUnavailable, however much of its body was read; not
+/// with BadDigest, which told the client its bytes were damaged and not to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_short_of_peers_refuses_puts_as_unavailable() {
+    if let Some(missing) = tool_missing() {
+        assert!(std::env::var("P2PSTORE_REQUIRE_S3_TOOLS").is_err(), "an S3 client is missing: {missing}");
+        eprintln!("skipped: `{missing}` failed");
+        return;
+    }
+    let c = Cluster::start(4).await;
+    let dir = c.dir.path().to_owned();
+    let account = dir.join("account.p8");
+    p2pstore::store::identity::create_file(&account).unwrap();
+    let creds = ("shortaccesskey", "shortsecretkey0123456789");
+    let gw = start_gateway(&dir, &c.net.url(), &account, Some(creds), "gw");
+    let mut py = Command::new("python3");
+    py.arg("-c").arg(
+        r#"
+import base64, hashlib, os, sys
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], aws_access_key_id=os.environ["S3_ACCESS_KEY"],
+                  aws_secret_access_key=os.environ["S3_SECRET_KEY"], region_name="us-east-1",
+                  config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+s3.create_bucket(Bucket="short")
+data = os.urandom(3 << 20)
+md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+def code(fn, **kw):
+    try:
+        fn(**kw)
+        return "no error"
+    except ClientError as e:
+        return e.response["Error"]["Code"]
+up = s3.create_multipart_upload(Bucket="short", Key="mp")["UploadId"]
+for what, c in [("put", code(s3.put_object, Bucket="short", Key="k", Body=data, ContentMD5=md5)),
+                ("part", code(s3.upload_part, Bucket="short", Key="mp", UploadId=up, PartNumber=1, Body=data))]:
+    print(("ok  " if c == "ServiceUnavailable" else "FAIL") + f" {what}: {c}")
+"#,
+    );
+    py.arg(&gw.url);
+    run_script("puts on a network short of peers", py, creds, &[&gw]);
+    drop(gw);
+    c.net.shutdown().await;
+}
