@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::task::JoinSet;
 
-use super::state::{PeerRecord, State};
+use super::state::{HeldShard, Pace, PeerRecord, State};
 use crate::core::merkle::{self, ShardId};
 use crate::net::client as http;
 use crate::net::server::Shutdown;
@@ -47,19 +47,20 @@ pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
     let mut tasks = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     // Peers are re-read on each tick, not on each finished audit; who holds what (every
-    // placement of every file) only when the files changed.
+    // placement of every file) only when the files changed and a walk is due.
     let mut peers: Vec<(String, PeerRecord)> = Vec::new();
-    let mut held: HashMap<String, Vec<(ShardId, usize)>> = HashMap::new();
-    let mut held_at = None;
+    let mut held: HashMap<String, Vec<HeldShard>> = HashMap::new();
+    let mut held_at: Option<((u64, u64), Pace)> = None;
     loop {
         tokio::select! {
             _ = shutdown.wait() => break,
             _ = tick.tick() => {
                 peers = s.peers.readable();
                 let changes = (s.files.changes(), s.segments.changes());
-                if held_at != Some(changes) {
+                if held_at.is_none_or(|(at, pace)| at != changes && pace.due()) {
+                    let started = Instant::now();
                     held = s.shards_by_peer(&s.files.readable());
-                    held_at = Some(changes);
+                    held_at = Some((changes, Pace::since(started)));
                 }
             }
             Some(Ok(done)) = tasks.join_next(), if !tasks.is_empty() => {
@@ -112,12 +113,15 @@ pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
 
 /// A challenge of `AUDIT_ITEMS` random chunks of the peer's shards: first of the `suspect` shards
 /// (reported damaged), then of any.
-fn new_challenge(peer: &str, shards: &[(ShardId, usize)], suspect: &[ShardId], deadline: u64) -> Challenge {
-    let lens: HashMap<ShardId, usize> = shards.iter().copied().collect();
+fn new_challenge(peer: &str, shards: &[HeldShard], suspect: &[ShardId], deadline: u64) -> Challenge {
+    let lens: HashMap<ShardId, usize> = shards.iter().map(|h| (h.id, h.len)).collect();
     let chosen = suspect
         .iter()
         .filter_map(|id| Some((*id, *lens.get(id)?)))
-        .chain((0..).map(|_| shards[(random_u64() % shards.len() as u64) as usize]))
+        .chain((0..).map(|_| {
+            let h = &shards[(random_u64() % shards.len() as u64) as usize];
+            (h.id, h.len)
+        }))
         .take(AUDIT_ITEMS.min(shards.len()));
     let items =
         chosen.map(|(id, len)| ChallengeItem { shard_id: id, chunk: random_u64() % merkle::leaf_count(len) }).collect();
@@ -222,15 +226,9 @@ fn apply(p: &mut PeerRecord, outcome: AuditOutcome, failed: &[ShardId], c: &Chal
 }
 
 /// Audits one peer; returns its id when done.
-async fn audit_peer(
-    s: Arc<State>,
-    id: String,
-    p: PeerRecord,
-    shards: Vec<(ShardId, usize)>,
-    suspect: Vec<ShardId>,
-) -> String {
+async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<HeldShard>, suspect: Vec<ShardId>) -> String {
     let timeout = s.config.audit.timeout;
-    let lens: HashMap<ShardId, usize> = shards.iter().copied().collect();
+    let lens: HashMap<ShardId, usize> = shards.iter().map(|h| (h.id, h.len)).collect();
     // A challenge that went unanswered is asked again, as long as the shards are still there.
     let deadline = s.now() + timeout;
     let challenge = match p.pending.clone() {
@@ -260,11 +258,15 @@ async fn audit_peer(
             .map_err(|e| e.summary())
             .and_then(|a| check(&p, &challenge, &lens, &a))
         {
-            Ok(failed) if failed.is_empty() => (AuditOutcome::Success, failed, String::new()),
-            Ok(failed) => {
-                let detail = format!("{} of {} chunks missing or wrong", failed.len(), challenge.items.len());
-                (AuditOutcome::Failure, failed, detail)
-            }
+            // The index the challenge came from may be seconds old: shards deleted or moved
+            // since are no longer the peer's to prove (it may have dropped them already).
+            Ok(failed) => match still_owed(&s, &id, &shards, failed) {
+                failed if failed.is_empty() => (AuditOutcome::Success, failed, String::new()),
+                failed => {
+                    let detail = format!("{} of {} chunks missing or wrong", failed.len(), challenge.items.len());
+                    (AuditOutcome::Failure, failed, detail)
+                }
+            },
             Err(e) => (AuditOutcome::Failure, challenge.items.iter().map(|i| i.shard_id).collect(), e),
         },
     };
@@ -318,6 +320,17 @@ async fn audit_peer(
         let _ = s.audits.remove(key);
     }
     id
+}
+
+/// Those of `failed` the peer still has to hold (a failed audit is rare: the walk is too).
+fn still_owed(s: &State, peer: &str, shards: &[HeldShard], failed: Vec<ShardId>) -> Vec<ShardId> {
+    if failed.is_empty() {
+        return failed;
+    }
+    failed
+        .into_iter()
+        .filter(|sid| shards.iter().find(|h| h.id == *sid).is_none_or(|h| s.still_placed(h, peer)))
+        .collect()
 }
 
 /// Audits of all peers the log shows, newest first.

@@ -130,6 +130,7 @@ pub async fn spawn(
         counters: Counters::new(&metrics),
         metrics: metrics.clone(),
         placed_cache: Mutex::new(None),
+        placed_walk: Mutex::new(()),
         health_cache: Mutex::new(None),
         totals_cache: Mutex::new(HashMap::new()),
         dial_backs: admission::DialBacks::new(),

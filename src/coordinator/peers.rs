@@ -120,7 +120,7 @@ pub(super) fn damage(s: &State, signed: Signed<DamageReport>) -> ApiResult {
         return Err(ApiError::forbidden("the damage report is stale or for another coordinator"));
     }
     let placed: std::collections::HashSet<crate::core::merkle::ShardId> =
-        s.shards_by_peer(&s.files.readable()).remove(&id).unwrap_or_default().into_iter().map(|(sid, _)| sid).collect();
+        s.shards_by_peer(&s.files.readable()).remove(&id).unwrap_or_default().into_iter().map(|h| h.id).collect();
     let marked = s
         .peers
         .update(&id, |p| {

@@ -297,8 +297,9 @@ pub(super) struct State {
     pub audit_http: http::Client,
     pub metrics: Arc<Metrics>,
     pub counters: Counters,
-    /// `placed_bytes`, and the files table's change count it was computed at.
-    pub placed_cache: Mutex<Option<(u64, PlacedBytes)>>,
+    /// `placed_bytes` as last walked; the second lock is held by the one walk at a time.
+    pub placed_cache: Mutex<Option<PlacedKept>>,
+    pub placed_walk: Mutex<()>,
     /// The network's segment-health histogram (`/v2/stats`, `/metrics`), see
     /// `stats::health`.
     pub health_cache: Mutex<Option<super::stats::Kept<super::stats::Histogram>>>,
@@ -455,22 +456,41 @@ impl State {
         })
     }
 
-    /// Every shard each peer should hold, with its length, over the files that can be read
-    /// (damaged records are reported by the scan).
-    pub fn shards_by_peer(&self, files: &[(String, FileRecord)]) -> HashMap<String, Vec<(ShardId, usize)>> {
-        let mut held: HashMap<String, Vec<(ShardId, usize)>> = HashMap::new();
-        for (_, f) in files {
+    /// Every shard each peer should hold, with its length and where it was placed, over the
+    /// files that can be read (damaged records are reported by the scan).
+    pub fn shards_by_peer(&self, files: &[(String, FileRecord)]) -> HashMap<String, Vec<HeldShard>> {
+        let mut held: HashMap<String, Vec<HeldShard>> = HashMap::new();
+        for (key, f) in files {
             let Some(m) = f.parsed() else { continue };
+            let file: Arc<str> = Arc::from(key.as_str());
             let _ = self.visit_rows(f, |i, row| {
                 let len = m.shard_len(i);
                 for (id, peer) in row.entry.shard_ids.into_iter().zip(row.placements) {
                     if !peer.is_empty() {
-                        held.entry(peer).or_default().push((id, len));
+                        held.entry(peer).or_default().push(HeldShard { id, len, file: file.clone(), segment: i });
                     }
                 }
             });
         }
         held
+    }
+
+    /// Whether `peer` should still hold `shard`: its file is there and the segment's row
+    /// still places it on `peer` (a database error says yes: nothing is excused on it).
+    pub fn still_placed(&self, shard: &HeldShard, peer: &str) -> bool {
+        let row = match self.files.get(&shard.file) {
+            Ok(Some(f)) => self.row(&f, shard.segment),
+            Ok(None) => return false,
+            Err(_) => return true,
+        };
+        match row {
+            Ok(Some(row)) => {
+                let at = row.entry.shard_ids.iter().position(|id| *id == shard.id);
+                at.is_some_and(|i| row.placements.get(i).is_some_and(|p| p == peer))
+            }
+            Ok(None) => false,
+            Err(_) => true,
+        }
     }
 
     /// Placement candidates, except peers in `exclude_domains`: each with the capacity it
@@ -502,16 +522,36 @@ impl State {
         placement::domain(id, p.ip, p.port, self.config.placement.spread)
     }
 
-    /// Shard bytes the coordinator has placed on each peer, over every readable file; kept
-    /// until the files change.
+    /// Shard bytes the coordinator has placed on each peer, over every readable file. Every
+    /// upload's plan asks, and the walk costs time in proportion to all that is stored, so
+    /// the figures are kept until the files change and, while uploads keep changing them,
+    /// until a walk is due again ([`Pace`]); one caller walks while the others use the kept
+    /// figures. They
+    /// weigh placement (`core::placement::believed`), where a few seconds' lag only leaves a
+    /// peer's newest shards out of what it has earned.
     pub fn placed_bytes(&self) -> PlacedBytes {
-        let changes = self.files.changes() + self.segments.changes();
-        let mut cache = self.placed_cache.lock().expect("not poisoned");
-        if let Some((at, map)) = &*cache
-            && *at == changes
-        {
-            return map.clone();
+        let kept = |s: &Self| {
+            let changes = s.files.changes() + s.segments.changes();
+            let cache = s.placed_cache.lock().expect("not poisoned");
+            let fresh = cache.as_ref().filter(|k| k.changes == changes || !k.pace.due());
+            (fresh.map(|k| k.map.clone()), cache.as_ref().map(|k| k.map.clone()))
+        };
+        let (fresh, stale) = kept(self);
+        if let Some(map) = fresh {
+            return map;
         }
+        let _walk = match (self.placed_walk.try_lock(), stale) {
+            (Ok(walk), _) => walk,
+            (Err(_), Some(stale)) => return stale,
+            (Err(_), None) => {
+                let walk = self.placed_walk.lock().expect("not poisoned");
+                if let Some(map) = kept(self).0 {
+                    return map;
+                }
+                walk
+            }
+        };
+        let (changes, at) = (self.files.changes() + self.segments.changes(), std::time::Instant::now());
         let mut map = HashMap::new();
         for (_, f) in self.files.readable() {
             let Some(m) = f.parsed() else { continue };
@@ -523,7 +563,8 @@ impl State {
             });
         }
         let map = Arc::new(map);
-        *cache = Some((changes, map.clone()));
+        *self.placed_cache.lock().expect("not poisoned") =
+            Some(PlacedKept { changes, pace: Pace::since(at), map: map.clone() });
         map
     }
 
@@ -562,6 +603,47 @@ impl State {
 
 /// Shard bytes placed per peer.
 pub(super) type PlacedBytes = Arc<HashMap<String, u64>>;
+
+/// A shard a peer should hold ([`State::shards_by_peer`]): its length, and its file and
+/// segment, to check later that it still should ([`State::still_placed`]).
+#[derive(Clone, Debug)]
+pub struct HeldShard {
+    pub id: ShardId,
+    pub len: usize,
+    pub file: Arc<str>,
+    pub segment: u32,
+}
+
+/// [`State::placed_bytes`] as walked: at what change count and when.
+pub struct PlacedKept {
+    changes: u64,
+    pace: Pace,
+    map: PlacedBytes,
+}
+
+/// When a figure made by walking every segment row may be walked again while files keep
+/// changing: 5 s after the last walk, or ten times as long as that walk took, so that such
+/// walks use at most a tenth of a core however much is stored. Uploads change files many
+/// times a second; walking on every change made each upload cost time in proportion to all
+/// that is stored.
+#[derive(Clone, Copy)]
+pub struct Pace {
+    at: std::time::Instant,
+    took: std::time::Duration,
+}
+
+impl Pace {
+    const MIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// The pace of a walk that started at `at` and just ended.
+    pub fn since(at: std::time::Instant) -> Pace {
+        Pace { at, took: at.elapsed() }
+    }
+
+    pub fn due(&self) -> bool {
+        self.at.elapsed() >= (self.took * 10).max(Self::MIN)
+    }
+}
 
 /// Seconds a read grant stays valid: long enough for a large download's placements query to
 /// serve it whole.

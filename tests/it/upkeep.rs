@@ -53,6 +53,31 @@ async fn honest_peers_pass_audits_and_get_vetted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_deleted_while_audits_run_never_count_against_their_peers() {
+    let c = Cluster::start_with(6, fast_config()).await;
+    upload(&c, "kept", 3 * PER_SEGMENT, 3, 6).await;
+    let mut gone = Vec::new();
+    for n in 0..5 {
+        gone.push(upload(&c, &format!("gone-{n}"), 4 * PER_SEGMENT, 3, 6).await.0);
+    }
+    // The audit worker re-reads who holds what at most every 5 s while files change: after
+    // this wait its index names the files above, and for seconds after they are deleted
+    // its challenges keep naming shards the peers were told to drop.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let deleted_at = c.net.clock.now();
+    for id in &gone {
+        c.client.remove(id, b"pw").await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let audits = c.client.audits(None, 1000).await.unwrap();
+    let after = audits.iter().filter(|a| a.time > deleted_at).count();
+    assert!(after >= 10, "audits ran meanwhile: {audits:?}");
+    assert!(audits.iter().all(|a| a.outcome != AuditOutcome::Failure), "{audits:?}");
+    assert!(c.client.peers().await.unwrap().iter().all(|p| !p.suspended && p.reputation > 0.99));
+    c.net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cheating_peer_is_disqualified_and_its_shards_repaired() {
     let c = Cluster::start_with(8, fast_config()).await;
     // Enough segments that the cheater holds dozens of shards to be caught on.
