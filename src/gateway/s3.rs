@@ -51,8 +51,8 @@ pub(super) struct PartRef {
     /// The file id (hex).
     pub file: String,
     /// The random password of a file written before parts had random keys (hex of 32 random
-    /// bytes); empty since.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// bytes); empty since, and still written: gateways of before read records with it.
+    #[serde(default)]
     pub password: String,
     /// The file's salt and key (hex, 16 + 32 bytes): a random key since parts have them
     /// ([`Secret::random_key`]: no PBKDF2, which cost 17 ms a part, 2 CPU-s a GiB), before
@@ -1384,6 +1384,10 @@ mod tests {
         let mut part = PartRef { file: "f".into(), password: "pw".into(), key: stretched_hex(&secret), size: 1 };
         assert!(matches!(part.secret(), Secret::Stretched { salt, .. } if salt == Salt([3; SALT_LEN])));
         assert!(!format!("{part:?}").contains(part.key.as_deref().unwrap()), "no key in Debug output");
+        let new =
+            PartRef { file: "f".into(), password: String::new(), key: stretched_hex(&Secret::random_key()), size: 1 };
+        let json = serde_json::to_string(&new).unwrap();
+        assert!(json.contains("\"password\":\"\""), "gateways of before require the field: {json}");
         for older_or_damaged in [None, Some("zz".to_owned()), Some("00".repeat(SALT_LEN + 31))] {
             part.key = older_or_damaged;
             assert!(matches!(part.secret(), Secret::Password(p) if p == b"pw"));
