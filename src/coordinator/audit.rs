@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::task::JoinSet;
 
-use super::state::{HeldShard, Pace, PeerRecord, State};
+use super::state::{HeldIndex, HeldShard, Pace, PeerRecord, State};
 use crate::core::merkle::{self, ShardId};
 use crate::net::client as http;
 use crate::net::server::Shutdown;
@@ -49,7 +49,7 @@ pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
     // Peers are re-read on each tick, not on each finished audit; who holds what (every
     // placement of every file) only when the files changed and a walk is due.
     let mut peers: Vec<(String, PeerRecord)> = Vec::new();
-    let mut held: HashMap<String, Vec<HeldShard>> = HashMap::new();
+    let mut held: Arc<HeldIndex> = Arc::default();
     let mut held_at: Option<((u64, u64), Pace)> = None;
     loop {
         tokio::select! {
@@ -57,10 +57,19 @@ pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
             _ = tick.tick() => {
                 peers = s.peers.readable();
                 let changes = (s.files.changes(), s.segments.changes());
-                if held_at.is_none_or(|(at, pace)| at != changes && pace.due()) {
+                let reports_wait = !s.damage_later.lock().expect("not poisoned").is_empty();
+                if held_at.is_none_or(|(at, pace)| (at != changes || reports_wait) && pace.due()) {
+                    // Reports taken before the reading are weighed against it; later ones wait.
+                    let reports = std::mem::take(&mut *s.damage_later.lock().expect("not poisoned"));
                     let started = Instant::now();
-                    held = s.shards_by_peer(&s.files.readable());
+                    held = Arc::new(s.shards_by_peer(&s.files.readable()));
                     held_at = Some((changes, Pace::since(started)));
+                    *s.held_index.lock().expect("not poisoned") = Some(held.clone());
+                    for (peer, shards) in reports {
+                        if let Err(e) = super::peers::mark_damaged(&s, &peer, &held, &shards) {
+                            tracing::warn!(peer = %peer, error = %e, "reported damage could not be marked");
+                        }
+                    }
                 }
             }
             Some(Ok(done)) = tasks.join_next(), if !tasks.is_empty() => {

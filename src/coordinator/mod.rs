@@ -130,6 +130,8 @@ pub async fn spawn(
         counters: Counters::new(&metrics),
         metrics: metrics.clone(),
         placed_cache: Mutex::new(None),
+        held_index: Mutex::new(None),
+        damage_later: Mutex::new(HashMap::new()),
         placed_walk: Mutex::new(()),
         health_cache: Mutex::new(None),
         totals_cache: Mutex::new(HashMap::new()),

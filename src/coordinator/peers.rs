@@ -1,9 +1,14 @@
 //! Peers: registration and liveness by signed heartbeats, graceful exit, and the peer list.
 
-use super::state::{PeerRecord, State};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::state::{HeldIndex, PeerRecord, State};
 use super::{admission, notices};
+use crate::core::merkle::ShardId;
 use crate::net::server::{ApiError, ApiResult, ok};
 use crate::proto::*;
+use crate::store::RecordError;
 
 pub(super) fn views(s: &State) -> Vec<PeerView> {
     let placed = s.placed_counts();
@@ -119,24 +124,63 @@ pub(super) fn damage(s: &State, signed: Signed<DamageReport>) -> ApiResult {
     if report.time.abs_diff(s.now()) > CLOCK_SKEW || report.coordinator != s.id() {
         return Err(ApiError::forbidden("the damage report is stale or for another coordinator"));
     }
-    let placed: std::collections::HashSet<crate::core::merkle::ShardId> =
-        s.shards_by_peer(&s.files.readable()).remove(&id).unwrap_or_default().into_iter().map(|h| h.id).collect();
-    let marked = s
-        .peers
-        .update(&id, |p| {
-            p.map(|mut p| {
-                if p.public_key == signed.signer {
-                    for sid in report.shard_ids.iter().filter(|sid| placed.contains(sid)) {
-                        if !p.failed_shards.contains(sid) {
-                            p.failed_shards.push(*sid);
-                        }
-                    }
-                }
-                p
-            })
-        })
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(format!("no peer {id}")))?;
+    // Only a known peer's report is weighed, and against the audit worker's index of who
+    // holds what: walking every placement for each report let anyone with a key pair make
+    // the coordinator read its whole database per request.
+    match s.peers.get(&id).map_err(ApiError::internal)? {
+        Some(p) if p.public_key == signed.signer => {}
+        _ => return Err(ApiError::not_found(format!("no peer {id}"))),
+    }
+    let kept = s.held_index.lock().expect("not poisoned").clone();
+    let index = match kept {
+        Some(index) => index,
+        None => {
+            // Before the audit worker's first reading (just after start): read it once here.
+            let index = Arc::new(s.shards_by_peer(&s.files.readable()));
+            *s.held_index.lock().expect("not poisoned") = Some(index.clone());
+            index
+        }
+    };
+    let (marked, unknown) = mark_damaged(s, &id, &index, &report.shard_ids).map_err(ApiError::internal)?;
+    if !unknown.is_empty() {
+        // Placed since the index was read, or never: weighed at the audit worker's next reading.
+        let mut later = s.damage_later.lock().expect("not poisoned");
+        let waiting = later.entry(id.clone()).or_default();
+        for sid in unknown {
+            if waiting.len() < DAMAGE_LATER && !waiting.contains(&sid) {
+                waiting.push(sid);
+            }
+        }
+    }
     tracing::warn!(peer = %id, reported = report.shard_ids.len(), "a node reported damaged shards; they will be repaired");
-    ok(&Removed { removed: marked.failed_shards.len() })
+    ok(&Removed { removed: marked })
+}
+
+/// Reported shards kept per peer until the audit worker's next reading of who holds what.
+const DAMAGE_LATER: usize = 4 * MAX_DAMAGE_IDS;
+
+/// Marks those of `reported` that `index` places on `peer` as failed (repair rebuilds them
+/// elsewhere). Returns how many of the peer's shards are marked failed now, and the reported
+/// shards `index` does not place on it.
+pub(super) fn mark_damaged(
+    s: &State,
+    peer: &str,
+    index: &HeldIndex,
+    reported: &[ShardId],
+) -> Result<(usize, Vec<ShardId>), RecordError> {
+    let wanted: HashSet<&ShardId> = reported.iter().collect();
+    let placed: HashSet<ShardId> =
+        index.get(peer).into_iter().flatten().map(|h| h.id).filter(|sid| wanted.contains(sid)).collect();
+    let marked = s.peers.update(peer, |p| {
+        p.map(|mut p| {
+            for sid in reported.iter().filter(|sid| placed.contains(sid)) {
+                if !p.failed_shards.contains(sid) {
+                    p.failed_shards.push(*sid);
+                }
+            }
+            p
+        })
+    })?;
+    let unknown = reported.iter().filter(|sid| !placed.contains(sid)).copied().collect();
+    Ok((marked.map_or(0, |p| p.failed_shards.len()), unknown))
 }

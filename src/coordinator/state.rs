@@ -297,6 +297,12 @@ pub(super) struct State {
     pub audit_http: http::Client,
     pub metrics: Arc<Metrics>,
     pub counters: Counters,
+    /// Who holds what as the audit worker last read it (None until it has): damage reports
+    /// check the shards they name against it.
+    pub held_index: Mutex<Option<Arc<HeldIndex>>>,
+    /// Shards peers reported damaged that the index did not place on them when reported
+    /// (placed since it was read, or never): weighed at its next reading, a few per peer.
+    pub damage_later: Mutex<HashMap<String, Vec<ShardId>>>,
     /// `placed_bytes` as last walked; the second lock is held by the one walk at a time.
     pub placed_cache: Mutex<Option<PlacedKept>>,
     pub placed_walk: Mutex<()>,
@@ -458,8 +464,8 @@ impl State {
 
     /// Every shard each peer should hold, with its length and where it was placed, over the
     /// files that can be read (damaged records are reported by the scan).
-    pub fn shards_by_peer(&self, files: &[(String, FileRecord)]) -> HashMap<String, Vec<HeldShard>> {
-        let mut held: HashMap<String, Vec<HeldShard>> = HashMap::new();
+    pub fn shards_by_peer(&self, files: &[(String, FileRecord)]) -> HeldIndex {
+        let mut held: HeldIndex = HashMap::new();
         for (key, f) in files {
             let Some(m) = f.parsed() else { continue };
             let file: Arc<str> = Arc::from(key.as_str());
@@ -603,6 +609,9 @@ impl State {
 
 /// Shard bytes placed per peer.
 pub(super) type PlacedBytes = Arc<HashMap<String, u64>>;
+
+/// Every shard each peer should hold, by peer id.
+pub type HeldIndex = HashMap<String, Vec<HeldShard>>;
 
 /// A shard a peer should hold ([`State::shards_by_peer`]): its length, and its file and
 /// segment, to check later that it still should ([`State::still_placed`]).

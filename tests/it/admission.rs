@@ -753,3 +753,42 @@ async fn an_endless_inventory_does_not_exhaust_the_coordinator() {
     assert!(pages > 0, "the coordinator never asked for the inventory");
     assert!(pages <= 6, "the coordinator read {pages} pages of 2,000 shards from a peer that declared none");
 }
+
+/// 5e. Damage reports are weighed only from a registered peer and only for shards it holds:
+/// a stranger's key gets 404 (before, each report, from anyone, made the coordinator walk
+/// every placement of every file), and a peer's report naming shards it was never given
+/// marks only its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_reports_count_only_from_peers_and_for_their_own_shards() {
+    let c = Cluster::start(6).await;
+    let id = c.client.upload(&c.write("f", &data(3 * PER_SEGMENT, 9)), b"pw", params(3, 6), None).await.unwrap();
+    let peer = c.client.info(&id).await.unwrap().placements[0][0].clone();
+    let node_dir = c.net.node_dir(c.node_of(&peer));
+    let held: Vec<p2pstore::core::merkle::ShardId> = std::fs::read_dir(node_dir.join("shards"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .filter_map(|f| p2pstore::core::merkle::ShardId::from_hex(&f.unwrap().file_name().to_string_lossy()))
+        .collect();
+    assert!(!held.is_empty());
+    let report =
+        |shard_ids| DamageReport { coordinator: c.coordinator_key().peer_id(), shard_ids, time: c.net.clock.now() };
+    let url = format!("{}/v2/peers/damage", c.net.url());
+    let h = http::Client::default();
+    let stranger = Identity::generate();
+    let r = h.post_json(&url, &stranger.sign(&report(held.clone()))).await.unwrap();
+    assert_eq!(r.status, 404, "a stranger's report: {}", r.error_message());
+    let node = p2pstore::store::identity::load_or_create(&node_dir).unwrap();
+    let never_given = p2pstore::core::merkle::ShardId([7; 32]);
+    let r = h.post_json(&url, &node.sign(&report(vec![held[0], never_given]))).await.unwrap();
+    assert!(r.status.is_success(), "{}", r.error_message());
+    // The file is seconds old: the audit worker's index may not have it yet, and then the
+    // report waits for its next reading. An empty report answers the count marked so far.
+    let marked = || async {
+        let r = h.post_json(&url, &node.sign(&report(Vec::new()))).await.unwrap();
+        r.json::<Removed>().unwrap().removed
+    };
+    until("the reported shard is marked for repair", 30, || async { marked().await >= 1 }).await;
+    tokio::time::sleep(Duration::from_secs(6)).await; // another reading of the index
+    assert_eq!(marked().await, 1, "only the shard the peer holds is marked, never the one it was not given");
+    c.net.shutdown().await;
+}
