@@ -20,9 +20,64 @@ pub(super) fn info(s: &State) -> CoordinatorInfo {
     }
 }
 
-/// What an account keeps and may still keep: (stored bytes, files, pending bytes).
+/// What an account keeps and may still keep: (stored bytes, files, pending bytes). Every
+/// upload asks (its quota check), so the stored figures are kept per account in step with
+/// the owned table ([`own`], [`disown`]) rather than summed over all its files each time.
 pub(super) fn usage(s: &State, account: &str) -> Result<(u64, u64, u64), RecordError> {
-    usage_in(&s.owned, Some(&s.uploads), account)
+    let (stored, files) = stored(s, account)?;
+    let pending = s.uploads.readable().iter().filter(|(_, u)| u.account == account).map(|(_, u)| u.size).sum();
+    Ok((stored, files, pending))
+}
+
+/// (stored bytes, files) of `account`: kept figures while every change of the owned table
+/// went through [`own`] and [`disown`] (its change count says so), else read from its records.
+fn stored(s: &State, account: &str) -> Result<(u64, u64), RecordError> {
+    let mut kept = s.usage_kept.lock().expect("not poisoned");
+    if kept.0 != s.owned.changes() {
+        *kept = (s.owned.changes(), Default::default());
+    }
+    if let Some(v) = kept.1.get(account) {
+        return Ok(*v);
+    }
+    let (stored, files, _) = usage_in(&s.owned, None, account)?;
+    kept.1.insert(account.to_owned(), (stored, files));
+    Ok((stored, files))
+}
+
+/// Records that `account` owns `file` of `size` bytes, and keeps its usage in step.
+pub(super) fn own(s: &State, account: &str, file: &str, size: u64) -> Result<(), RecordError> {
+    let key = format!("{account}/{file}");
+    let mut kept = s.usage_kept.lock().expect("not poisoned");
+    let before = s.owned.get(&key)?;
+    let at = s.owned.changes();
+    s.owned.insert(&key, &OwnedRecord { size })?;
+    let in_step = kept.0 == at && s.owned.changes() == at + 1;
+    kept.0 = s.owned.changes();
+    match kept.1.get_mut(account) {
+        Some(v) if in_step => {
+            *v = (v.0.saturating_sub(before.as_ref().map_or(0, |b| b.size)) + size, v.1 + before.is_none() as u64)
+        }
+        _ if in_step => {}
+        _ => kept.1.clear(),
+    }
+    Ok(())
+}
+
+/// Records that `account` no longer owns `file`, and keeps its usage in step.
+pub(super) fn disown(s: &State, account: &str, file: &str) -> Result<(), RecordError> {
+    let key = format!("{account}/{file}");
+    let mut kept = s.usage_kept.lock().expect("not poisoned");
+    let before = s.owned.get(&key)?;
+    let at = s.owned.changes();
+    s.owned.remove(&key)?;
+    let in_step = kept.0 == at && s.owned.changes() == at + 1;
+    kept.0 = s.owned.changes();
+    match (kept.1.get_mut(account), before) {
+        (Some(v), Some(b)) if in_step => *v = (v.0.saturating_sub(b.size), v.1.saturating_sub(1)),
+        _ if in_step => {}
+        _ => kept.1.clear(),
+    }
+    Ok(())
 }
 
 fn usage_in(

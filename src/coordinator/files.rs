@@ -10,6 +10,7 @@ use super::auth::Caller;
 use super::state::{FileRecord, PeerRecord, SegmentRow, State, row_key};
 use super::stats::Kept;
 use super::{notices, repair};
+use crate::core::merkle::ShardId;
 use crate::net::server::{self, ApiError, ApiResult, ok};
 use crate::proto::*;
 
@@ -191,7 +192,7 @@ pub(super) async fn delete(s: &State, caller: &Caller, id: &str, req: DeleteRequ
     // also needs (identical padding shards) keep it: they count files per shard.
     let keys = notices::deleted(s, id, &rec).map_err(ApiError::internal)?;
     s.files.remove(id).map_err(ApiError::internal)?;
-    s.owned.remove(&format!("{}/{id}", rec.owner)).map_err(ApiError::internal)?;
+    super::accounts::disown(s, &rec.owner, id).map_err(ApiError::internal)?;
     s.sync().await.map_err(ApiError::internal)?;
     s.drop_rows(rec.rows_prefix()).map_err(ApiError::internal)?;
     // Online peers are told now; the others when they are back.
@@ -205,16 +206,23 @@ pub(super) async fn delete(s: &State, caller: &Caller, id: &str, req: DeleteRequ
 /// A reader says a node served shards of this file that do not match their ids: that node is
 /// audited at once, on those shards (the reader's word alone changes nothing).
 pub(super) fn damage(s: &State, id: &str, claim: DamageClaim) -> ApiResult {
-    let rec = record(s, id)?;
-    let mut placed = Vec::new();
-    s.visit_placed(&rec, |sid, peer| {
-        if peer == claim.peer_id && claim.shard_ids.contains(&sid) {
-            placed.push(sid);
-        }
-    })
-    .map_err(ApiError::internal)?;
+    record(s, id)?;
+    // Looked up in the audit worker's index of who holds what, among the peer's shards: a walk
+    // of the file's placements cost up to a second per claim on a large file (anyone's).
+    let claimed: HashSet<&ShardId> = claim.shard_ids.iter().collect();
+    let index = s.held_index.lock().expect("not poisoned").clone();
+    let placed: Vec<ShardId> = index
+        .iter()
+        .filter_map(|index| index.get(&claim.peer_id))
+        .flatten()
+        .filter(|h| &*h.file == id && claimed.contains(&h.id))
+        .map(|h| h.id)
+        .collect();
     if placed.is_empty() {
-        return Err(ApiError::bad_request("none of those shards of this file is placed on that peer"));
+        return Err(ApiError::bad_request(
+            "none of those shards of this file is placed on that peer (as the coordinator read its placements, at most \
+             seconds ago)",
+        ));
     }
     let mut urgent = s.urgent_audits.lock().expect("not poisoned");
     if urgent.len() < super::audit::URGENT_QUEUE {

@@ -131,6 +131,7 @@ pub async fn spawn(
         metrics: metrics.clone(),
         placed_cache: Mutex::new(None),
         held_index: Mutex::new(None),
+        usage_kept: Mutex::new((0, HashMap::new())),
         damage_later: Mutex::new(HashMap::new()),
         placed_walk: Mutex::new(()),
         health_cache: Mutex::new(None),

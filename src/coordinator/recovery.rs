@@ -17,7 +17,7 @@ use ring::digest::{SHA256, digest};
 use tokio::sync::mpsc;
 
 use super::notices;
-use super::state::{FileRecord, OwnedRecord, SegmentRow, State, row_key};
+use super::state::{FileRecord, SegmentRow, State, row_key};
 use crate::core::manifest::{FileId, Manifest};
 use crate::core::merkle::ShardId;
 use crate::net::client::request;
@@ -195,7 +195,7 @@ fn recover_file(s: &State, copy: &Signed<ManifestCopy>) -> Result<bool, RecordEr
     }
     s.files.insert(&c.file_id, &rec)?;
     if !c.owner.is_empty() {
-        s.owned.insert(&format!("{}/{}", c.owner, c.file_id), &OwnedRecord { size: m.plaintext_size })?;
+        super::accounts::own(s, &c.owner, &c.file_id, m.plaintext_size)?;
     }
     Ok(true)
 }

@@ -297,6 +297,9 @@ pub(super) struct State {
     pub audit_http: http::Client,
     pub metrics: Arc<Metrics>,
     pub counters: Counters,
+    /// Stored bytes and files per account, with the owned table's change count they are
+    /// in step with (`accounts::usage`).
+    pub usage_kept: Mutex<(u64, HashMap<String, Usage>)>,
     /// Who holds what as the audit worker last read it (None until it has): damage reports
     /// check the shards they name against it.
     pub held_index: Mutex<Option<Arc<HeldIndex>>>,
@@ -609,6 +612,9 @@ impl State {
 
 /// Shard bytes placed per peer.
 pub(super) type PlacedBytes = Arc<HashMap<String, u64>>;
+
+/// An account's stored bytes and files.
+pub type Usage = (u64, u64);
 
 /// Every shard each peer should hold, by peer id.
 pub type HeldIndex = HashMap<String, Vec<HeldShard>>;

@@ -10,7 +10,7 @@ use hyper::StatusCode;
 use rayon::prelude::*;
 
 use super::auth::Caller;
-use super::state::{FileRecord, OwnedRecord, SegmentRow, State, UploadRecord, row_key};
+use super::state::{FileRecord, SegmentRow, State, UploadRecord, row_key};
 use super::{accounts, notices};
 use crate::core::erasure::Shape;
 use crate::core::error::CodecError;
@@ -241,6 +241,10 @@ pub(super) enum CommitRefusal {
     TooFewShards { segment: usize, have: usize, need: usize },
     #[error("no valid receipt for shard {shard} of segment {segment} on peer {peer}")]
     NoReceipt { segment: usize, shard: usize, peer: String },
+    #[error(
+        "shard {shard} of segment {segment} was stored on peer {peer} as {len} bytes; the segment's shards have {want}"
+    )]
+    WrongLength { segment: usize, shard: usize, peer: String, len: u64, want: u64 },
 }
 
 impl CommitRefusal {
@@ -250,7 +254,8 @@ impl CommitRefusal {
             CommitRefusal::NotYours
             | CommitRefusal::UnsignedReceipt
             | CommitRefusal::ForeignReceipt(_)
-            | CommitRefusal::NoReceipt { .. } => StatusCode::FORBIDDEN,
+            | CommitRefusal::NoReceipt { .. }
+            | CommitRefusal::WrongLength { .. } => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -266,7 +271,10 @@ impl From<CommitRefusal> for ApiError {
 /// every receipt is signed by a peer of the upload (`keys`: peer id → public key of
 /// registered peers) for this upload, and each segment's placed shards (all n but those given
 /// up as too slow, placed as "": at least the plan's `min_shards`) have receipts from
-/// distinct peers. Pure; receipts are checked on all cores.
+/// distinct peers, for shards of the length the segment's entry implies (the commit checks
+/// the entries' lengths against the manifest): audits expect that length, so a shorter
+/// shard would count against the honest peer holding it. Pure; receipts are checked on all
+/// cores.
 pub(super) fn verify_segments(
     (upload_id, up): (&str, &UploadRecord),
     first: u32,
@@ -287,9 +295,10 @@ pub(super) fn verify_segments(
             if rec.upload_id != upload_id || rec.peer_id != signer || !allowed.contains(&rec.peer_id) {
                 return Err(CommitRefusal::ForeignReceipt(rec.peer_id));
             }
-            Ok((rec.shard_id, rec.peer_id))
+            Ok(((rec.shard_id, rec.peer_id), rec.len))
         })
-        .collect::<Result<HashSet<(ShardId, String)>, CommitRefusal>>()?;
+        .collect::<Result<HashMap<(ShardId, String), u64>, CommitRefusal>>()?;
+    let shape = Shape::new(up.k, up.n).map_err(|_| CommitRefusal::NotAsPlanned)?;
     let need = match up.min_shards {
         0 => up.n as usize,
         m => (m as usize).min(up.n as usize),
@@ -306,9 +315,17 @@ pub(super) fn verify_segments(
         if placed.len() < need {
             return Err(CommitRefusal::TooFewShards { segment: i, have: placed.len(), need });
         }
+        let want = shape.shard_len(seg.sealed_len as usize) as u64;
         for (j, (id, peer)) in seg.shard_ids.iter().zip(peers).enumerate() {
-            if !peer.is_empty() && !stored.contains(&(*id, peer.clone())) {
-                return Err(CommitRefusal::NoReceipt { segment: i, shard: j, peer: peer.clone() });
+            if peer.is_empty() {
+                continue;
+            }
+            match stored.get(&(*id, peer.clone())) {
+                None => return Err(CommitRefusal::NoReceipt { segment: i, shard: j, peer: peer.clone() }),
+                Some(&len) if len != want => {
+                    return Err(CommitRefusal::WrongLength { segment: i, shard: j, peer: peer.clone(), len, want });
+                }
+                Some(_) => {}
             }
         }
     }
@@ -545,7 +562,7 @@ fn record_file(s: &State, file_id: &str, rec: FileRecord, size: u64) -> Result<(
         )),
         Some(false) => Ok(()),
         None => {
-            s.owned.insert(&format!("{owner}/{file_id}"), &OwnedRecord { size }).map_err(ApiError::internal)?;
+            accounts::own(s, &owner, file_id, size).map_err(ApiError::internal)?;
             notices::committed(s, file_id, &rec).map_err(ApiError::internal)
         }
     }
@@ -648,6 +665,16 @@ mod tests {
         let mut twice = c.clone();
         twice.placements[0][1] = twice.placements[0][0].clone();
         assert!(matches!(refused(&up, twice, &keys, 0), CommitRefusal::NotDistinct(0, 3)));
+        // A peer's receipt for a shorter shard than the segment's (an uploader sending one
+        // byte and its hash as the shard id): audits would expect the full length from the
+        // peer, and blame it.
+        let mut cut = c.clone();
+        let r = Receipt { len: 1, ..cut.receipts[3].open().unwrap() };
+        cut.receipts[3] = peers[0].sign(&r);
+        assert!(matches!(
+            refused(&up, cut, &keys, 0),
+            CommitRefusal::WrongLength { segment: 1, shard: 0, len: 1, want: 468, .. }
+        ));
         let short = Commit { placements: vec![c.placements[0].clone()], ..c };
         assert!(matches!(refused(&up, short, &keys, 0), CommitRefusal::MissingSegments));
     }

@@ -1231,18 +1231,19 @@ impl S3 for Gateway {
         if wanted.is_empty() {
             return Err(s3_error!(MalformedXML, "You must specify at least one part"));
         }
+        let numbers =
+            wanted.iter().map(|p| p.part_number.ok_or_else(|| s3_error!(InvalidPart, "a part has no PartNumber")));
+        let numbers: Vec<i32> = numbers.collect::<S3Result<_>>()?;
+        // As S3 does: the order is checked before any part.
+        if numbers.windows(2).any(|w| w[1] <= w[0]) {
+            return Err(s3_error!(InvalidPartOrder, "parts must be listed in ascending order"));
+        }
         let up = self.get_upload(&input.bucket, &input.key, &input.upload_id).await?;
         let have = self.upload_parts(&input.upload_id).await?;
-        let mut prev = 0;
         let mut etag_md5 = Md5::new();
         let mut parts = Vec::new();
         let mut size = 0;
-        for (i, p) in wanted.iter().enumerate() {
-            let n = p.part_number.ok_or_else(|| s3_error!(InvalidPart, "a part has no PartNumber"))?;
-            if n <= prev {
-                return Err(s3_error!(InvalidPartOrder, "parts must be listed in ascending order"));
-            }
-            prev = n;
+        for (i, (p, &n)) in wanted.iter().zip(&numbers).enumerate() {
             let part = have.get(&n).ok_or_else(|| s3_error!(InvalidPart, "part {n} was not uploaded"))?;
             if let Some(e) = &p.e_tag
                 && e.value() != part.md5

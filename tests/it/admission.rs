@@ -754,7 +754,7 @@ async fn an_endless_inventory_does_not_exhaust_the_coordinator() {
     assert!(pages <= 6, "the coordinator read {pages} pages of 2,000 shards from a peer that declared none");
 }
 
-/// 5e. Damage reports are weighed only from a registered peer and only for shards it holds:
+/// 5e. Damage reports and claims are weighed only from a registered peer and only for shards it holds:
 /// a stranger's key gets 404 (before, each report, from anyone, made the coordinator walk
 /// every placement of every file), and a peer's report naming shards it was never given
 /// marks only its own.
@@ -790,5 +790,14 @@ async fn damage_reports_count_only_from_peers_and_for_their_own_shards() {
     until("the reported shard is marked for repair", 30, || async { marked().await >= 1 }).await;
     tokio::time::sleep(Duration::from_secs(6)).await; // another reading of the index
     assert_eq!(marked().await, 1, "only the shard the peer holds is marked, never the one it was not given");
+    // A reader's claim (account-signed) on the file is weighed the same way, without a walk of
+    // the file's placements: a shard on that peer queues an audit of it, another is refused.
+    let first = c.client.segments(&id).await.unwrap()[0].shard_ids[0];
+    let path = format!("/v2/files/{id}/damage");
+    let claim = |shard_ids| Bytes::from(serde_json::to_vec(&DamageClaim { peer_id: peer.clone(), shard_ids }).unwrap());
+    let r = c.client.send_signed("POST", &path, claim(vec![first])).await.unwrap();
+    assert!(r.status.is_success(), "{}", r.error_message());
+    let r = c.client.send_signed("POST", &path, claim(vec![never_given])).await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.error_message());
     c.net.shutdown().await;
 }

@@ -30,6 +30,14 @@ fn tool_missing() -> Option<String> {
     None
 }
 
+/// Whether the test is skipped because a client is missing (with a note; CI requires them).
+fn skipped_without_tools() -> bool {
+    let Some(missing) = tool_missing() else { return false };
+    assert!(std::env::var("P2PSTORE_REQUIRE_S3_TOOLS").is_err(), "an S3 client is missing: {missing}");
+    eprintln!("skipped: `{missing}` failed (install boto3, awscli, rclone, restic to run this test)");
+    true
+}
+
 /// A gateway process of the real binary; killed when dropped.
 struct GatewayProcess {
     child: Child,
@@ -124,9 +132,7 @@ fn files_under(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_tools_store_their_data_in_p2pstore() {
-    if let Some(missing) = tool_missing() {
-        assert!(std::env::var("P2PSTORE_REQUIRE_S3_TOOLS").is_err(), "an S3 client is missing: {missing}");
-        eprintln!("skipped: `{missing}` failed (install boto3, awscli, rclone, restic to run this test)");
+    if skipped_without_tools() {
         return;
     }
     let c = Cluster::start(20).await;
@@ -207,9 +213,7 @@ async fn s3_tools_store_their_data_in_p2pstore() {
 /// with BadDigest, which told the client its bytes were damaged and not to retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_network_short_of_peers_refuses_puts_as_unavailable() {
-    if let Some(missing) = tool_missing() {
-        assert!(std::env::var("P2PSTORE_REQUIRE_S3_TOOLS").is_err(), "an S3 client is missing: {missing}");
-        eprintln!("skipped: `{missing}` failed");
+    if skipped_without_tools() {
         return;
     }
     let c = Cluster::start(4).await;

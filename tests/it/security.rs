@@ -268,13 +268,20 @@ async fn quotas_and_invitations() {
     let mut config = p2pstore::config::Config::default();
     config.security.default_quota_gb = 100_000.0 / 1e9; // 100 kB
     let c = Cluster::start_with(4, config).await;
-    upload(&c, &c.client, "small", 60_000).await;
+    let (small, _) = upload(&c, &c.client, "small", 60_000).await;
     let e = c.client.upload(&c.write("big", &data(60_000, 1)), b"pw", params(2, 4), None).await.unwrap_err();
     assert_eq!(status(&e), 403);
     let msg = e.to_string();
     assert!(msg.contains("over quota") && msg.contains("100000"), "{msg}");
     let me = c.client.account().await.unwrap();
     assert_eq!((me.quota, me.stored, me.files), (100_000, 60_000, 1));
+    // A deletion gives the room back at once, and the next commit takes it (usage is kept in
+    // step with commits and deletions, not summed per request).
+    c.client.remove(&small, b"pw").await.unwrap();
+    assert_eq!(c.client.account().await.unwrap().stored, 0);
+    upload(&c, &c.client, "big", 60_000).await;
+    let me = c.client.account().await.unwrap();
+    assert_eq!((me.stored, me.files), (60_000, 1));
     c.net.shutdown().await;
 
     // Invitations only: a stranger is refused with its id, until the operator adds it.

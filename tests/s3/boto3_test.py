@@ -145,6 +145,9 @@ check("list_parts paging", lp["IsTruncated"] and lp["NextPartNumberMarker"] == 2
 code = err(s3.complete_multipart_upload, Bucket=B, Key="mp/big", UploadId=uid,
            MultipartUpload={"Parts": [parts[0], {"PartNumber": 2, "ETag": '"deadbeef"'}, parts[2]]})[0]
 check("complete with wrong etag -> InvalidPart", code == "InvalidPart", code)
+code = err(s3.complete_multipart_upload, Bucket=B, Key="mp/big", UploadId=uid,
+           MultipartUpload={"Parts": [parts[2], parts[0]]})[0]
+check("complete with parts out of order -> InvalidPartOrder (before any size check)", code == "InvalidPartOrder", code)
 r = s3.complete_multipart_upload(Bucket=B, Key="mp/big", UploadId=uid, MultipartUpload={"Parts": parts})
 md5s = b"".join(hashlib.md5(big[o:o + P]).digest() for o in range(0, len(big), P))
 want = f'"{hashlib.md5(md5s).hexdigest()}-3"'
