@@ -4,7 +4,7 @@
 //! verified, decoded and written: past the page cache to a temporary file renamed into place
 //! only when complete, or in order to a stream, or only the segments a byte range needs.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -17,8 +17,9 @@ use crate::core::codec::Decoder;
 use crate::core::crypto::Secret;
 use crate::core::error::CodecError;
 use crate::core::manifest::{FileId, FileMeta, Manifest, PAGE_SEGMENTS, SegmentEntry, page_of, plain_per_segment};
-use crate::net::transfer::fetch_segment;
-use crate::proto::FileView;
+use crate::core::merkle::ShardId;
+use crate::net::transfer::{Problems, fetch_segment};
+use crate::proto::{DamageClaim, FileView};
 use crate::sys::fs::{DirectWriter, write_atomically};
 use crate::sys::pool::Buf;
 
@@ -62,7 +63,7 @@ pub struct OpenFile {
     decoder: Arc<Decoder>,
     manifest: Arc<Manifest>,
     pages: Mutex<HashMap<u32, Arc<Page>>>,
-    problems: Arc<Mutex<Vec<String>>>,
+    problems: Arc<Mutex<Problems>>,
 }
 
 /// One page of a file's segment table and the placements of its segments.
@@ -130,7 +131,9 @@ impl OpenFile {
                     let entry = page.entries[(j % PAGE_SEGMENTS) as usize].clone();
                     let http = file.client.http.clone();
                     let (m, view) = (file.manifest.clone(), page.view.clone());
-                    Ok::<_, ClientError>(fetch_segment(http, m, view, entry, file.problems.clone(), j).await?)
+                    let shards = fetch_segment(http, m, view, entry, file.problems.clone(), j).await;
+                    file.report_damage().await;
+                    Ok::<_, ClientError>(shards?)
                 }));
             }
             let shards = rt.block_on(ahead.pop_front().expect("queued"))??;
@@ -146,8 +149,30 @@ impl OpenFile {
         Ok(())
     }
 
+    /// Tells the coordinator which peers served bytes that do not match their shards' ids, so
+    /// that it audits them at once. Best effort: the read goes on, from other peers, whatever
+    /// the answer.
+    async fn report_damage(&self) {
+        let bad = std::mem::take(&mut self.problems.lock().expect("not poisoned").mismatched);
+        let mut by_peer: BTreeMap<String, (Vec<ShardId>, Vec<u32>)> = BTreeMap::new();
+        for (peer, id, segment) in bad {
+            let (ids, segments) = by_peer.entry(peer).or_default();
+            ids.push(id);
+            segments.push(segment);
+        }
+        for (peer_id, (shard_ids, segments)) in by_peer {
+            let claim = serde_json::to_vec(&DamageClaim { peer_id, shard_ids, segments }).expect("serializes");
+            let path = format!("/v2/files/{}/damage", self.id);
+            match self.client.send_signed("POST", &path, claim.into()).await {
+                Ok(r) if r.status.is_success() => {}
+                Ok(r) => tracing::debug!(status = %r.status, error = %r.error_message(), "damage claim not taken"),
+                Err(e) => tracing::debug!(error = %e, "damage claim not sent"),
+            }
+        }
+    }
+
     fn problems(&self) -> Vec<String> {
-        self.problems.lock().expect("not poisoned").clone()
+        self.problems.lock().expect("not poisoned").notes.clone()
     }
 }
 
@@ -164,7 +189,7 @@ impl Client {
             manifest: Arc::new(decoder.manifest().clone()),
             decoder: Arc::new(decoder),
             pages: Mutex::new(HashMap::new()),
-            problems: Arc::new(Mutex::new(Vec::new())),
+            problems: Arc::new(Mutex::new(Problems::default())),
         }))
     }
 

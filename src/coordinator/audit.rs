@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::task::JoinSet;
 
-use super::state::{HeldIndex, HeldShard, Pace, PeerRecord, State};
+use super::state::{HeldIndex, HeldShard, Pace, PeerRecord, State, UrgentAudit};
 use crate::core::merkle::{self, ShardId};
 use crate::net::client as http;
 use crate::net::server::Shutdown;
@@ -81,12 +81,30 @@ pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
         }
         let now_i = Instant::now();
         // Peers readers reported first, at once, on the shards reported.
-        let urgent: Vec<(String, Vec<ShardId>)> = s.urgent_audits.lock().expect("not poisoned").drain(..).collect();
-        for (id, suspect) in urgent {
+        let urgent: Vec<UrgentAudit> = s.urgent_audits.lock().expect("not poisoned").drain(..).collect();
+        // Shards the index does not know wait for a reading that started after they were
+        // reported (a file read right after its upload), as does a peer being audited now.
+        let read_at = held_at.map(|(_, pace)| pace.started());
+        let mut later = Vec::new();
+        for (id, suspect, since) in urgent {
             let peer = peers.iter().find(|(pid, _)| *pid == id).map(|(_, p)| p.clone());
-            let (Some(p), Some(shards)) = (peer, held.get(&id)) else { continue };
-            if running.insert(id.clone()) {
-                tasks.spawn(audit_peer(s.clone(), id, p, shards.clone(), suspect));
+            let Some(p) = peer else { continue };
+            let shards = held.get(&id).map(Vec::as_slice).unwrap_or_default();
+            let known: HashSet<ShardId> = shards.iter().map(|h| h.id).collect();
+            let unread = read_at.is_none_or(|at| at < since) && !suspect.iter().all(|sid| known.contains(sid));
+            if unread || running.contains(&id) {
+                later.push((id, suspect, since));
+            } else if !shards.is_empty() {
+                running.insert(id.clone());
+                tasks.spawn(audit_peer(s.clone(), id, p, shards.to_vec(), suspect));
+            }
+        }
+        if !later.is_empty() {
+            let mut queue = s.urgent_audits.lock().expect("not poisoned");
+            for u in later.into_iter().rev() {
+                if queue.len() < URGENT_QUEUE {
+                    queue.push_front(u);
+                }
             }
         }
         for (id, p) in &peers {

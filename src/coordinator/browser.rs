@@ -174,10 +174,16 @@ pub(super) async fn sealed_segment(s: &State, caller: &Caller, id: &str, index: 
     let view = Arc::new(files::view(s, caller, id, files::Window { first: index, count: 1, totals: false })?);
     let entry =
         s.row(&rec, index).map_err(ApiError::internal)?.ok_or_else(|| ApiError::internal(files::BadManifest))?.entry;
-    let problems = Arc::new(Mutex::new(Vec::new()));
-    let shards = transfer::fetch_segment(s.http.clone(), m.clone(), view, entry, problems, index)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    let problems = Arc::new(Mutex::new(transfer::Problems::default()));
+    let shards = transfer::fetch_segment(s.http.clone(), m.clone(), view, entry, problems.clone(), index).await;
+    // Peers that served bytes not matching their shards' ids are audited at once, on those.
+    for (peer, id, _) in std::mem::take(&mut problems.lock().expect("not poisoned").mismatched) {
+        let mut urgent = s.urgent_audits.lock().expect("not poisoned");
+        if urgent.len() < super::audit::URGENT_QUEUE {
+            urgent.push_back((peer, vec![id], std::time::Instant::now()));
+        }
+    }
+    let shards = shards.map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
     let sealed = m.sealed_segment(index, &shards).map_err(ApiError::internal)?;
     Ok(server::bytes("application/octet-stream", sealed.into_bytes()))
 }

@@ -206,27 +206,46 @@ pub(super) async fn delete(s: &State, caller: &Caller, id: &str, req: DeleteRequ
 /// A reader says a node served shards of this file that do not match their ids: that node is
 /// audited at once, on those shards (the reader's word alone changes nothing).
 pub(super) fn damage(s: &State, id: &str, claim: DamageClaim) -> ApiResult {
-    record(s, id)?;
-    // Looked up in the audit worker's index of who holds what, among the peer's shards: a walk
-    // of the file's placements cost up to a second per claim on a large file (anyone's).
-    let claimed: HashSet<&ShardId> = claim.shard_ids.iter().collect();
-    let index = s.held_index.lock().expect("not poisoned").clone();
-    let placed: Vec<ShardId> = index
-        .iter()
-        .filter_map(|index| index.get(&claim.peer_id))
-        .flatten()
-        .filter(|h| &*h.file == id && claimed.contains(&h.id))
-        .map(|h| h.id)
-        .collect();
+    let rec = record(s, id)?;
+    let placed: Vec<ShardId> = if claim.segments.len() == claim.shard_ids.len() {
+        // The claimed segments' rows, as they are now: one read each.
+        let mut rows: HashMap<u32, Option<SegmentRow>> = HashMap::new();
+        let mut placed = Vec::new();
+        for (sid, &segment) in claim.shard_ids.iter().zip(&claim.segments) {
+            let row = match rows.entry(segment) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(s.row(&rec, segment).map_err(ApiError::internal)?)
+                }
+            };
+            let on = row.as_ref().and_then(|r| r.placements.get(r.entry.shard_ids.iter().position(|x| x == sid)?));
+            if on.is_some_and(|p| *p == claim.peer_id) {
+                placed.push(*sid);
+            }
+        }
+        placed
+    } else {
+        // Among the peer's shards in the audit worker's index: a walk of the file's
+        // placements cost up to a second per claim on a large file (anyone's).
+        let claimed: HashSet<&ShardId> = claim.shard_ids.iter().collect();
+        let index = s.held_index.lock().expect("not poisoned").clone();
+        index
+            .iter()
+            .filter_map(|index| index.get(&claim.peer_id))
+            .flatten()
+            .filter(|h| &*h.file == id && claimed.contains(&h.id))
+            .map(|h| h.id)
+            .collect()
+    };
     if placed.is_empty() {
         return Err(ApiError::bad_request(
-            "none of those shards of this file is placed on that peer (as the coordinator read its placements, at most \
-             seconds ago)",
+            "none of those shards of this file is placed on that peer (without their segments: as the coordinator \
+             read its placements, at most seconds ago)",
         ));
     }
     let mut urgent = s.urgent_audits.lock().expect("not poisoned");
     if urgent.len() < super::audit::URGENT_QUEUE {
-        urgent.push_back((claim.peer_id, placed));
+        urgent.push_back((claim.peer_id, placed, std::time::Instant::now()));
     }
     ok(&Removed { removed: 0 })
 }

@@ -286,7 +286,7 @@ pub(super) struct State {
     /// Outcomes of the last minute's audits, for the dashboard (the stored history is per peer).
     pub recent_audits: Mutex<VecDeque<(u64, AuditOutcome)>>,
     /// Peers to audit at once on these shards (readers reported them damaged).
-    pub urgent_audits: Mutex<VecDeque<(String, Vec<ShardId>)>>,
+    pub urgent_audits: Mutex<VecDeque<UrgentAudit>>,
     /// The newest audits of all peers, newest last: what the audit log shows without
     /// reading every peer's history.
     pub audit_log: Mutex<VecDeque<AuditRecord>>,
@@ -613,6 +613,9 @@ impl State {
 /// Shard bytes placed per peer.
 pub(super) type PlacedBytes = Arc<HashMap<String, u64>>;
 
+/// A peer to audit at once on some of its shards, and since when it waits.
+pub type UrgentAudit = (String, Vec<ShardId>, std::time::Instant);
+
 /// An account's stored bytes and files.
 pub type Usage = (u64, u64);
 
@@ -653,6 +656,11 @@ impl Pace {
     /// The pace of a walk that started at `at` and just ended.
     pub fn since(at: std::time::Instant) -> Pace {
         Pace { at, took: at.elapsed() }
+    }
+
+    /// When the walk started: it saw what was stored then.
+    pub fn started(&self) -> std::time::Instant {
+        self.at
     }
 
     pub fn due(&self) -> bool {

@@ -370,19 +370,48 @@ struct Fetching {
     overdue: bool,
 }
 
+/// What reads found wrong on the way: a line for each peer that served bad or no data, and
+/// the shards served with bytes that do not match their ids, with their peers.
+#[derive(Debug, Default)]
+pub struct Problems {
+    pub notes: Vec<String>,
+    /// (peer, shard, segment).
+    pub mismatched: Vec<(String, ShardId, u32)>,
+}
+
+/// Why a shard fetch gave nothing usable.
+enum Bad {
+    /// Bytes that do not match the shard's id: the peer is reported.
+    Mismatch(ShardId, String),
+    Other(String),
+}
+
+impl From<String> for Bad {
+    fn from(e: String) -> Bad {
+        Bad::Other(e)
+    }
+}
+
+impl From<&str> for Bad {
+    fn from(e: &str) -> Bad {
+        Bad::Other(e.to_owned())
+    }
+}
+
 /// Fetches at least k verified shards of segment `i`: data shards first (no decoding
 /// needed), peers online and not slow lately first, another peer for each one missing or
 /// corrupt. Slow ones are hedged as uploads are: once most of the k have arrived, a shard
 /// still on its way after half the time that took (at least 200 ms; a fifth of it if its peer
 /// was slow lately) makes one more peer asked, and the first k to arrive are used; and 2 s
 /// without any answer asks one more in any case. Every peer that served bad or no data is
-/// described in `problems`.
+/// described in `problems`, and every shard served with bytes that do not match its id is
+/// listed there with its peer (a reader reports them: `POST /v2/files/{id}/damage`).
 pub async fn fetch_segment(
     http: http::Client,
     manifest: Arc<Manifest>,
     view: Arc<FileView>,
     entry: SegmentEntry,
-    problems: Arc<Mutex<Vec<String>>>,
+    problems: Arc<Mutex<Problems>>,
     i: u32,
 ) -> Result<Vec<VerifiedShard>, TransferError> {
     let m = &manifest;
@@ -412,16 +441,21 @@ pub async fn fetch_segment(
         let grant = view.grants.get(&peer).cloned();
         let entry = entry.clone();
         async move {
-            let Some(addr) = addr else { return (j, peer, Err("peer unknown to the coordinator".to_string())) };
+            let Some(addr) = addr else { return (j, peer, Err("peer unknown to the coordinator".into())) };
             let Some(id) = entry.shard_ids.get(j).copied() else {
-                return (j, peer, Err("no such shard in the segment's entry".to_string()));
+                return (j, peer, Err("no such shard in the segment's entry".into()));
             };
             let r = match fetch_shard(&http, &addr, &id, m2.shard_len(i), grant.as_ref()).await {
                 Ok(b) => b,
-                Err(e) => return (j, peer, Err(e.to_string())),
+                Err(e) => return (j, peer, Err(e.to_string().into())),
             };
             let v = tokio::task::spawn_blocking(move || m2.verify_shard(i, &entry, j, r)).await;
-            (j, peer, v.map_err(|e| e.to_string()).and_then(|v| v.map_err(|e| e.to_string())))
+            let v = match v {
+                Ok(Err(e @ CodecError::ShardMismatch { .. })) => Err(Bad::Mismatch(id, e.to_string())),
+                Ok(r) => r.map_err(|e| e.to_string().into()),
+                Err(e) => Err(e.to_string().into()),
+            };
+            (j, peer, v)
         }
     };
     let mut ask_next = |fetching: &mut HashMap<usize, Fetching>, pending: &mut FuturesUnordered<_>| {
@@ -468,8 +502,17 @@ pub async fn fetch_segment(
                         mark_slow(&peer, false);
                         got.push(v);
                     }
-                    Err(e) => {
-                        problems.lock().expect("not poisoned").push(format!("peer {peer}, shard {j} of segment {i}: {e}"));
+                    Err(bad) => {
+                        let mut p = problems.lock().expect("not poisoned");
+                        let e = match bad {
+                            Bad::Mismatch(id, e) => {
+                                p.mismatched.push((peer.clone(), id, i));
+                                e
+                            }
+                            Bad::Other(e) => e,
+                        };
+                        p.notes.push(format!("peer {peer}, shard {j} of segment {i}: {e}"));
+                        drop(p);
                         ask_next(&mut fetching, &mut pending);
                     }
                 }

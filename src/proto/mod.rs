@@ -592,6 +592,10 @@ pub struct DamageReport {
 pub struct DamageClaim {
     pub peer_id: String,
     pub shard_ids: Vec<ShardId>,
+    /// The segment of each shard, in the same order (optional: without it the coordinator
+    /// looks the shards up in its index of who holds what, read at most seconds ago).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<u32>,
 }
 
 /// Coordinator → node, signed (`POST /v2/inventory`): a page of what you hold.

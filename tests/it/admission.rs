@@ -794,10 +794,17 @@ async fn damage_reports_count_only_from_peers_and_for_their_own_shards() {
     // the file's placements: a shard on that peer queues an audit of it, another is refused.
     let first = c.client.segments(&id).await.unwrap()[0].shard_ids[0];
     let path = format!("/v2/files/{id}/damage");
-    let claim = |shard_ids| Bytes::from(serde_json::to_vec(&DamageClaim { peer_id: peer.clone(), shard_ids }).unwrap());
-    let r = c.client.send_signed("POST", &path, claim(vec![first])).await.unwrap();
-    assert!(r.status.is_success(), "{}", r.error_message());
-    let r = c.client.send_signed("POST", &path, claim(vec![never_given])).await.unwrap();
-    assert_eq!(r.status, 400, "{}", r.error_message());
+    let claim = |shard_ids, segments| {
+        Bytes::from(serde_json::to_vec(&DamageClaim { peer_id: peer.clone(), shard_ids, segments }).unwrap())
+    };
+    // Without segments, looked up in the index; with them, in those segments' rows.
+    for segments in [vec![], vec![0]] {
+        let r = c.client.send_signed("POST", &path, claim(vec![first], segments.clone())).await.unwrap();
+        assert!(r.status.is_success(), "{}", r.error_message());
+        let r = c.client.send_signed("POST", &path, claim(vec![never_given], segments)).await.unwrap();
+        assert_eq!(r.status, 400, "{}", r.error_message());
+    }
+    let r = c.client.send_signed("POST", &path, claim(vec![first], vec![1])).await.unwrap();
+    assert_eq!(r.status, 400, "a shard claimed in another segment than its own: {}", r.error_message());
     c.net.shutdown().await;
 }

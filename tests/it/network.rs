@@ -97,6 +97,12 @@ async fn corrupted_shard_is_skipped_and_reported() {
         "{:?}",
         report.problems
     );
+    // The reader told the coordinator, which audits the peer at once on that shard (regular
+    // audits are minutes apart here), even though the file is seconds old.
+    until("the peer that served a bad shard is audited and fails", 30, || async {
+        c.client.audits(Some(&victim), 50).await.unwrap().iter().any(|a| a.outcome == AuditOutcome::Failure)
+    })
+    .await;
     c.net.shutdown().await;
 }
 
