@@ -505,8 +505,20 @@ pub(super) async fn commit(s: &State, caller: &Caller, upload_id: &str, mut c: C
         recovered_at: 0,
         rows: String::new(),
     };
-    record_file(s, &file_id, rec, m.plaintext_size)?;
-    s.uploads.remove(upload_id).map_err(ApiError::internal)?;
+    match record_file(s, &file_id, rec, m.plaintext_size)? {
+        // The same file committed before from another upload: this one stored copies (or
+        // anything under its orders) that no file will name, so it ends as an expired one
+        // does, its peers told to let go, its rows dropped. Only the commit answer is shared.
+        Some(first) if first != upload_id => {
+            for peer in &up.peers {
+                notices::queue(s, peer, NoticeEvent::Abandoned { upload_id: upload_id.to_owned() })
+                    .map_err(ApiError::internal)?;
+            }
+            s.uploads.remove(upload_id).map_err(ApiError::internal)?;
+            s.drop_rows(upload_id).map_err(ApiError::internal)?;
+        }
+        _ => s.uploads.remove(upload_id).map_err(ApiError::internal)?,
+    }
     s.sync().await.map_err(ApiError::internal)?;
     tracing::info!(file = %file_id, size = m.plaintext_size, segments = m.segment_count(), "file committed");
     ok(&CommitReply { file_id })
@@ -540,13 +552,16 @@ fn check_table(s: &State, upload_id: &str, m: &Manifest) -> Result<(), ApiError>
 
 /// Records a committed file for its owner. A file id is committed once: the same account
 /// committing the same manifest again is a no-op (a retried commit); anything else is 409.
-fn record_file(s: &State, file_id: &str, rec: FileRecord, size: u64) -> Result<(), ApiError> {
+/// Returns the upload the file was first committed from, when it was before.
+fn record_file(s: &State, file_id: &str, rec: FileRecord, size: u64) -> Result<Option<String>, ApiError> {
     let owner = rec.owner.clone();
     let mut clash = None;
+    let mut first_upload = None;
     s.files
         .update(file_id, |old| match old {
             Some(old) => {
                 clash = Some(old.owner != rec.owner || old.manifest != rec.manifest);
+                first_upload = Some(old.upload_id.clone());
                 Some(old)
             }
             None => {
@@ -560,10 +575,11 @@ fn record_file(s: &State, file_id: &str, rec: FileRecord, size: u64) -> Result<(
             StatusCode::CONFLICT,
             format!("file {file_id} is already stored, by another account or with other data: refused"),
         )),
-        Some(false) => Ok(()),
+        Some(false) => Ok(first_upload),
         None => {
             accounts::own(s, &owner, file_id, size).map_err(ApiError::internal)?;
-            notices::committed(s, file_id, &rec).map_err(ApiError::internal)
+            notices::committed(s, file_id, &rec).map_err(ApiError::internal)?;
+            Ok(None)
         }
     }
 }

@@ -181,6 +181,43 @@ async fn abandoned_uploads_and_deleted_files_are_collected() {
     c.net.shutdown().await;
 }
 
+/// The same file committed again from a second upload (a resumed upload keeps its salt, so
+/// its manifest is the same; or an uploader on purpose): the commit answers as a retry, and
+/// what the second upload stored is collected like an expired upload's. Before, its copies
+/// stayed on the nodes for good, charged to nobody (found by the attacker helper).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_committed_again_from_another_upload_leaves_nothing_behind() {
+    let mut c = Cluster::start_with(8, fast_config()).await;
+    let bytes = data(4 * PER_SEGMENT, 11);
+    let secret =
+        p2pstore::core::crypto::Secret::stretch(b"pw", p2pstore::core::crypto::Salt([5; 16]), 100_000).unwrap();
+    let meta = || p2pstore::core::manifest::FileMeta { name: "same".into(), content_type: String::new() };
+    let send = || {
+        let r = std::io::Cursor::new(bytes.clone());
+        c.client.upload_reader(r, bytes.len() as u64, meta(), secret.clone(), params(2, 4), None)
+    };
+    let first = send().await.unwrap();
+    let dirs: Vec<_> = (0..8).map(|i| c.net.node_dir(i)).collect();
+    let held = || dirs.iter().map(|d| shard_files(d)).sum::<usize>();
+    let once = held();
+    assert_eq!(once, 4 * 4, "four segments of four shards");
+    // One holder offline: the second upload places its shards on other peers.
+    let holder = c.client.info(&first).await.unwrap().placements[0][0].clone();
+    c.net.stop_node(c.node_of(&holder)).await;
+    until("the holder is offline", 30, || async {
+        c.client.peers().await.unwrap().iter().any(|p| p.peer_id == holder && p.state == PeerState::Offline)
+    })
+    .await;
+    let again = send().await.unwrap();
+    assert_eq!(again, first, "the same manifest is the same file");
+    assert!(held() > once, "the second upload stored copies elsewhere");
+    until("the second upload's copies are collected", 30, || async { held() == once }).await;
+    assert_eq!(c.client.account().await.unwrap().files, 1);
+    c.net.start_node(c.node_of(&holder)).await.unwrap();
+    downloads_intact(&c, &first, &bytes, "same.out").await;
+    c.net.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_exit_moves_every_shard_first() {
     let mut c = Cluster::start_with(8, fast_config()).await;
