@@ -102,23 +102,31 @@ fn account_view(
     a: &AccountRecord,
 ) -> Result<AccountView, RecordError> {
     let (stored, files, pending) = usage_in(owned, uploads, id)?;
-    Ok(AccountView { account_id: id.to_owned(), quota: a.quota, stored, pending, files, created: a.created })
+    Ok(AccountView { account_id: id.to_owned(), quota: a.quota, stored, pending, files, created: a.created, names: 0 })
 }
 
 pub(super) fn view(s: &State, caller: &Caller) -> Result<AccountView, ApiError> {
-    account_view(&s.owned, Some(&s.uploads), &caller.id, &caller.account).map_err(ApiError::internal)
+    let view = account_view(&s.owned, Some(&s.uploads), &caller.id, &caller.account).map_err(ApiError::internal)?;
+    Ok(AccountView { names: super::names::held(s, &caller.id)?, ..view })
 }
 
 /// Refuses a new upload of `size` bytes that would take the account over its quota.
 pub(super) fn check_quota(s: &State, caller: &Caller, size: u64) -> Result<(), ApiError> {
+    check_quota_with(s, caller, size, super::names::held(s, &caller.id)?)
+}
+
+/// Refuses `size` more bytes that would take the account over its quota, its namespace
+/// holding `names` bytes (files and namespace count together).
+pub(super) fn check_quota_with(s: &State, caller: &Caller, size: u64, names: u64) -> Result<(), ApiError> {
     let (stored, _, pending) = usage(s, &caller.id).map_err(ApiError::internal)?;
     let quota = caller.account.quota;
-    if stored.saturating_add(pending).saturating_add(size) > quota {
+    if stored.saturating_add(pending).saturating_add(names).saturating_add(size) > quota {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
-                "over quota: account {} may keep {quota} bytes and has {stored} stored and {pending} in uploads not yet \
-                 committed; this file needs {size} more. Delete files, or ask the operator for a larger quota",
+                "over quota: account {} may keep {quota} bytes and has {stored} stored, {pending} in uploads not yet \
+                 committed and {names} in its namespace; this needs {size} more. Delete files, or ask the operator for \
+                 a larger quota",
                 caller.id
             ),
         ));

@@ -132,6 +132,7 @@ pub async fn spawn(
         placed_cache: Mutex::new(None),
         held_index: Mutex::new(None),
         usage_kept: Mutex::new((0, HashMap::new())),
+        names_kept: Mutex::new(HashMap::new()),
         damage_later: Mutex::new(HashMap::new()),
         placed_walk: Mutex::new(()),
         health_cache: Mutex::new(None),

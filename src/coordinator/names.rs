@@ -29,6 +29,31 @@ fn full_key(caller: &Caller, key: &str) -> String {
     format!("{}/{key}", caller.id)
 }
 
+/// Bytes (keys and values) of `account`'s namespace: kept per account in step with every put
+/// and delete (all go through here, under the lock held by the caller), read from the tree
+/// the first time.
+pub(super) fn bytes_of(
+    s: &State,
+    kept: &mut std::collections::HashMap<String, u64>,
+    account: &str,
+) -> Result<u64, ApiError> {
+    if let Some(&b) = kept.get(account) {
+        return Ok(b);
+    }
+    let mut total = 0;
+    for kv in s.names.scan_prefix(format!("{account}/").as_bytes()) {
+        let (k, v) = kv.map_err(db_error)?;
+        total += (k.len() + v.len()) as u64;
+    }
+    kept.insert(account.to_owned(), total);
+    Ok(total)
+}
+
+/// The bytes an account's namespace holds (counted against its quota with its files).
+pub(super) fn held(s: &State, account: &str) -> Result<u64, ApiError> {
+    bytes_of(s, &mut s.names_kept.lock().expect("not poisoned"), account)
+}
+
 pub(super) fn put(s: &State, caller: &Caller, req: NamePut) -> Result<NamePutReply, ApiError> {
     check_key(&req.key)?;
     let value = B64.decode(req.value.as_bytes()).map_err(|_| ApiError::bad_request("a namespace value is base64"))?;
@@ -39,14 +64,25 @@ pub(super) fn put(s: &State, caller: &Caller, req: NamePut) -> Result<NamePutRep
         ));
     }
     let key = full_key(caller, &req.key);
-    if req.if_absent {
-        return match s.names.compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(value)).map_err(db_error)? {
-            Ok(()) => Ok(NamePutReply { created: true }),
-            Err(_) => Err(ApiError::new(hyper::StatusCode::CONFLICT, format!("key {} exists", req.key))),
-        };
+    // The namespace lives on the coordinator's own disk: it counts against the account's
+    // quota with its files (a free account could otherwise fill the disk with values).
+    let mut kept = s.names_kept.lock().expect("not poisoned");
+    let before = bytes_of(s, &mut kept, &caller.id)?;
+    let old = s.names.get(key.as_bytes()).map_err(db_error)?.map_or(0, |v| (key.len() + v.len()) as u64);
+    let after = before - old.min(before) + (key.len() + value.len()) as u64;
+    if after > before {
+        super::accounts::check_quota_with(s, caller, after - before, before)?;
     }
-    let old = s.names.insert(key.as_bytes(), value).map_err(db_error)?;
-    Ok(NamePutReply { created: old.is_none() })
+    let created = if req.if_absent {
+        match s.names.compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(value)).map_err(db_error)? {
+            Ok(()) => true,
+            Err(_) => return Err(ApiError::new(hyper::StatusCode::CONFLICT, format!("key {} exists", req.key))),
+        }
+    } else {
+        s.names.insert(key.as_bytes(), value).map_err(db_error)?.is_none()
+    };
+    kept.insert(caller.id.clone(), after);
+    Ok(NamePutReply { created })
 }
 
 pub(super) fn get(s: &State, caller: &Caller, req: NameGet) -> Result<NameEntry, ApiError> {
@@ -56,6 +92,10 @@ pub(super) fn get(s: &State, caller: &Caller, req: NameGet) -> Result<NameEntry,
         None => Err(ApiError::not_found(format!("no key {}", req.key))),
     }
 }
+
+/// Bytes of values a listing page carries at most (then it says `more`): a page of a
+/// thousand 4 MiB values, in base64, took over 5 GB of memory to answer.
+const LIST_BYTES: usize = 8 << 20;
 
 pub(super) fn list(s: &State, caller: &Caller, req: NameList) -> Result<NameListing, ApiError> {
     if req.prefix.len() > MAX_NAME_KEY || req.start_after.len() > MAX_NAME_KEY {
@@ -72,14 +112,18 @@ pub(super) fn list(s: &State, caller: &Caller, req: NameList) -> Result<NameList
     } else {
         std::ops::Bound::Excluded(after.into_bytes())
     };
+    let mut bytes = 0;
     for kv in s.names.range((start, std::ops::Bound::Unbounded)) {
         let (k, v) = kv.map_err(db_error)?;
         if !k.starts_with(prefix.as_bytes()) {
             break;
         }
-        if entries.len() == limit {
+        if entries.len() == limit || (bytes >= LIST_BYTES && !entries.is_empty()) {
             more = true;
             break;
+        }
+        if !req.keys_only {
+            bytes += v.len();
         }
         let key = String::from_utf8_lossy(&k[own.len()..]).into_owned();
         let value = if req.keys_only { String::new() } else { B64.encode(&v) };
@@ -92,12 +136,17 @@ pub(super) fn delete(s: &State, caller: &Caller, req: NameDelete) -> Result<Remo
     if req.keys.len() > MAX_NAME_LIST as usize {
         return Err(ApiError::bad_request(format!("at most {MAX_NAME_LIST} keys per delete")));
     }
+    let mut kept = s.names_kept.lock().expect("not poisoned");
+    let mut total = bytes_of(s, &mut kept, &caller.id)?;
     let mut removed = 0;
     for key in &req.keys {
         check_key(key)?;
-        if s.names.remove(full_key(caller, key).as_bytes()).map_err(db_error)?.is_some() {
+        let full = full_key(caller, key);
+        if let Some(v) = s.names.remove(full.as_bytes()).map_err(db_error)? {
+            total = total.saturating_sub((full.len() + v.len()) as u64);
             removed += 1;
         }
     }
+    kept.insert(caller.id.clone(), total);
     Ok(Removed { removed })
 }

@@ -300,6 +300,8 @@ pub(super) struct State {
     /// Stored bytes and files per account, with the owned table's change count they are
     /// in step with (`accounts::usage`).
     pub usage_kept: Mutex<(u64, HashMap<String, Usage>)>,
+    /// Bytes of each account's namespace (`names::held`), in step with its puts and deletes.
+    pub names_kept: Mutex<HashMap<String, u64>>,
     /// Who holds what as the audit worker last read it (None until it has): damage reports
     /// check the shards they name against it.
     pub held_index: Mutex<Option<Arc<HeldIndex>>>,

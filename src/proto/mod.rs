@@ -445,6 +445,10 @@ pub struct AccountView {
     pub pending: u64,
     pub files: u64,
     pub created: u64,
+    /// Bytes of its private namespace on the coordinator (the S3 gateway's encrypted names
+    /// and records), counted against the quota with its files (0 in the operator's listing).
+    #[serde(default)]
+    pub names: u64,
 }
 
 /// An operator's request to a running coordinator, signed with the coordinator's own key

@@ -808,3 +808,45 @@ async fn damage_reports_count_only_from_peers_and_for_their_own_shards() {
     assert_eq!(r.status, 400, "a shard claimed in another segment than its own: {}", r.error_message());
     c.net.shutdown().await;
 }
+
+/// 5f. A namespace listing carries at most 8 MiB of values a page (then `more`): a page of a
+/// thousand 4 MiB values took gigabytes of the coordinator's memory to answer. Following
+/// `more` still lists everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_listings_are_bounded_in_bytes() {
+    let c = Cluster::start(1).await;
+    let value = vec![7u8; 3 << 20];
+    for i in 0..5 {
+        c.client.name_put(&format!("big/{i}"), &value, false).await.unwrap();
+    }
+    let (page, more) = c.client.name_list("big/", "", 1000, false).await.unwrap();
+    assert!(more && page.len() == 3, "a page stops after 8 MiB of values: {} entries, more {more}", page.len());
+    let (rest, more) = c.client.name_list("big/", &page.last().unwrap().0, 1000, false).await.unwrap();
+    assert!(!more && rest.len() == 2 && rest.iter().all(|(_, v)| v == &value));
+    let (keys, more) = c.client.name_list("big/", "", 1000, true).await.unwrap();
+    assert!(!more && keys.len() == 5, "keys alone are not bounded by the values' bytes");
+    c.net.shutdown().await;
+}
+
+/// 5g. An account's namespace lives on the coordinator's disk: it counts against the
+/// account's quota with its files (a free account stored 240 MB of values there, outside any
+/// quota), and a deletion gives the room back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_values_count_against_the_quota() {
+    let mut config = Config::default();
+    config.security.default_quota_gb = 10e6 / 1e9; // 10 MB
+    let c = Cluster::start_with(1, config).await;
+    let value = vec![7u8; 3 << 20];
+    for i in 0..3 {
+        c.client.name_put(&format!("v/{i}"), &value, false).await.unwrap();
+    }
+    let names = c.client.account().await.unwrap().names;
+    assert!(names > 3 * (3 << 20) && names < 3 * (3 << 20) + 1000, "{names}");
+    let e = c.client.name_put("v/3", &value, false).await.unwrap_err();
+    assert!(e.to_string().contains("over quota"), "{e}");
+    c.client.name_put("v/0", &value, false).await.unwrap(); // a replacement needs no more room
+    assert_eq!(c.client.name_delete(&["v/1".to_owned()]).await.unwrap(), 1);
+    c.client.name_put("v/3", &value, false).await.unwrap();
+    assert_eq!(c.client.account().await.unwrap().names, names);
+    c.net.shutdown().await;
+}
