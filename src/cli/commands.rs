@@ -103,12 +103,13 @@ pub(super) fn account_new(config: &Config, out: Option<PathBuf>) -> anyhow::Resu
 fn print_accounts(accounts: &[AccountView]) -> anyhow::Result<()> {
     for a in accounts {
         outln!(
-            "{}  quota {}  stored {} in {} files  pending {}",
+            "{}  quota {}  stored {} in {} files  pending {}  namespace {}",
             a.account_id,
             gb(a.quota),
             gb(a.stored),
             a.files,
-            gb(a.pending)
+            gb(a.pending),
+            gb(a.names)
         );
     }
     Ok(())

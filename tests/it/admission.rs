@@ -848,5 +848,19 @@ async fn namespace_values_count_against_the_quota() {
     assert_eq!(c.client.name_delete(&["v/1".to_owned()]).await.unwrap(), 1);
     c.client.name_put("v/3", &value, false).await.unwrap();
     assert_eq!(c.client.account().await.unwrap().names, names);
+    // `account show` names it too.
+    let key = c.path("account.p8");
+    let id = p2pstore::store::identity::create_file(&key).unwrap();
+    let cli = p2pstore::client::Client::new(&c.net.url(), Arc::new(id));
+    cli.name_put("one", &[1u8; 1000], false).await.unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_p2pstore"))
+        .args(["--coordinator", &c.net.url(), "--account"])
+        .arg(&key)
+        .args(["account", "show"])
+        .env_remove("P2PSTORE_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("namespace"), "{text}{}", String::from_utf8_lossy(&out.stderr));
     c.net.shutdown().await;
 }
