@@ -106,8 +106,16 @@ fn account_view(
 }
 
 pub(super) fn view(s: &State, caller: &Caller) -> Result<AccountView, ApiError> {
-    let view = account_view(&s.owned, Some(&s.uploads), &caller.id, &caller.account).map_err(ApiError::internal)?;
-    Ok(AccountView { names: super::names::held(s, &caller.id)?, ..view })
+    let (stored, files, pending) = usage(s, &caller.id).map_err(ApiError::internal)?;
+    Ok(AccountView {
+        account_id: caller.id.clone(),
+        quota: caller.account.quota,
+        stored,
+        pending,
+        files,
+        created: caller.account.created,
+        names: super::names::held(s, &caller.id)?,
+    })
 }
 
 /// Refuses a new upload of `size` bytes that would take the account over its quota.

@@ -90,8 +90,10 @@ pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
             let peer = peers.iter().find(|(pid, _)| *pid == id).map(|(_, p)| p.clone());
             let Some(p) = peer else { continue };
             let shards = held.get(&id).map(Vec::as_slice).unwrap_or_default();
-            let known: HashSet<ShardId> = shards.iter().map(|h| h.id).collect();
-            let unread = read_at.is_none_or(|at| at < since) && !suspect.iter().all(|sid| known.contains(sid));
+            let unread = read_at.is_none_or(|at| at < since) && {
+                let known: HashSet<ShardId> = shards.iter().map(|h| h.id).collect();
+                !suspect.iter().all(|sid| known.contains(sid))
+            };
             if unread || running.contains(&id) {
                 later.push((id, suspect, since));
             } else if !shards.is_empty() {
