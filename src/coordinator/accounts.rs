@@ -5,7 +5,7 @@
 use hyper::StatusCode;
 
 use super::auth::{Caller, fresh_nonce};
-use super::state::{AccountRecord, AllowedNode, OwnedRecord, State, UploadRecord};
+use super::state::{AccountRecord, AllowedNode, OwnedRecord, State, UploadRecord, Usage};
 use crate::net::server::{ApiError, ApiResult, ok};
 use crate::proto::*;
 use crate::store::{RecordError, Table};
@@ -47,33 +47,53 @@ fn stored(s: &State, account: &str) -> Result<(u64, u64), RecordError> {
 /// Records that `account` owns `file` of `size` bytes, and keeps its usage in step.
 pub(super) fn own(s: &State, account: &str, file: &str, size: u64) -> Result<(), RecordError> {
     let key = format!("{account}/{file}");
-    let mut kept = s.usage_kept.lock().expect("not poisoned");
-    let before = s.owned.get(&key)?;
-    let at = s.owned.changes();
-    s.owned.insert(&key, &OwnedRecord { size })?;
-    let in_step = kept.0 == at && s.owned.changes() == at + 1;
-    kept.0 = s.owned.changes();
-    match kept.1.get_mut(account) {
-        Some(v) if in_step => {
-            *v = (v.0.saturating_sub(before.as_ref().map_or(0, |b| b.size)) + size, v.1 + before.is_none() as u64)
-        }
-        _ if in_step => {}
-        _ => kept.1.clear(),
-    }
-    Ok(())
+    in_step(
+        s,
+        account,
+        &key,
+        |owned| owned.insert(&key, &OwnedRecord { size }),
+        |(bytes, files), before| {
+            *bytes = bytes.saturating_sub(before.map_or(0, |b| b.size)) + size;
+            *files += before.is_none() as u64;
+        },
+    )
 }
 
 /// Records that `account` no longer owns `file`, and keeps its usage in step.
 pub(super) fn disown(s: &State, account: &str, file: &str) -> Result<(), RecordError> {
     let key = format!("{account}/{file}");
+    in_step(
+        s,
+        account,
+        &key,
+        |owned| owned.remove(&key),
+        |(bytes, files), before| {
+            if let Some(b) = before {
+                *bytes = bytes.saturating_sub(b.size);
+                *files = files.saturating_sub(1);
+            }
+        },
+    )
+}
+
+/// Makes one `write` of the owned record `key` and applies `adjust` (given the record as it
+/// was) to the account's kept usage, when no other write came between; else the kept
+/// figures are dropped, to be read again.
+fn in_step(
+    s: &State,
+    account: &str,
+    key: &str,
+    write: impl FnOnce(&Table<OwnedRecord>) -> Result<(), RecordError>,
+    adjust: impl FnOnce(&mut Usage, Option<&OwnedRecord>),
+) -> Result<(), RecordError> {
     let mut kept = s.usage_kept.lock().expect("not poisoned");
-    let before = s.owned.get(&key)?;
+    let before = s.owned.get(key)?;
     let at = s.owned.changes();
-    s.owned.remove(&key)?;
+    write(&s.owned)?;
     let in_step = kept.0 == at && s.owned.changes() == at + 1;
     kept.0 = s.owned.changes();
-    match (kept.1.get_mut(account), before) {
-        (Some(v), Some(b)) if in_step => *v = (v.0.saturating_sub(b.size), v.1.saturating_sub(1)),
+    match kept.1.get_mut(account) {
+        Some(v) if in_step => adjust(v, before.as_ref()),
         _ if in_step => {}
         _ => kept.1.clear(),
     }

@@ -227,15 +227,7 @@ pub(super) fn damage(s: &State, id: &str, claim: DamageClaim) -> ApiResult {
     } else {
         // Among the peer's shards in the audit worker's index: a walk of the file's
         // placements cost up to a second per claim on a large file (anyone's).
-        let claimed: HashSet<&ShardId> = claim.shard_ids.iter().collect();
-        let index = s.held_index.lock().expect("not poisoned").clone();
-        index
-            .iter()
-            .filter_map(|index| index.get(&claim.peer_id))
-            .flatten()
-            .filter(|h| &*h.file == id && claimed.contains(&h.id))
-            .map(|h| h.id)
-            .collect()
+        super::peers::index_placed(&s.held(), &claim.peer_id, &claim.shard_ids, |h| &*h.file == id)
     };
     if placed.is_empty() {
         return Err(ApiError::bad_request(

@@ -1,7 +1,6 @@
 //! Peers: registration and liveness by signed heartbeats, graceful exit, and the peer list.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use super::state::{HeldIndex, PeerRecord, State};
 use super::{admission, notices};
@@ -131,17 +130,7 @@ pub(super) fn damage(s: &State, signed: Signed<DamageReport>) -> ApiResult {
         Some(p) if p.public_key == signed.signer => {}
         _ => return Err(ApiError::not_found(format!("no peer {id}"))),
     }
-    let kept = s.held_index.lock().expect("not poisoned").clone();
-    let index = match kept {
-        Some(index) => index,
-        None => {
-            // Before the audit worker's first reading (just after start): read it once here.
-            let index = Arc::new(s.shards_by_peer(&s.files.readable()));
-            *s.held_index.lock().expect("not poisoned") = Some(index.clone());
-            index
-        }
-    };
-    let (marked, unknown) = mark_damaged(s, &id, &index, &report.shard_ids).map_err(ApiError::internal)?;
+    let (marked, unknown) = mark_damaged(s, &id, &s.held(), &report.shard_ids).map_err(ApiError::internal)?;
     if !unknown.is_empty() {
         // Placed since the index was read, or never: weighed at the audit worker's next reading.
         let mut later = s.damage_later.lock().expect("not poisoned");
@@ -156,6 +145,17 @@ pub(super) fn damage(s: &State, signed: Signed<DamageReport>) -> ApiResult {
     ok(&Removed { removed: marked })
 }
 
+/// Those of `shards` that `index` places on `peer`, among its shards that pass `keep`.
+pub(super) fn index_placed(
+    index: &HeldIndex,
+    peer: &str,
+    shards: &[ShardId],
+    keep: impl Fn(&super::state::HeldShard) -> bool,
+) -> Vec<ShardId> {
+    let wanted: HashSet<&ShardId> = shards.iter().collect();
+    index.get(peer).into_iter().flatten().filter(|h| keep(h) && wanted.contains(&h.id)).map(|h| h.id).collect()
+}
+
 /// Reported shards kept per peer until the audit worker's next reading of who holds what.
 const DAMAGE_LATER: usize = 4 * MAX_DAMAGE_IDS;
 
@@ -168,9 +168,7 @@ pub(super) fn mark_damaged(
     index: &HeldIndex,
     reported: &[ShardId],
 ) -> Result<(usize, Vec<ShardId>), RecordError> {
-    let wanted: HashSet<&ShardId> = reported.iter().collect();
-    let placed: HashSet<ShardId> =
-        index.get(peer).into_iter().flatten().map(|h| h.id).filter(|sid| wanted.contains(sid)).collect();
+    let placed: HashSet<ShardId> = index_placed(index, peer, reported, |_| true).into_iter().collect();
     let marked = s.peers.update(peer, |p| {
         p.map(|mut p| {
             for sid in reported.iter().filter(|sid| placed.contains(sid)) {

@@ -486,6 +486,17 @@ impl State {
         held
     }
 
+    /// Who holds what as the audit worker last read it; read here once if it has not yet
+    /// (just after start).
+    pub fn held(&self) -> Arc<HeldIndex> {
+        if let Some(index) = self.held_index.lock().expect("not poisoned").clone() {
+            return index;
+        }
+        let index = Arc::new(self.shards_by_peer(&self.files.readable()));
+        *self.held_index.lock().expect("not poisoned") = Some(index.clone());
+        index
+    }
+
     /// Whether `peer` should still hold `shard`: its file is there and the segment's row
     /// still places it on `peer` (a database error says yes: nothing is excused on it).
     pub fn still_placed(&self, shard: &HeldShard, peer: &str) -> bool {
