@@ -324,6 +324,7 @@ async fn place_rebuilt(
             peer_id: target.clone(),
             max_shard_len: shard_len,
             expires,
+            max_bytes: 0,
         });
         let addr = peers.get(&target).map(|p| p.address.clone()).unwrap_or_default();
         let data = Bytes::from(rebuilt[j].clone());

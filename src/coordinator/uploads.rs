@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use super::auth::Caller;
 use super::state::{FileRecord, SegmentRow, State, UploadRecord, row_key};
 use super::{accounts, notices};
+use crate::core::crypto::TAG_LEN;
 use crate::core::erasure::Shape;
 use crate::core::error::CodecError;
 use crate::core::manifest::{self, Manifest, SegmentEntry, SegmentTable, segment_count};
@@ -110,7 +111,13 @@ fn lay_out(s: &State, upload_id: &str, up: &mut UploadRecord, first: u32, count:
     }
     let total = if up.stream { MAX_UPLOAD_SEGMENTS } else { segment_count(up.size, up.segment_size).max(1) };
     let count = (count.min(LAYOUT_SEGMENTS) as u64).min(total.saturating_sub(first as u64));
-    let shard_len = shape.shard_len(up.segment_size as usize) as u64;
+    // The largest segment of a file of known size may be smaller than a whole one.
+    let largest =
+        if up.stream { up.segment_size } else { (up.size + TAG_LEN as u64).min(up.segment_size as u64) as u32 };
+    let shard_len = shape.shard_len(largest as usize) as u64;
+    // Without a bound, one plan of a 1-byte file let an account fill nodes with made-up shards.
+    let laid_out = if up.stream { first as u64 + count } else { total };
+    let max_bytes = PutOrder::budget(laid_out, shard_len);
     let rules = placement::Rules { n: need, spares: SPARES, shard_len, max_vetting: max_vetting(s, need) };
     let layout = placement::plan(&online, count as usize, rules).ok_or_else(|| {
         ApiError::new(
@@ -124,8 +131,13 @@ fn lay_out(s: &State, upload_id: &str, up: &mut UploadRecord, first: u32, count:
     let mut addresses = BTreeMap::new();
     for (id, p) in &peers {
         if used.contains(id) {
-            let order =
-                PutOrder { upload_id: upload_id.to_owned(), peer_id: id.clone(), max_shard_len: shard_len, expires };
+            let order = PutOrder {
+                upload_id: upload_id.to_owned(),
+                peer_id: id.clone(),
+                max_shard_len: shard_len,
+                expires,
+                max_bytes,
+            };
             orders.insert(id.clone(), s.identity.sign(&order));
             addresses.insert(id.clone(), p.address.clone());
             if !up.peers.contains(id) {

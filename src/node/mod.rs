@@ -88,6 +88,8 @@ struct State {
     /// Put orders already checked, by their exact header: one order covers every shard an
     /// upload sends here, and a P-256 check per shard was a tenth of a node's CPU.
     orders: Mutex<HashMap<String, PutOrder>>,
+    /// Bytes stored under each upload since start, and when its orders expire (`PutOrder::max_bytes`).
+    upload_bytes: Mutex<HashMap<String, routes::UploadBytes>>,
     /// Read grants already checked, by their exact header, for the same reason.
     grants: Mutex<HashMap<String, ReadGrant>>,
     /// Bits of proof-of-work the coordinator asks of a node key, once known.
@@ -174,6 +176,7 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         http: http::Client::new(Duration::from_secs(10)),
         clock: opts.clock,
         orders: Mutex::new(HashMap::new()),
+        upload_bytes: Mutex::new(HashMap::new()),
         grants: Mutex::new(HashMap::new()),
         seq: std::sync::atomic::AtomicU64::new(0),
         notices: tokio::sync::Mutex::new(()),

@@ -146,20 +146,71 @@ async fn put_shard(s: &Arc<State>, id: ShardId, req: Request<Incoming>) -> ApiRe
     if ShardId::from(hasher.finalize()) != id {
         return Err(ApiError::bad_request(format!("the bytes do not hash to shard id {id}")));
     }
-    let s2 = s.clone();
     let len = body.len() as u64;
+    let counted = order.max_bytes > 0 && take_budget(s, &order, &id, len)?;
+    let s2 = s.clone();
     let now = s.clock.now();
     let upload = order.upload_id.clone();
-    blocking(move || {
+    let stored = blocking(move || {
         s2.store.put(&id, &body, &upload, now).map_err(|e| match e {
             StoreError::Full { .. } => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
             other => ApiError::internal(other),
         })
     })
-    .await?;
+    .await;
+    if let Err(e) = stored {
+        if counted {
+            give_back_budget(s, &order.upload_id, &id, len);
+        }
+        return Err(e);
+    }
     s.bytes_in.inc_by(len);
     let receipt = Receipt { upload_id: order.upload_id, shard_id: id, len, peer_id: s.identity.peer_id() };
     ok(&s.identity.sign(&receipt))
+}
+
+/// Counts shard `id` of `len` bytes as stored under `order`'s upload (once, however often it
+/// is sent: retries and hedges), or refuses it past the order's `max_bytes` (403): an order
+/// is not a licence to fill the node. Whether it was counted now.
+fn take_budget(s: &State, order: &PutOrder, id: &ShardId, len: u64) -> Result<bool, ApiError> {
+    let now = s.clock.now();
+    let mut used = s.upload_bytes.lock().expect("not poisoned");
+    if used.len() >= MAX_KNOWN && !used.contains_key(&order.upload_id) {
+        used.retain(|_, u| u.expires >= now);
+    }
+    let u = used
+        .entry(order.upload_id.clone())
+        .or_insert_with(|| UploadBytes { expires: order.expires, ..Default::default() });
+    u.expires = u.expires.max(order.expires);
+    if u.shards.contains(id) {
+        return Ok(false);
+    }
+    let cost = PutOrder::cost(len);
+    if u.bytes + cost > order.max_bytes {
+        return Err(ApiError::forbidden(format!(
+            "upload {} has stored {} bytes here; its orders allow {}",
+            order.upload_id, u.bytes, order.max_bytes
+        )));
+    }
+    u.bytes += cost;
+    u.shards.insert(*id);
+    Ok(true)
+}
+
+fn give_back_budget(s: &State, upload: &str, id: &ShardId, len: u64) {
+    if let Some(u) = s.upload_bytes.lock().expect("not poisoned").get_mut(upload)
+        && u.shards.remove(id)
+    {
+        u.bytes = u.bytes.saturating_sub(PutOrder::cost(len));
+    }
+}
+
+/// What a node has taken under one upload's orders since it started.
+#[derive(Default)]
+pub(super) struct UploadBytes {
+    bytes: u64,
+    expires: u64,
+    shards: std::collections::HashSet<ShardId>,
 }
 
 /// The put order in `header`, checked once and remembered until it expires.

@@ -154,6 +154,28 @@ pub struct PutOrder {
     pub peer_id: String,
     pub max_shard_len: u64,
     pub expires: u64,
+    /// Bytes the peer stores under the upload at most, over all its orders (0: no bound, as
+    /// in orders before this field and the coordinator's own for repair).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_bytes: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl PutOrder {
+    /// What storing a shard of `len` bytes takes of `max_bytes`: a disk block at least, so
+    /// tiny shards do not fill a node's index for next to nothing.
+    pub fn cost(len: u64) -> u64 {
+        len.max(4096)
+    }
+
+    /// `max_bytes` for `segments` segments of shards of `shard_len` bytes. A peer holds one
+    /// shard of each segment; twice that leaves room for hedges that bring it a second.
+    pub fn budget(segments: u64, shard_len: u64) -> u64 {
+        2 * segments.max(1) * Self::cost(shard_len)
+    }
 }
 
 /// Node → client (→ coordinator): this shard is durably stored here.

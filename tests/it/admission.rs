@@ -864,3 +864,34 @@ async fn namespace_values_count_against_the_quota() {
     assert!(out.status.success() && text.contains("namespace"), "{text}{}", String::from_utf8_lossy(&out.stderr));
     c.net.shutdown().await;
 }
+
+/// 5h. A put order is good for the bytes its plan places on the peer (twice, for retries),
+/// not for any number of shards: one plan of a 1-byte file let an account fill nodes with
+/// made-up shards (200 MiB in 1.4 s), charged to nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_order_stores_no_more_than_its_plan() {
+    let c = Cluster::start(2).await;
+    let plan = c.plan(1, 1, 2).await;
+    let peer = plan.segments[0][0].clone();
+    let order = plan.orders[&peer].open().unwrap();
+    assert!(order.max_shard_len < 64 && order.max_bytes == 2 * PutOrder::cost(1), "{order:?}");
+    let hdr = serde_json::to_string(&plan.orders[&peer]).unwrap();
+    let h = http::Client::default();
+    let mut stored = 0;
+    for i in 0..10u8 {
+        let body = Bytes::from(vec![i; order.max_shard_len as usize]);
+        let url = format!("{}/v2/shards/{}", plan.addresses[&peer], p2pstore::core::merkle::root(&body));
+        let r = h.send(request("PUT", &url, &[(ORDER_HEADER, &hdr)], body.clone()).unwrap()).await.unwrap();
+        if r.status == 200 {
+            stored += 1;
+            // The same shard again (a retry) is not counted twice.
+            let again = h.send(request("PUT", &url, &[(ORDER_HEADER, &hdr)], body).unwrap()).await.unwrap();
+            assert_eq!(again.status, 200);
+        } else {
+            assert_eq!(r.status, 403, "{}", r.error_message());
+        }
+    }
+    // One shard of the plan's one segment, and one more for a hedge; each costs a disk block.
+    assert_eq!(stored, 2, "as many shards as the order's bytes allow");
+    c.net.shutdown().await;
+}

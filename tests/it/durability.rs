@@ -119,7 +119,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_puts_of_one_shard_all_succeed_and_count_once() {
     let c = Cluster::start(4).await;
-    let plan = c.plan(10_000, 2, 4).await;
+    let plan = c.plan(20_000, 2, 4).await;
     let peer = plan.segments[0][0].clone();
     let body = Bytes::from(data(9_000, 5));
     let sid = p2pstore::core::merkle::root(&body);

@@ -152,8 +152,13 @@ async fn forged_orders_and_receipts_are_refused() {
     assert_eq!(r.status, 403);
     // An order signed by someone else.
     let mallory = Identity::generate();
-    let order =
-        PutOrder { upload_id: "u".into(), peer_id: target.peer_id.clone(), max_shard_len: 100, expires: now() + 60 };
+    let order = PutOrder {
+        upload_id: "u".into(),
+        peer_id: target.peer_id.clone(),
+        max_shard_len: 100,
+        expires: now() + 60,
+        max_bytes: 0,
+    };
     let forged = serde_json::to_string(&mallory.sign(&order)).unwrap();
     let r = h.send(request("PUT", &url, &[(ORDER_HEADER, &forged)], body.clone()).unwrap()).await.unwrap();
     assert_eq!(r.status, 403);

@@ -183,7 +183,13 @@ async fn captured_messages_are_refused_on_every_other_route_and_when_replayed() 
     // Anything else either side signs, sent to the coordinator's signed-body routes.
     let receipt = Receipt { upload_id: "u".into(), shard_id: held[0], len: 1, peer_id: node.peer_id.clone() };
     let answer = AuditAnswer { nonce: "n".into(), proofs: Vec::new() };
-    let order = PutOrder { upload_id: "u".into(), peer_id: node.peer_id.clone(), max_shard_len: 1, expires: later };
+    let order = PutOrder {
+        upload_id: "u".into(),
+        peer_id: node.peer_id.clone(),
+        max_shard_len: 1,
+        expires: later,
+        max_bytes: 0,
+    };
     let grant = ReadGrant { peer_id: node.peer_id.clone(), upload_id: "*".into(), grantee: "g".into(), expires: later };
     let others: Vec<(&str, String)> = vec![
         ("receipt", serde_json::to_string(&node_key.sign(&receipt)).unwrap()),
@@ -257,8 +263,13 @@ async fn a_node_serves_a_shard_only_under_a_valid_grant() {
     let elsewhere = ReadGrant { upload_id: "another upload".into(), ..g.clone() };
     assert_eq!(get(Some(forge(elsewhere, &coordinator))).await, 404, "a grant for another file reads nothing here");
     // A put order is no grant, though signed by the same key for the same peer.
-    let order =
-        PutOrder { upload_id: g.upload_id.clone(), peer_id: g.peer_id.clone(), max_shard_len: 1, expires: now + 60 };
+    let order = PutOrder {
+        upload_id: g.upload_id.clone(),
+        peer_id: g.peer_id.clone(),
+        max_shard_len: 1,
+        expires: now + 60,
+        max_bytes: 0,
+    };
     assert_eq!(get(Some(serde_json::to_string(&coordinator.sign(&order)).unwrap())).await, 403);
     c.net.shutdown().await;
 }
