@@ -85,6 +85,8 @@ pub struct LimitsConfig {
     pub plans_per_minute: u32,
     /// New peers one address may register per minute.
     pub registrations_per_minute: u32,
+    /// New accounts one address may register per hour (`[security] accounts = "open"`).
+    pub accounts_per_hour: u32,
     /// Uploads an account may have planned and not yet committed.
     pub pending_uploads: usize,
 }
@@ -97,6 +99,7 @@ impl Default for LimitsConfig {
             header_timeout: 10,
             plans_per_minute: 600,
             registrations_per_minute: 30,
+            accounts_per_hour: 60,
             pending_uploads: 32,
         }
     }
@@ -503,6 +506,7 @@ impl Config {
             ("limits.header_timeout", self.limits.header_timeout),
             ("limits.plans_per_minute", self.limits.plans_per_minute as u64),
             ("limits.registrations_per_minute", self.limits.registrations_per_minute as u64),
+            ("limits.accounts_per_hour", self.limits.accounts_per_hour as u64),
             ("limits.pending_uploads", self.limits.pending_uploads as u64),
         ] {
             if v == 0 {
@@ -579,6 +583,7 @@ mod tests {
     fn the_shipped_config_loads() {
         let c = Config::load(Some(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")))).unwrap();
         assert_eq!(c.coordinator.port, 8000);
+        assert_eq!(c.limits, LimitsConfig::default(), "config.toml shows the defaults");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! on its first signed request when `[security] accounts = "open"`, and refused under
 //! `"invite"` until an operator adds it.
 
+use std::net::IpAddr;
+
 use bytes::Bytes;
 use hyper::StatusCode;
 use hyper::body::Incoming;
@@ -28,7 +30,7 @@ fn unauthorized(m: impl Into<String>) -> ApiError {
 }
 
 /// Checks the signature in the request's header (not yet the body: see [`Caller::body`]).
-pub(super) fn authenticate(s: &State, parts: &Parts) -> Result<Caller, ApiError> {
+pub(super) fn authenticate(s: &State, parts: &Parts, remote: Option<IpAddr>) -> Result<Caller, ApiError> {
     let header = parts.headers.get(AUTH_HEADER).and_then(|v| v.to_str().ok()).ok_or_else(|| {
         unauthorized(format!("this route needs a request signed by an account (header {AUTH_HEADER})"))
     })?;
@@ -42,13 +44,14 @@ pub(super) fn authenticate(s: &State, parts: &Parts) -> Result<Caller, ApiError>
         return Err(unauthorized("the request's signature does not verify for this coordinator, method and path"));
     }
     let id = auth.account_id();
-    let account = admit(s, &id, &auth.account)?;
+    let account = admit(s, &id, &auth.account, remote)?;
     fresh_nonce(s, &format!("{id}/{}", auth.nonce), now)?;
     Ok(Caller { id, account, auth, declared: declared_len(&parts.headers) })
 }
 
-/// The account's record, registering it when accounts are open.
-fn admit(s: &State, id: &str, key: &str) -> Result<AccountRecord, ApiError> {
+/// The account's record, registering it when accounts are open (and `remote` has not made
+/// too many lately).
+fn admit(s: &State, id: &str, key: &str, remote: Option<IpAddr>) -> Result<AccountRecord, ApiError> {
     match s.accounts.get(id).map_err(ApiError::internal)? {
         // Added by an operator before its first request: its key is learnt now.
         Some(a) if a.public_key.is_empty() => {
@@ -65,6 +68,7 @@ fn admit(s: &State, id: &str, key: &str) -> Result<AccountRecord, ApiError> {
              `p2pstore coordinator account add {id}`"
         )));
     }
+    s.limits.account(remote)?;
     let fresh = AccountRecord {
         public_key: key.to_owned(),
         quota: s.config.security.default_quota(),

@@ -209,7 +209,7 @@ pub(super) async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
         Access::Operator => accounts::admin(&s, read_json(req, SMALL_BODY).await?).await,
         Access::Account => {
             let (parts, body) = req.into_parts();
-            let caller = auth::authenticate(&s, &parts)?;
+            let caller = auth::authenticate(&s, &parts, remote)?;
             if matches!(route, Route::Plan | Route::BrowserStart) {
                 s.limits.plan(&caller.id, remote)?;
             }

@@ -895,3 +895,21 @@ async fn a_put_order_stores_no_more_than_its_plan() {
     assert_eq!(stored, 2, "as many shards as the order's bytes allow");
     c.net.shutdown().await;
 }
+
+/// 5i. Open accounts cost nothing to make and each is kept for good with a quota of its own:
+/// one address makes at most `[limits] accounts_per_hour` of them; accounts it has keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_makes_a_bounded_number_of_accounts() {
+    let mut config = Config::default();
+    config.limits.accounts_per_hour = 3;
+    let c = Cluster::start_with(1, config).await;
+    c.client.account().await.unwrap(); // the cluster's own account is the first
+    let fresh = || p2pstore::client::Client::new(&c.net.url(), Arc::new(Identity::generate()));
+    for _ in 0..2 {
+        fresh().account().await.unwrap();
+    }
+    let e = fresh().account().await.unwrap_err().to_string();
+    assert!(e.contains("at most 3 new accounts from one address per hour"), "{e}");
+    c.client.account().await.unwrap();
+    c.net.shutdown().await;
+}
