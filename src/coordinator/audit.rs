@@ -1,10 +1,12 @@
 //! Proofs of retrievability. Every `[audit] interval` (a quarter of it while a peer is being
-//! vetted, ±25% jitter) each online peer is asked for random chunks of random shards it
+//! vetted, ±25% jitter; the first at a random time within one) each online peer is asked for random chunks of random shards it
 //! should hold, with a fresh nonce and a deadline; it answers with Merkle proofs signed by
 //! its key, checked against the shard ids alone. A peer without recent heartbeats is not
 //! asked; each audit it misses lowers its online score. Every challenged chunk is one outcome for
 //! the peer's reputation, so a peer that lost much data falls as fast as the evidence comes
 //! in; a challenge that timed out is asked again, and repeated timeouts count as failures.
+//! Shards already known lost (failed before, or reported damaged by the peer) are no new
+//! failure: they wait for repair.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -118,8 +120,16 @@ pub(super) async fn run(s: Arc<State>, mut shutdown: Shutdown) {
                 continue;
             }
             let base = s.config.audit.interval as f64 / if p.status == PeerStatus::Vetting { 4.0 } else { 1.0 };
-            let jitter = 0.75 + (random_u64() % 1000) as f64 / 2000.0;
-            due.insert(id.clone(), now_i + Duration::from_secs_f64((base * jitter).max(0.5)));
+            // A peer first seen by this worker (just registered, or the coordinator just
+            // started) is first audited at a random time within an interval: not all at once,
+            // and mostly after a heartbeat in which it reports what it found lost meanwhile.
+            let first = !due.contains_key(id);
+            let share = (random_u64() % 1000) as f64 / 1000.0;
+            let wait = base * if first { share } else { 0.75 + share / 2.0 };
+            due.insert(id.clone(), now_i + Duration::from_secs_f64(wait.max(0.5)));
+            if first {
+                continue;
+            }
             if !s.is_online(p) {
                 // A peer whose heartbeats stopped is not asked, but each audit it misses counts
                 // against its online score, as an unanswered one would.
@@ -356,8 +366,12 @@ fn still_owed(s: &State, peer: &str, shards: &[HeldShard], failed: Vec<ShardId>)
     if failed.is_empty() {
         return failed;
     }
+    // Shards already known lost (reported by the peer itself, or failed before) wait for
+    // repair: they were counted once, or confessed, and are no new failure.
+    let known = s.peers.get(peer).ok().flatten().map(|p| p.failed_shards).unwrap_or_default();
     failed
         .into_iter()
+        .filter(|sid| !known.contains(sid))
         .filter(|sid| shards.iter().find(|h| h.id == *sid).is_none_or(|h| s.still_placed(h, peer)))
         .collect()
 }

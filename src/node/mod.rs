@@ -16,7 +16,6 @@ use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 
 use crate::core::identity::Identity;
-use crate::core::merkle::ShardId;
 use crate::net::client::{self as http, HttpError};
 use crate::net::metrics::Metrics;
 use crate::net::server::{self, ServerError, ServerHandle, Shutdown};
@@ -213,8 +212,9 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
 /// Sends a heartbeat every `interval` until shutdown.
 async fn heartbeats(s: Arc<State>, interval: Duration, mut shutdown: Shutdown) {
     while !shutdown.sleep(interval).await {
-        if let Err(e) = heartbeat(&s).await {
-            tracing::warn!(error = %e, "heartbeat failed");
+        match heartbeat(&s).await {
+            Ok(()) => report_damage(&s).await,
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
     }
 }
@@ -289,7 +289,7 @@ async fn scrub(s: Arc<State>, interval: u64, mut shutdown: Shutdown) {
         let count = s.store.count().max(1);
         let pace = Duration::from_secs_f64(interval as f64 / count as f64);
         let mut after = None;
-        let mut damaged = Vec::new();
+        let mut damaged = false;
         loop {
             let s2 = s.clone();
             let page = tokio::task::spawn_blocking(move || s2.store.inventory(after.as_ref(), 256)).await;
@@ -304,12 +304,14 @@ async fn scrub(s: Arc<State>, interval: u64, mut shutdown: Shutdown) {
                 let s2 = s.clone();
                 if let Ok(Ok(Some(false))) = tokio::task::spawn_blocking(move || s2.store.verify(&id)).await {
                     tracing::warn!(shard = %id, "scrubbing found a damaged shard; dropped, and reported for repair");
-                    let _ = s.store.quarantine(&id);
-                    damaged.push(id);
+                    if let Err(e) = s.store.quarantine(&id) {
+                        tracing::warn!(shard = %id, error = %e, "could not drop a damaged shard");
+                    }
+                    damaged = true;
                 }
             }
-            if !damaged.is_empty() {
-                report_damage(&s, std::mem::take(&mut damaged)).await;
+            if std::mem::take(&mut damaged) {
+                report_damage(&s).await;
             }
         }
         if shutdown.sleep(pace).await {
@@ -319,14 +321,23 @@ async fn scrub(s: Arc<State>, interval: u64, mut shutdown: Shutdown) {
 }
 
 /// Tells the coordinator which shards were found damaged here, [`MAX_DAMAGE_IDS`] at most
-/// per report.
-async fn report_damage(s: &State, shard_ids: Vec<ShardId>) {
+/// per report, until it has taken them all: the store keeps the list, so a report lost while
+/// the coordinator was away goes again with a later heartbeat (or after a restart).
+async fn report_damage(s: &State) {
     let Some(coordinator) = s.coordinator_id.get() else { return };
     let url = format!("{}/v2/peers/damage", s.coordinator);
-    for ids in shard_ids.chunks(MAX_DAMAGE_IDS) {
-        let report = DamageReport { coordinator: coordinator.clone(), shard_ids: ids.to_vec(), time: s.clock.now() };
+    loop {
+        let shard_ids = match s.store.unreported(MAX_DAMAGE_IDS) {
+            Ok(ids) if ids.is_empty() => return,
+            Ok(ids) => ids,
+            Err(e) => return tracing::warn!(error = %e, "could not read the damaged shards to report"),
+        };
+        let report = DamageReport { coordinator: coordinator.clone(), shard_ids, time: s.clock.now() };
         if let Err(e) = s.http.post_json(&url, &s.identity.sign(&report)).await.and_then(|r| r.ok()) {
-            tracing::warn!(error = %e, "reporting damaged shards failed");
+            return tracing::warn!(error = %e, "reporting damaged shards failed; trying again with a later heartbeat");
+        }
+        if let Err(e) = s.store.reported(&report.shard_ids) {
+            return tracing::warn!(error = %e, "could not record the damaged shards as reported");
         }
     }
 }

@@ -212,6 +212,8 @@ pub struct ShardStore {
     manifests: sled::Tree,
     /// What this node knows of its coordinator's database (generation, sequence numbers).
     meta: sled::Tree,
+    /// Shards dropped as damaged that the coordinator has not yet been told of.
+    unreported: sled::Tree,
     used: AtomicU64,
     trashed: AtomicU64,
     capacity: u64,
@@ -277,6 +279,7 @@ impl ShardStore {
             trash,
             manifests: db.open_tree("manifests")?,
             meta: db.open_tree("meta")?,
+            unreported: db.open_tree("unreported_damage")?,
             db,
             group: crate::store::GroupCommit::new(),
             used: AtomicU64::new(used),
@@ -548,16 +551,33 @@ impl ShardStore {
         }
     }
 
-    /// Drops a shard found damaged: it is of no use to anyone, so it goes for good.
+    /// Drops a shard found damaged: it is of no use to anyone, so it goes for good, and is
+    /// listed among the [`unreported`](Self::unreported) until the coordinator takes the news.
     pub fn quarantine(&self, id: &ShardId) -> Result<(), StoreError> {
         let _guard = self.lock(id);
         let Some(e) = self.entry(id)? else { return Ok(()) };
+        self.unreported.insert(key(id), &[])?;
+        self.db.flush()?;
         self.index.remove(key(id))?;
         match fs::remove_file(self.path(id)) {
             Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err.into()),
             _ => {}
         }
         self.used.fetch_sub(e.len, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Shards dropped as damaged and not yet reported, at most `limit`.
+    pub fn unreported(&self, limit: usize) -> Result<Vec<ShardId>, StoreError> {
+        self.unreported.iter().keys().take(limit).map(|k| Ok(id_of(&k?))).collect()
+    }
+
+    /// Takes shards off the unreported list: the coordinator has them.
+    pub fn reported(&self, ids: &[ShardId]) -> Result<(), StoreError> {
+        for id in ids {
+            self.unreported.remove(key(id))?;
+        }
+        self.db.flush()?;
         Ok(())
     }
 
