@@ -111,7 +111,9 @@ pub struct CoordinatorMark {
     pub generation: Option<String>,
     pub last_notice: u64,
     /// (sequence number, BLAKE3 of the signed text) of the last [`RECENT_NOTICES`] taken.
-    #[serde(default)]
+    /// Kept in a tree of their own, a row per notice (earlier versions wrote them here: 20 KB
+    /// rewritten with each notice), so they are read from here only to be moved there.
+    #[serde(default, skip_serializing)]
     pub recent: Vec<(u64, String)>,
 }
 
@@ -214,6 +216,10 @@ pub struct ShardStore {
     meta: sled::Tree,
     /// Shards dropped as damaged that the coordinator has not yet been told of.
     unreported: sled::Tree,
+    /// The mark's recent notices: sequence number (big-endian) → digest.
+    recent: sled::Tree,
+    /// The mark as last read or written: taking a notice reads it, and it changes only here.
+    mark: Mutex<Option<CoordinatorMark>>,
     used: AtomicU64,
     trashed: AtomicU64,
     capacity: u64,
@@ -280,6 +286,8 @@ impl ShardStore {
             manifests: db.open_tree("manifests")?,
             meta: db.open_tree("meta")?,
             unreported: db.open_tree("unreported_damage")?,
+            recent: db.open_tree("recent_notices")?,
+            mark: Mutex::new(None),
             db,
             group: crate::store::GroupCommit::new(),
             used: AtomicU64::new(used),
@@ -599,12 +607,59 @@ impl ShardStore {
 
     /// What this node knows of its coordinator's database.
     pub fn mark(&self) -> Result<CoordinatorMark, StoreError> {
-        Ok(self.meta.get("coordinator")?.and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_default())
+        let mut cached = self.mark.lock().expect("not poisoned");
+        if let Some(m) = &*cached {
+            return Ok(m.clone());
+        }
+        let mut m: CoordinatorMark =
+            self.meta.get("coordinator")?.and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_default();
+        if !m.recent.is_empty() {
+            // Written by an earlier version: moved to their tree, durably, before the mark
+            // is written without them.
+            self.write_recent(&m.recent)?;
+            self.db.flush()?;
+            self.meta.insert("coordinator", serde_json::to_vec(&m).expect("serializes"))?;
+            self.db.flush()?;
+        }
+        m.recent = self
+            .recent
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or_default());
+                Ok((seq, String::from_utf8_lossy(&v).into_owned()))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        *cached = Some(m.clone());
+        Ok(m)
     }
 
+    /// Records `mark`: durable with the next `sync`, together with what the notice changed.
+    /// Callers take notices one at a time.
     pub fn set_mark(&self, mark: &CoordinatorMark) -> Result<(), StoreError> {
-        // Durable with the next `sync`, together with what the notice changed.
-        self.meta.insert("coordinator", serde_json::to_vec(mark).expect("serializes"))?;
+        let mut cached = self.mark.lock().expect("not poisoned");
+        let written = cached.as_ref().and_then(|m| m.recent.last()).map_or(0, |r| r.0);
+        let result = (|| {
+            self.write_recent(mark.recent.iter().filter(|r| r.0 > written))?;
+            self.meta.insert("coordinator", serde_json::to_vec(mark).expect("serializes"))?;
+            let oldest = mark.recent.first().map_or(0, |r| r.0);
+            while let Some((k, _)) = self.recent.first()? {
+                if k.as_ref() >= oldest.to_be_bytes().as_slice() {
+                    break;
+                }
+                self.recent.remove(k)?;
+            }
+            Ok(())
+        })();
+        // Read again after a failed write: the tree may hold part of it.
+        *cached = result.is_ok().then(|| mark.clone());
+        result
+    }
+
+    fn write_recent<'a>(&self, entries: impl IntoIterator<Item = &'a (u64, String)>) -> Result<(), StoreError> {
+        for (seq, digest) in entries {
+            self.recent.insert(seq.to_be_bytes(), digest.as_bytes())?;
+        }
         Ok(())
     }
 
@@ -677,6 +732,35 @@ mod tests {
         }
         assert_eq!(m.recent.len(), RECENT_NOTICES);
         assert!(m.accept("g1", 3, "c").is_err(), "too old to be a redelivery");
+    }
+
+    #[test]
+    fn the_mark_is_kept_across_restarts_and_moved_from_the_old_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let taken = |m: &mut CoordinatorMark, n: u64| m.accept("g", n, &format!("d{n}")).unwrap();
+        {
+            let s = ShardStore::open(dir.path(), 1 << 20).unwrap();
+            // The layout before: every recent digest inside the mark's JSON.
+            let mut old = CoordinatorMark { generation: Some("g".into()), ..Default::default() };
+            (1..=10).for_each(|n| assert_eq!(taken(&mut old, n), Take::New));
+            let json = serde_json::json!({"generation": "g", "last_notice": 10, "recent": old.recent});
+            s.meta.insert("coordinator", serde_json::to_vec(&json).unwrap()).unwrap();
+            let mut m = s.mark().unwrap();
+            assert_eq!(m, old);
+            assert!(s.meta.get("coordinator").unwrap().unwrap().len() < 100, "the digests moved out");
+            for n in 11..=11 + RECENT_NOTICES as u64 {
+                taken(&mut m, n);
+                s.set_mark(&m).unwrap();
+            }
+            s.sync().unwrap();
+        }
+        let s = ShardStore::open(dir.path(), 1 << 20).unwrap();
+        let mut m = s.mark().unwrap();
+        assert_eq!((m.last_notice, m.recent.len()), (11 + RECENT_NOTICES as u64, RECENT_NOTICES));
+        assert_eq!(s.recent.len(), RECENT_NOTICES, "older digests are removed as newer come");
+        let last = m.last_notice;
+        assert_eq!(m.accept("g", last, &format!("d{last}")), Ok(Take::Again));
+        assert!(m.accept("g", 11, "d11").is_err(), "too old to be a redelivery");
     }
 
     #[test]
