@@ -48,9 +48,22 @@ pub enum StoreError {
     Db(#[from] sled::Error),
 }
 
-/// Uploads and files remembered per shard: identical shards (zero padding of small files) are
-/// shared by many; read grants name uploads.
+/// Uploads and files listed in a shard's entry; more (identical shards, such as the zero
+/// padding of tiny files, are shared by many) are rows of their own in the `refs` tree, so
+/// the entry read on every access stays small and no reference is ever dropped to make room.
 const MAX_REFS: usize = 64;
+
+/// The kinds of reference rows: a file that needs the shard, an upload that stored it.
+const FILE_REF: u8 = b'f';
+const UPLOAD_REF: u8 = b'u';
+
+fn ref_key(id: &ShardId, kind: u8, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(33 + name.len());
+    k.extend_from_slice(&id.0);
+    k.push(kind);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
 
 /// A shard's index entry.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -64,6 +77,9 @@ pub struct Entry {
     /// Committed files that need it.
     #[serde(default)]
     pub files: Vec<String>,
+    /// Whether more references than the lists hold are in the `refs` tree.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 impl Entry {
@@ -81,14 +97,6 @@ impl Entry {
             stored_at: u64::from_be_bytes(b.get(8..16)?.try_into().ok()?),
             ..Entry::default()
         })
-    }
-}
-
-fn remember(list: &mut Vec<String>, item: &str) {
-    list.retain(|u| u != item);
-    list.push(item.to_owned());
-    if list.len() > MAX_REFS {
-        list.remove(0);
     }
 }
 
@@ -216,6 +224,8 @@ pub struct ShardStore {
     meta: sled::Tree,
     /// Shards dropped as damaged that the coordinator has not yet been told of.
     unreported: sled::Tree,
+    /// References past an entry's lists: `shard id ‖ kind ‖ name` (see [`MAX_REFS`]).
+    refs: sled::Tree,
     /// The mark's recent notices: sequence number (big-endian) → digest.
     recent: sled::Tree,
     /// The mark as last read or written: taking a notice reads it, and it changes only here.
@@ -287,6 +297,7 @@ impl ShardStore {
             meta: db.open_tree("meta")?,
             unreported: db.open_tree("unreported_damage")?,
             recent: db.open_tree("recent_notices")?,
+            refs: db.open_tree("refs")?,
             mark: Mutex::new(None),
             db,
             group: crate::store::GroupCommit::new(),
@@ -381,7 +392,7 @@ impl ShardStore {
         self.link(upload, id)?;
         self.restore_locked(id)?; // a trashed copy comes back rather than being counted twice
         if let Some(mut e) = self.entry(id)? {
-            remember(&mut e.uploads, upload);
+            self.add_ref(&mut e, id, UPLOAD_REF, upload)?;
             e.stored_at = e.stored_at.max(now);
             self.index.insert(key(id), e.encode())?;
             return Ok(());
@@ -396,7 +407,7 @@ impl ShardStore {
         let r = (|| {
             write_durably(&self.path(id), data)?;
             let mut e = Entry { len, stored_at: now, ..Entry::default() };
-            remember(&mut e.uploads, upload);
+            self.add_ref(&mut e, id, UPLOAD_REF, upload)?;
             self.index.insert(key(id), e.encode())?;
             Ok(())
         })();
@@ -408,7 +419,60 @@ impl ShardStore {
 
     /// Whether a read grant for `upload` covers shard `id` (`ANY`: every shard).
     pub fn readable_by(&self, id: &ShardId, upload: &str) -> bool {
-        self.entry(id).ok().flatten().is_some_and(|e| upload == ANY || e.uploads.iter().any(|u| u == upload))
+        self.entry(id)
+            .ok()
+            .flatten()
+            .is_some_and(|e| upload == ANY || self.has_ref(&e, id, UPLOAD_REF, upload).unwrap_or(false))
+    }
+
+    fn list(e: &mut Entry, kind: u8) -> &mut Vec<String> {
+        if kind == FILE_REF { &mut e.files } else { &mut e.uploads }
+    }
+
+    /// Adds a reference to `e` (written with it by the caller), or a row past its lists.
+    fn add_ref(&self, e: &mut Entry, id: &ShardId, kind: u8, name: &str) -> Result<(), StoreError> {
+        if self.has_ref(e, id, kind, name)? {
+            return Ok(());
+        }
+        let list = Self::list(e, kind);
+        if list.len() < MAX_REFS {
+            list.push(name.to_owned());
+        } else {
+            self.refs.insert(ref_key(id, kind, name), &[])?;
+            e.more = true;
+        }
+        Ok(())
+    }
+
+    fn has_ref(&self, e: &Entry, id: &ShardId, kind: u8, name: &str) -> Result<bool, StoreError> {
+        let list = if kind == FILE_REF { &e.files } else { &e.uploads };
+        Ok(list.iter().any(|x| x == name) || (e.more && self.refs.contains_key(ref_key(id, kind, name))?))
+    }
+
+    fn drop_ref(&self, e: &mut Entry, id: &ShardId, kind: u8, name: &str) -> Result<(), StoreError> {
+        Self::list(e, kind).retain(|x| x != name);
+        if e.more {
+            self.refs.remove(ref_key(id, kind, name))?;
+        }
+        Ok(())
+    }
+
+    /// The references of `kind` past the entry's list.
+    fn more_refs(&self, e: &Entry, id: &ShardId, kind: u8) -> impl Iterator<Item = Result<String, StoreError>> {
+        let mut prefix = id.0.to_vec();
+        prefix.push(kind);
+        let rows = e.more.then(|| self.refs.scan_prefix(prefix));
+        rows.into_iter().flatten().map(|kv| Ok(String::from_utf8_lossy(&kv?.0[33..]).into_owned()))
+    }
+
+    /// Forgets every reference row of a shard gone for good.
+    fn drop_more_refs(&self, e: &Entry, id: &ShardId) -> Result<(), StoreError> {
+        if e.more {
+            for k in self.refs.scan_prefix(id.0).keys() {
+                self.refs.remove(k?)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn get(&self, id: &ShardId) -> io::Result<Option<Bytes>> {
@@ -437,8 +501,8 @@ impl ShardStore {
             let _guard = self.lock(id);
             self.restore_locked(id)?;
             if let Some(mut e) = self.entry(id)? {
-                remember(&mut e.files, file);
-                remember(&mut e.uploads, upload);
+                self.add_ref(&mut e, id, FILE_REF, file)?;
+                self.add_ref(&mut e, id, UPLOAD_REF, upload)?;
                 self.index.insert(key(id), e.encode())?;
                 self.link(upload, id)?;
             }
@@ -467,7 +531,7 @@ impl ShardStore {
         for id in shards {
             let _guard = self.lock(id);
             if let Some(mut e) = self.entry(id)? {
-                e.files.retain(|f| f != file);
+                self.drop_ref(&mut e, id, FILE_REF, file)?;
                 self.index.insert(key(id), e.encode())?;
             }
         }
@@ -481,11 +545,14 @@ impl ShardStore {
         for id in shards {
             let _guard = self.lock(id);
             let Some(e) = self.entry(id)? else { continue };
-            let mut ended = true;
-            for u in &e.uploads {
-                ended &= matches!(self.upload_state(u)?, Some(UploadState::Committed | UploadState::Abandoned));
+            if !e.files.is_empty() || self.more_refs(&e, id, FILE_REF).next().transpose()?.is_some() {
+                continue;
             }
-            if e.files.is_empty() && ended {
+            let mut ended = true;
+            for u in e.uploads.iter().cloned().map(Ok).chain(self.more_refs(&e, id, UPLOAD_REF)) {
+                ended &= matches!(self.upload_state(&u?)?, Some(UploadState::Committed | UploadState::Abandoned));
+            }
+            if ended {
                 fs::rename(self.path(id), trash_file(&self.dir, id))?;
                 self.trash
                     .insert(key(id), serde_json::to_vec(&Trashed { entry: e.clone(), at: now }).expect("serializes"))?;
@@ -536,7 +603,9 @@ impl ShardStore {
         for id in &doomed {
             let _guard = self.lock(id);
             let Some(v) = self.trash.remove(key(id))? else { continue };
-            let len = serde_json::from_slice::<Trashed>(&v).map_or(0, |t| t.entry.len);
+            let entry = serde_json::from_slice::<Trashed>(&v).map(|t| t.entry).unwrap_or_default();
+            self.drop_more_refs(&entry, id)?;
+            let len = entry.len;
             match fs::remove_file(trash_file(&self.dir, id)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
                 _ => {}
@@ -566,6 +635,7 @@ impl ShardStore {
         let Some(e) = self.entry(id)? else { return Ok(()) };
         self.unreported.insert(key(id), &[])?;
         self.db.flush()?;
+        self.drop_more_refs(&e, id)?;
         self.index.remove(key(id))?;
         match fs::remove_file(self.path(id)) {
             Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err.into()),
@@ -679,7 +749,10 @@ impl ShardStore {
             .take(limit)
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((id_of(&k), Entry::decode(&v).unwrap_or_default()))
+                let (id, mut e) = (id_of(&k), Entry::decode(&v).unwrap_or_default());
+                let more: Vec<String> = self.more_refs(&e, &id, FILE_REF).collect::<Result<_, _>>()?;
+                e.files.extend(more);
+                Ok((id, e))
             })
             .collect()
     }
@@ -761,6 +834,33 @@ mod tests {
         let last = m.last_notice;
         assert_eq!(m.accept("g", last, &format!("d{last}")), Ok(Take::Again));
         assert!(m.accept("g", 11, "d11").is_err(), "too old to be a redelivery");
+    }
+
+    /// An entry used to forget its oldest references past 64: 64 commits of the same shards
+    /// by a stranger pushed a file out, and deleting them sent its shards to the trash.
+    #[test]
+    fn no_reference_is_dropped_however_many_share_a_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ShardStore::open(dir.path(), 1 << 20).unwrap();
+        let id = ShardId([3; 32]);
+        s.put(&id, &[1; 10], "victim-upload", 1).unwrap();
+        s.commit("victim-upload", "victim", &[id], true, 1).unwrap();
+        let others = 3 * MAX_REFS;
+        for i in 0..others {
+            s.put(&id, &[1; 10], &format!("u{i}"), 2).unwrap();
+            s.commit(&format!("u{i}"), &format!("f{i}"), &[id], true, 2).unwrap();
+        }
+        assert!(s.index.get(key(&id)).unwrap().unwrap().len() < 16 << 10, "the entry stays small");
+        assert!(s.readable_by(&id, "victim-upload") && s.readable_by(&id, "u0"));
+        assert_eq!(s.inventory(None, 10).unwrap()[0].1.files.len(), others + 1);
+        for i in 0..others {
+            assert_eq!(s.release(&format!("f{i}"), &[id], 3).unwrap(), 0, "the victim's file still needs it");
+        }
+        assert!(s.contains(&id) && s.readable_by(&id, "victim-upload"));
+        assert_eq!(s.release("victim", &[id], 3).unwrap(), 1);
+        assert!(!s.contains(&id));
+        assert_eq!(s.empty_trash(4).unwrap(), 1);
+        assert!(s.refs.is_empty(), "rows go with the shard");
     }
 
     #[test]
