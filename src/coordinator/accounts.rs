@@ -25,7 +25,8 @@ pub(super) fn info(s: &State) -> CoordinatorInfo {
 /// the owned table ([`own`], [`disown`]) rather than summed over all its files each time.
 pub(super) fn usage(s: &State, account: &str) -> Result<(u64, u64, u64), RecordError> {
     let (stored, files) = stored(s, account)?;
-    let pending = s.uploads.readable().iter().filter(|(_, u)| u.account == account).map(|(_, u)| u.size).sum();
+    let pending =
+        s.uploads.readable().iter().filter(|(_, u)| u.account == account).map(|(_, u)| u.pending_bytes()).sum();
     Ok((stored, files, pending))
 }
 
@@ -110,8 +111,8 @@ fn usage_in(
         return Err(e);
     }
     let stored = mine.records.iter().map(|(_, o)| o.size).sum();
-    let pending =
-        uploads.map_or(0, |u| u.readable().iter().filter(|(_, u)| u.account == account).map(|(_, u)| u.size).sum());
+    let pending = uploads
+        .map_or(0, |u| u.readable().iter().filter(|(_, u)| u.account == account).map(|(_, u)| u.pending_bytes()).sum());
     Ok((stored, mine.records.len() as u64, pending))
 }
 
@@ -141,6 +142,13 @@ pub(super) fn view(s: &State, caller: &Caller) -> Result<AccountView, ApiError> 
 /// Refuses a new upload of `size` bytes that would take the account over its quota.
 pub(super) fn check_quota(s: &State, caller: &Caller, size: u64) -> Result<(), ApiError> {
     check_quota_with(s, caller, size, super::names::held(s, &caller.id)?)
+}
+
+/// Bytes the account may still add before its quota.
+pub(super) fn room(s: &State, caller: &Caller) -> Result<u64, ApiError> {
+    let (stored, _, pending) = usage(s, &caller.id).map_err(ApiError::internal)?;
+    let names = super::names::held(s, &caller.id)?;
+    Ok(caller.account.quota.saturating_sub(stored.saturating_add(pending).saturating_add(names)))
 }
 
 /// Refuses `size` more bytes that would take the account over its quota, its namespace

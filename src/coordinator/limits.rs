@@ -14,6 +14,10 @@ use hyper::StatusCode;
 use crate::config::LimitsConfig;
 use crate::net::server::ApiError;
 
+/// Layouts and batches an account may make per plan it may ask for: a file of many windows
+/// takes a few of each, most take one or none.
+const STEPS_PER_PLAN: u32 = 4;
+
 /// Namespace requests (`/v2/names/*`) one account may make per minute: each is one small
 /// database read or write, so the bound is generous.
 const NAMES_PER_MINUTE: u32 = 60_000;
@@ -21,6 +25,7 @@ const NAMES_PER_MINUTE: u32 = 60_000;
 pub(super) struct Limits {
     plans_by_account: DefaultKeyedRateLimiter<String>,
     plans_by_address: DefaultKeyedRateLimiter<IpAddr>,
+    steps_by_account: DefaultKeyedRateLimiter<String>,
     registrations: DefaultKeyedRateLimiter<IpAddr>,
     accounts: DefaultKeyedRateLimiter<IpAddr>,
     names_by_account: DefaultKeyedRateLimiter<String>,
@@ -52,6 +57,7 @@ impl Limits {
         Limits {
             plans_by_account: RateLimiter::keyed(per_minute(c.plans_per_minute)),
             plans_by_address: RateLimiter::keyed(per_minute(c.plans_per_minute)),
+            steps_by_account: RateLimiter::keyed(per_minute(c.plans_per_minute.saturating_mul(STEPS_PER_PLAN))),
             registrations: RateLimiter::keyed(per_minute(c.registrations_per_minute)),
             accounts: RateLimiter::keyed(Quota::per_hour(
                 NonZeroU32::new(c.accounts_per_hour).unwrap_or(NonZeroU32::MIN),
@@ -66,6 +72,15 @@ impl Limits {
         let by_address = remote.is_none_or(|ip| self.plans_by_address.check_key(&address_key(ip)).is_ok());
         if self.plans_by_account.check_key(&account.to_owned()).is_err() || !by_address {
             return Err(slow_down("upload plans", self.config.plans_per_minute));
+        }
+        Ok(())
+    }
+
+    /// One more step of an upload in progress (a layout, a batch of segments) for `account`,
+    /// or 429: each is a stored record and a flush, and a batch checks a signature per shard.
+    pub fn upload_step(&self, account: &str) -> Result<(), ApiError> {
+        if self.steps_by_account.check_key(&account.to_owned()).is_err() {
+            return Err(slow_down("upload layouts and batches", self.config.plans_per_minute * STEPS_PER_PLAN));
         }
         Ok(())
     }
@@ -108,6 +123,7 @@ impl Limits {
     pub fn forget_idle(&self) {
         self.plans_by_account.retain_recent();
         self.plans_by_address.retain_recent();
+        self.steps_by_account.retain_recent();
         self.registrations.retain_recent();
         self.accounts.retain_recent();
         self.names_by_account.retain_recent();
@@ -125,6 +141,16 @@ mod tests {
         assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
         assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
         assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
+    }
+
+    #[test]
+    fn upload_steps_are_counted_per_account() {
+        let limits = Limits::new(&LimitsConfig { plans_per_minute: 1, ..LimitsConfig::default() });
+        for _ in 0..STEPS_PER_PLAN {
+            limits.upload_step("a").unwrap();
+        }
+        assert_eq!(limits.upload_step("a").unwrap_err().status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(limits.upload_step("b").is_ok());
     }
 
     #[test]

@@ -210,8 +210,10 @@ pub(super) async fn route(s: Arc<State>, req: Request<Incoming>) -> ApiResult {
         Access::Account => {
             let (parts, body) = req.into_parts();
             let caller = auth::authenticate(&s, &parts, remote)?;
-            if matches!(route, Route::Plan | Route::BrowserStart) {
-                s.limits.plan(&caller.id, remote)?;
+            match route {
+                Route::Plan | Route::BrowserStart => s.limits.plan(&caller.id, remote)?,
+                Route::Layout(_) | Route::Segments(_) => s.limits.upload_step(&caller.id)?,
+                _ => {}
             }
             for_account(&s, &caller, route, body).await
         }

@@ -2,7 +2,7 @@
 //! records its tables hold, and the questions every handler and worker asks of them (is a
 //! peer online, may it take data, who holds what).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts};
@@ -183,6 +183,26 @@ pub(super) struct UploadRecord {
     /// Segments recorded so far (rows `0..committed` of the segments table).
     #[serde(default)]
     pub committed: u32,
+    /// A stream's segments laid out so far (`0..window_end`): charged to the quota while it
+    /// is pending, as a file's size is.
+    #[serde(default)]
+    pub window_end: u32,
+    /// Segments laid out on each peer so far (as one of the n or a spare): its put orders
+    /// allow bytes for these only (`PutOrder::budget`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub laid_out: BTreeMap<String, u32>,
+}
+
+impl UploadRecord {
+    /// Bytes the upload holds of its account's quota while pending: a file's size, or a
+    /// stream's segments laid out or recorded.
+    pub fn pending_bytes(&self) -> u64 {
+        if self.stream {
+            self.window_end.max(self.committed) as u64 * crate::core::manifest::plain_per_segment(self.segment_size)
+        } else {
+            self.size
+        }
+    }
 }
 
 impl Record for UploadRecord {
@@ -322,6 +342,8 @@ pub(super) struct State {
     pub limits: super::limits::Limits,
     /// Turns for coding browsers' segments: each holds a segment and its shards in memory.
     pub browser_turns: tokio::sync::Semaphore,
+    /// MiB of sealed segments held for browsers until they read them (`browser::sealed_segment`).
+    pub segment_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the workers count, for /metrics and /v2/stats.

@@ -60,7 +60,7 @@ pub(super) async fn plan(s: &State, caller: &Caller, req: PlanRequest) -> Result
             format!("an upload has at most {MAX_UPLOAD_SEGMENTS} segments; use larger segments"),
         ));
     }
-    // A stream's size is not known: its quota is charged as its batches come.
+    // A stream's size is not known: its quota is charged as its segments are laid out.
     accounts::check_quota(s, caller, if req.stream { 0 } else { req.size })?;
     let pending = s.uploads.readable().iter().filter(|(_, u)| u.account == caller.id).count();
     if pending >= s.config.limits.pending_uploads {
@@ -85,16 +85,26 @@ pub(super) async fn plan(s: &State, caller: &Caller, req: PlanRequest) -> Result
         min_shards: min_shards(req.k, req.n, s.config.repair.threshold),
         stream: req.stream,
         committed: 0,
+        window_end: 0,
+        laid_out: BTreeMap::new(),
     };
-    let plan = lay_out(s, &upload_id, &mut rec, 0, LAYOUT_SEGMENTS)?;
+    let plan = lay_out(s, caller, &upload_id, &mut rec, 0, LAYOUT_SEGMENTS)?;
     s.uploads.insert(&upload_id, &rec).map_err(ApiError::internal)?;
     s.sync().await.map_err(ApiError::internal)?;
     Ok(plan)
 }
 
 /// Peers and fresh put orders for segments `first..first + count` of an upload (fewer at
-/// the end of a file of known size); the peers join the upload's.
-fn lay_out(s: &State, upload_id: &str, up: &mut UploadRecord, first: u32, count: u32) -> Result<Plan, ApiError> {
+/// the end of a file of known size, or where a stream's account has room for fewer); the
+/// peers join the upload's.
+fn lay_out(
+    s: &State,
+    caller: &Caller,
+    upload_id: &str,
+    up: &mut UploadRecord,
+    first: u32,
+    count: u32,
+) -> Result<Plan, ApiError> {
     let shape = Shape::new(up.k, up.n).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let peers = s.peers.readable();
     let online = s.candidates(&peers, &HashSet::new());
@@ -110,14 +120,22 @@ fn lay_out(s: &State, upload_id: &str, up: &mut UploadRecord, first: u32, count:
         ));
     }
     let total = if up.stream { MAX_UPLOAD_SEGMENTS } else { segment_count(up.size, up.segment_size).max(1) };
-    let count = (count.min(LAYOUT_SEGMENTS) as u64).min(total.saturating_sub(first as u64));
+    let mut count = (count.min(LAYOUT_SEGMENTS) as u64).min(total.saturating_sub(first as u64));
+    if up.stream {
+        // Segments past those already charged take room in the quota, as a file's size does.
+        let charged = up.window_end.max(up.committed) as u64;
+        let per = manifest::plain_per_segment(up.segment_size);
+        let fits = accounts::room(s, caller)? / per;
+        count = count.min((charged + fits).saturating_sub(first as u64));
+        if count == 0 {
+            accounts::check_quota(s, caller, per)?;
+        }
+        up.window_end = up.window_end.max((first as u64 + count) as u32);
+    }
     // The largest segment of a file of known size may be smaller than a whole one.
     let largest =
         if up.stream { up.segment_size } else { (up.size + TAG_LEN as u64).min(up.segment_size as u64) as u32 };
     let shard_len = shape.shard_len(largest as usize) as u64;
-    // Without a bound, one plan of a 1-byte file let an account fill nodes with made-up shards.
-    let laid_out = if up.stream { first as u64 + count } else { total };
-    let max_bytes = PutOrder::budget(laid_out, shard_len);
     let rules = placement::Rules { n: need, spares: SPARES, shard_len, max_vetting: max_vetting(s, need) };
     let layout = placement::plan(&online, count as usize, rules).ok_or_else(|| {
         ApiError::new(
@@ -126,17 +144,24 @@ fn lay_out(s: &State, upload_id: &str, up: &mut UploadRecord, first: u32, count:
         )
     })?;
     let expires = up.expires;
+    // A peer's orders allow bytes for the segments laid out on it, not the whole upload's
+    // (without a bound, one plan of a 1-byte file let an account fill nodes with made-up
+    // shards; with the upload's, one plan gave every peer of a network room for all of it).
     let used: HashSet<&String> = layout.iter().flatten().collect();
+    for id in layout.iter().flatten() {
+        *up.laid_out.entry(id.clone()).or_default() += 1;
+    }
     let mut orders = BTreeMap::new();
     let mut addresses = BTreeMap::new();
     for (id, p) in &peers {
         if used.contains(id) {
+            let segments = up.laid_out.get(id).copied().unwrap_or(1) as u64;
             let order = PutOrder {
                 upload_id: upload_id.to_owned(),
                 peer_id: id.clone(),
                 max_shard_len: shard_len,
                 expires,
-                max_bytes,
+                max_bytes: PutOrder::budget(segments, shard_len),
             };
             orders.insert(id.clone(), s.identity.sign(&order));
             addresses.insert(id.clone(), p.address.clone());
@@ -175,10 +200,13 @@ pub(super) fn pending(s: &State, caller: &Caller, upload_id: &str) -> Result<Upl
 /// `POST /v2/uploads/{id}/layout`: more segments of an upload laid out.
 pub(super) async fn layout(s: &State, caller: &Caller, upload_id: &str, req: LayoutRequest) -> Result<Plan, ApiError> {
     let up = pending(s, caller, upload_id)?;
-    if req.first > up.committed.saturating_add(4 * LAYOUT_SEGMENTS) {
+    // A stream's windows follow each other: each is charged as it is laid out.
+    let ahead =
+        if up.stream { up.window_end.max(up.committed) } else { up.committed.saturating_add(4 * LAYOUT_SEGMENTS) };
+    if req.first > ahead {
         return Err(ApiError::bad_request(format!(
-            "segment {} is far ahead of the {} recorded: record batches first",
-            req.first, up.committed
+            "segment {} is far ahead of the {} recorded and {} laid out: record batches first",
+            req.first, up.committed, up.window_end
         )));
     }
     relayout(s, caller, upload_id, req).await
@@ -194,7 +222,7 @@ pub(super) async fn relayout(
     req: LayoutRequest,
 ) -> Result<Plan, ApiError> {
     let mut up = pending(s, caller, upload_id)?;
-    let plan = lay_out(s, upload_id, &mut up, req.first, req.count)?;
+    let plan = lay_out(s, caller, upload_id, &mut up, req.first, req.count)?;
     let peers = up.peers.clone();
     s.uploads
         .update(upload_id, |old| {
@@ -203,6 +231,11 @@ pub(super) async fn relayout(
                     if !u.peers.contains(p) {
                         u.peers.push(p.clone());
                     }
+                }
+                u.window_end = u.window_end.max(up.window_end);
+                for (p, n) in &up.laid_out {
+                    let kept = u.laid_out.entry(p.clone()).or_default();
+                    *kept = (*kept).max(*n);
                 }
                 u
             })
@@ -299,7 +332,10 @@ pub(super) fn verify_segments(
         return Err(CommitRefusal::MissingSegments);
     }
     let allowed: HashSet<&String> = up.peers.iter().collect();
-    let stored = receipts
+    // Copies of one receipt are checked once: each check costs a signature verification.
+    let mut seen = HashSet::new();
+    let unique: Vec<&Signed<Receipt>> = receipts.iter().filter(|r| seen.insert(r.body.as_str())).collect();
+    let stored = unique
         .par_iter()
         .map(|r| {
             let signer = r.signer_id();
@@ -426,8 +462,9 @@ async fn record_batch(s: &State, caller: &Caller, upload_id: &str, b: SegmentBat
             ));
         }
     }
-    if up.stream && end > up.committed as u64 {
-        let new = (end - up.committed as u64) * manifest::plain_per_segment(up.segment_size);
+    let charged = up.window_end.max(up.committed) as u64;
+    if up.stream && end > charged {
+        let new = (end - charged) * manifest::plain_per_segment(up.segment_size);
         accounts::check_quota(s, caller, new)?;
     }
     let keys = signer_keys(s, &b.receipts)?;
@@ -634,6 +671,8 @@ mod tests {
             min_shards: 0,
             stream: false,
             committed: 0,
+            window_end: 0,
+            laid_out: BTreeMap::new(),
         };
         let commit = Commit {
             upload_id: "u".into(),

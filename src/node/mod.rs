@@ -228,7 +228,9 @@ async fn heartbeat(s: &Arc<State>) -> Result<(), HeartbeatError> {
     let hb = Heartbeat {
         address: s.address.clone(),
         capacity: s.store.capacity(),
-        used: s.store.used(),
+        // The trash takes room until it is emptied: a coordinator that did not count it
+        // placed shards on nodes full of a week's junk.
+        used: s.store.used() + s.store.trashed(),
         shards: s.store.count(),
         time,
         seq,

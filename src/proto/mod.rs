@@ -37,6 +37,7 @@ pub struct Heartbeat {
     /// Base URL where clients reach the node.
     pub address: String,
     pub capacity: u64,
+    /// Bytes taking room: the shards held and the trash.
     pub used: u64,
     pub shards: u64,
     /// Unix seconds; must be near the coordinator's clock.
@@ -86,7 +87,7 @@ pub struct PlanRequest {
     pub n: u8,
     pub segment_size: u32,
     /// The size is not known in advance (standard input): the quota is charged as segments
-    /// are committed, and the final size is the manifest's.
+    /// are laid out, and the final size is the manifest's.
     #[serde(default)]
     pub stream: bool,
 }

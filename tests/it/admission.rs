@@ -913,3 +913,94 @@ async fn one_address_makes_a_bounded_number_of_accounts() {
     c.client.account().await.unwrap();
     c.net.shutdown().await;
 }
+
+/// 5j. A sealed segment read through the coordinator (the browser's download route) is held
+/// until the reader takes it: 150 readers that never read took 8 MiB each (100 of them, 1.2
+/// GB, found by an attacker helper). Such segments share a budget of 256 MiB; the rest wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_segment_readers_do_not_exhaust_the_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coordinator, _node) = coordinator_and_node(dir.path()).await;
+    let np = free_port();
+    let _node2 = Process::start(
+        dir.path(),
+        "",
+        &["--coordinator", &coordinator.url, "node", "--port", &np.to_string(), "--data-dir", "node2"],
+        np,
+    )
+    .await;
+    let account = Arc::new(Identity::generate());
+    let cli = p2pstore::client::Client::new(&coordinator.url, account.clone());
+    until("two peers online", 30, || async { cli.peers().await.is_ok_and(|p| p.len() == 2) }).await;
+    let bytes = data(8 << 20, 3);
+    let params = p2pstore::core::codec::EncodeParams { segment_size: 9 << 20, ..params(1, 2) };
+    let secret = p2pstore::core::crypto::Secret::random_key();
+    let meta = p2pstore::core::manifest::FileMeta { name: "big".into(), content_type: String::new() };
+    let id = cli.upload_reader(std::io::Cursor::new(bytes), 8 << 20, meta, secret, params, None).await.unwrap();
+    let info: CoordinatorInfo =
+        http::Client::default().get(&format!("{}/v2/info", coordinator.url)).await.unwrap().json().unwrap();
+    let path = format!("/v2/files/{id}/segments/0");
+    let c_addr: SocketAddr = coordinator.url.trim_start_matches("http://").parse().unwrap();
+    let mut idle = Vec::new();
+    let (before, peak, ()) = peak_during(coordinator.pid(), async {
+        for _ in 0..150 {
+            let time = p2pstore::sys::clock::Clock::system().now();
+            let nonce = hex::encode(p2pstore::core::crypto::Salt::random().0);
+            let auth = RequestAuth::sign(&account, &info.coordinator_id, "GET", &path, (time, nonce), b"");
+            let mut s = tokio::net::TcpStream::connect(c_addr).await.unwrap();
+            let head = format!("GET {path} HTTP/1.1\r\nhost: {c_addr}\r\n{AUTH_HEADER}: {}\r\n\r\n", auth.header());
+            s.write_all(head.as_bytes()).await.unwrap();
+            idle.push(s); // never read
+        }
+        tokio::time::sleep(Duration::from_secs(8)).await;
+    })
+    .await;
+    eprintln!("coordinator: {} MB resident before, {} MB at most with idle readers", before / MB, peak / MB);
+    assert!(peak < before + 450 * MB, "the coordinator grew from {} MB to {} MB", before / MB, peak / MB);
+    drop(idle);
+}
+
+/// 5k. A stream's size is not known, so it is charged for the segments it lays out, as they
+/// are laid out: a 10 MB account's stream plan laid out 256 segments of 8 MiB, with orders
+/// for all of them on every peer (200 MiB stored on a node in 1.8 s, charged to nobody), and
+/// a layout far ahead raised that to 1,280 segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_charged_for_the_segments_it_lays_out() {
+    let mut config = Config::default();
+    config.security.default_quota_gb = 10e6 / 1e9; // 10 MB
+    let c = Cluster::start_with(2, config).await;
+    let per = p2pstore::core::manifest::plain_per_segment(SEGMENT);
+    let req = PlanRequest { size: 0, k: 1, n: 2, segment_size: SEGMENT, stream: true };
+    let plan = c.client.plan(&req).await.unwrap();
+    let fits = (10_000_000 / per) as usize;
+    assert_eq!(plan.segments.len(), fits, "as many segments as the quota has room for");
+    let me = c.client.account().await.unwrap();
+    assert_eq!(me.pending, fits as u64 * per);
+    let e = c.client.layout(&plan.upload_id, 4 * LAYOUT_SEGMENTS).await.unwrap_err().to_string();
+    assert!(e.contains("far ahead"), "{e}");
+    let e = c.client.layout(&plan.upload_id, fits as u32).await.unwrap_err().to_string();
+    assert!(e.contains("over quota"), "{e}");
+    // Laid out again (a resume), the window is not charged twice.
+    let again = c.client.layout(&plan.upload_id, 0).await.unwrap();
+    assert_eq!(again.segments.len(), fits);
+    assert_eq!(c.client.account().await.unwrap().pending, fits as u64 * per);
+    c.net.shutdown().await;
+}
+
+/// 5l. A peer's put orders allow bytes for the segments laid out on it, not for the whole
+/// upload: with every peer allowed all of a plan, junk grew with the network's size (342
+/// MiB stored under an 8.6 MiB plan on 20 nodes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_orders_allow_bytes_for_the_segments_laid_out_on_their_peer() {
+    let c = Cluster::start(8).await;
+    let segments = 40;
+    let plan = c.plan(segments * p2pstore::core::manifest::plain_per_segment(SEGMENT), 1, 2).await;
+    assert_eq!(plan.segments.len(), segments as usize);
+    for (peer, order) in &plan.orders {
+        let order = order.open().unwrap();
+        let on_it = plan.segments.iter().filter(|s| s.contains(peer)).count() as u64;
+        assert_eq!(order.max_bytes, PutOrder::budget(on_it, order.max_shard_len), "{peer}");
+        assert!(on_it < segments, "spread over the peers");
+    }
+    c.net.shutdown().await;
+}

@@ -172,10 +172,11 @@ async fn abandoned_uploads_and_deleted_files_are_collected() {
     until("the abandoned shard is gone", 30, || async { c.get_shard(&addr, &peer, &sid).await.status == 404 }).await;
     downloads_intact(&c, &id, &bytes, "kept.out").await;
 
-    // rm frees the space on every node (used bytes, as the nodes report them).
+    // rm takes the shards off every node (as the nodes report them; into the trash, whose
+    // room is freed when it is emptied).
     c.client.remove(&id, b"pw").await.unwrap();
-    until("every node reports 0 bytes used", 30, || async {
-        c.client.peers().await.unwrap().iter().all(|p| p.used == 0)
+    until("every node reports 0 shards held", 30, || async {
+        c.client.peers().await.unwrap().iter().all(|p| p.shards == 0)
     })
     .await;
     c.net.shutdown().await;
@@ -348,5 +349,21 @@ async fn scrub_and_repair(coordinator_away: bool) {
     );
     let me = c.client.peers().await.unwrap().into_iter().find(|p| p.peer_id == holder).unwrap();
     assert_eq!(me.reputation, 1.0);
+    c.net.shutdown().await;
+}
+
+/// A node's trash takes room until it is emptied, and its heartbeats say so: a coordinator
+/// that counted only the shards held placed new ones on nodes whose trash filled them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trash_counts_as_used_until_it_is_emptied() {
+    let c = Cluster::start_with(4, fast_config()).await;
+    let (id, _) = upload(&c, "t", 2 * PER_SEGMENT, 2, 4).await;
+    let used = || async { c.client.peers().await.unwrap().iter().map(|p| p.used).sum::<u64>() };
+    let shards = || async { c.client.peers().await.unwrap().iter().map(|p| p.shards).sum::<u64>() };
+    until("heartbeats count the shards", 30, || async { shards().await == 2 * 4 }).await;
+    let before = used().await;
+    c.client.remove(&id, b"pw").await.unwrap();
+    until("heartbeats say the shards are gone", 30, || async { shards().await == 0 }).await;
+    assert_eq!(used().await, before, "the trash still takes room");
     c.net.shutdown().await;
 }
