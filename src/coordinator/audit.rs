@@ -207,21 +207,27 @@ struct Standards {
     now: u64,
 }
 
+/// `failed`: the challenged shards that failed. Those the peer's record already lists as
+/// lost (failed before, or reported damaged by the peer itself) are counted neither way:
+/// they were counted once, or confessed, and stay listed until repair moves them.
 fn apply(p: &mut PeerRecord, outcome: AuditOutcome, failed: &[ShardId], c: &Challenge, st: Standards) {
+    let known = |id: &ShardId| failed.contains(id) && p.failed_shards.contains(id);
+    let counted: Vec<bool> =
+        c.items.iter().filter(|i| !known(&i.shard_id)).map(|i| !failed.contains(&i.shard_id)).collect();
     match outcome {
         AuditOutcome::Success => {
-            for _ in &c.items {
-                p.audit.record(true);
+            for passed in counted {
+                p.audit.record(passed);
             }
             p.online.record(true);
             p.audits_passed += 1;
             p.pending = None;
             p.timeouts = 0;
-            p.failed_shards.retain(|f| !c.items.iter().any(|i| i.shard_id == *f));
+            p.failed_shards.retain(|f| failed.contains(f) || !c.items.iter().any(|i| i.shard_id == *f));
         }
         AuditOutcome::Failure => {
-            for item in &c.items {
-                p.audit.record(!failed.contains(&item.shard_id));
+            for passed in counted {
+                p.audit.record(passed);
             }
             p.online.record(true);
             p.pending = None;
@@ -302,8 +308,16 @@ async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<HeldSh
             Ok(failed) => match still_owed(&s, &id, &shards, failed) {
                 failed if failed.is_empty() => (AuditOutcome::Success, failed, String::new()),
                 failed => {
+                    // Shards already known lost (failed before, or reported damaged by the
+                    // peer itself) wait for repair: no new failure (see `apply`).
+                    let known = s.peers.get(&id).ok().flatten().map(|p| p.failed_shards).unwrap_or_default();
+                    let outcome = if failed.iter().all(|f| known.contains(f)) {
+                        AuditOutcome::Success
+                    } else {
+                        AuditOutcome::Failure
+                    };
                     let detail = format!("{} of {} chunks missing or wrong", failed.len(), challenge.items.len());
-                    (AuditOutcome::Failure, failed, detail)
+                    (outcome, failed, detail)
                 }
             },
             Err(e) => (AuditOutcome::Failure, challenge.items.iter().map(|i| i.shard_id).collect(), e),
@@ -366,12 +380,8 @@ fn still_owed(s: &State, peer: &str, shards: &[HeldShard], failed: Vec<ShardId>)
     if failed.is_empty() {
         return failed;
     }
-    // Shards already known lost (reported by the peer itself, or failed before) wait for
-    // repair: they were counted once, or confessed, and are no new failure.
-    let known = s.peers.get(peer).ok().flatten().map(|p| p.failed_shards).unwrap_or_default();
     failed
         .into_iter()
-        .filter(|sid| !known.contains(sid))
         .filter(|sid| shards.iter().find(|h| h.id == *sid).is_none_or(|h| s.still_placed(h, peer)))
         .collect()
 }
@@ -423,6 +433,28 @@ mod tests {
     const ST: Standards = Standards { vetting_audits: 3, disqualify_below: 0.96, suspend_below: 0.6, now: 100 };
 
     #[test]
+    fn shards_known_lost_are_not_counted_again_and_stay_listed() {
+        let mut p = PeerRecord::new("k".into());
+        let lost = ShardId([1; 32]);
+        p.failed_shards.push(lost); // reported damaged by the peer itself
+        let c = Challenge {
+            items: vec![
+                ChallengeItem { shard_id: lost, chunk: 0 },
+                ChallengeItem { shard_id: ShardId([2; 32]), chunk: 0 },
+            ],
+            ..challenge()
+        };
+        apply(&mut p, AuditOutcome::Success, &[lost], &c, ST);
+        assert!(p.audit.score() >= PeerRecord::new("k".into()).audit.score(), "only the other shard counted");
+        assert_eq!(p.failed_shards, vec![lost], "still lost: repair has not moved it yet");
+        let before = p.audit.score();
+        apply(&mut p, AuditOutcome::Success, &[lost], &Challenge { items: vec![c.items[0].clone()], ..c.clone() }, ST);
+        assert_eq!(p.audit.score(), before, "a known loss is counted neither way");
+        apply(&mut p, AuditOutcome::Success, &[], &c, ST);
+        assert!(p.failed_shards.is_empty(), "proved again: cleared");
+    }
+
+    #[test]
     fn outcomes_move_standing() {
         let mut p = PeerRecord::new("k".into());
         let c = challenge();
@@ -442,9 +474,11 @@ mod tests {
         assert_eq!(p.audit.score(), before);
         apply(&mut p, AuditOutcome::Offline, &[], &c, ST);
         assert!(p.audit.score() < before);
-        // Failing on and on ends in disqualification, for good.
-        for _ in 0..20 {
-            apply(&mut p, AuditOutcome::Failure, &[ShardId([1; 32])], &c, ST);
+        // Failing on and on ends in disqualification, for good (each shard counted once).
+        for n in 0..20 {
+            let lost = ShardId([10 + n; 32]);
+            let c = Challenge { items: vec![ChallengeItem { shard_id: lost, chunk: 0 }], ..c.clone() };
+            apply(&mut p, AuditOutcome::Failure, &[lost], &c, ST);
         }
         assert_eq!(p.status, PeerStatus::Disqualified);
         for _ in 0..50 {

@@ -93,8 +93,8 @@ pub(super) fn get(s: &State, caller: &Caller, req: NameGet) -> Result<NameEntry,
     }
 }
 
-/// Bytes of values a listing page carries at most (then it says `more`): a page of a
-/// thousand 4 MiB values, in base64, took over 5 GB of memory to answer.
+/// Bytes of keys and values a listing page carries at most (then it says `more`): a page of
+/// a thousand 4 MiB values, in base64, took over 5 GB of memory to answer.
 const LIST_BYTES: usize = 8 << 20;
 
 pub(super) fn list(s: &State, caller: &Caller, req: NameList) -> Result<NameListing, ApiError> {
@@ -122,9 +122,7 @@ pub(super) fn list(s: &State, caller: &Caller, req: NameList) -> Result<NameList
             more = true;
             break;
         }
-        if !req.keys_only {
-            bytes += v.len();
-        }
+        bytes += k.len() + if req.keys_only { 0 } else { v.len() };
         let key = String::from_utf8_lossy(&k[own.len()..]).into_owned();
         let value = if req.keys_only { String::new() } else { B64.encode(&v) };
         entries.push(NameEntry { key, value });

@@ -141,7 +141,20 @@ impl Bound {
                 async move {
                     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
                     let t0 = std::time::Instant::now();
-                    let resp = s3.call(req.map(s3s::Body::from)).await;
+                    let has_body = req.headers().contains_key(hyper::header::TRANSFER_ENCODING)
+                        || req.headers().contains_key(hyper::header::EXPECT)
+                        || hyper::body::Body::size_hint(req.body()).lower() > 0;
+                    let mut resp = s3.call(req.map(s3s::Body::from)).await;
+                    // A refusal may come before the body was read, or instead of a `100
+                    // Continue`: botocore then sent its next request on a connection in a state
+                    // of its own (a bare 400 for a good PUT), so the connection ends with it.
+                    if let Ok(r) = &mut resp
+                        && has_body
+                        && (r.status().is_client_error() || r.status().is_server_error())
+                    {
+                        r.headers_mut()
+                            .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+                    }
                     if let Ok(r) = &resp {
                         let ms = t0.elapsed().as_millis() as u64;
                         tracing::info!(%peer, %method, %path, status = r.status().as_u16(), ms, "s3");

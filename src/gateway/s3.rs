@@ -147,6 +147,34 @@ pub struct Inner {
     /// Files opened for reading lately: S3 tools read an object in many ranged GETs, and
     /// opening costs a manifest, the placements and a key derivation.
     readers: std::sync::Mutex<HashMap<String, (std::time::Instant, Arc<RangeReader>)>>,
+    /// Requests on one object, or one multipart upload, take turns: two PUTs of one key each
+    /// read the record they replace (one's files were never deleted), and a Complete racing
+    /// an Abort listed an object whose parts were gone.
+    turns: Turns,
+}
+
+/// Async locks by name, forgotten when nobody holds or waits for them.
+#[derive(Default)]
+struct Turns(std::sync::Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>);
+
+impl Turns {
+    async fn take(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.0.lock().expect("not poisoned");
+            if map.len() >= 1024 {
+                map.retain(|_, w| w.strong_count() > 0);
+            }
+            match map.get(name).and_then(std::sync::Weak::upgrade) {
+                Some(l) => l,
+                None => {
+                    let l = Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(name.to_owned(), Arc::downgrade(&l));
+                    l
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
 }
 
 /// How long an opened file is reused (its read grants last an hour; placements may move).
@@ -508,6 +536,14 @@ fn list_page(
     Listing { entries, truncated, last }
 }
 
+/// S3's bound on a key: 1,024 bytes of UTF-8.
+fn check_key(key: &str) -> S3Result<()> {
+    if key.len() > 1024 {
+        return Err(s3_error!(KeyTooLongError, "a key is at most 1,024 bytes; this one has {}", key.len()));
+    }
+    Ok(())
+}
+
 fn check_upload_id(id: &str) -> S3Result<()> {
     if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(())
@@ -518,7 +554,13 @@ fn check_upload_id(id: &str) -> S3Result<()> {
 
 impl Gateway {
     pub fn new(client: Client, keys: NameKeys, shape: crate::core::erasure::Shape) -> Gateway {
-        Gateway(Arc::new(Inner { client, keys, shape, readers: std::sync::Mutex::new(HashMap::new()) }))
+        Gateway(Arc::new(Inner {
+            client,
+            keys,
+            shape,
+            readers: std::sync::Mutex::new(HashMap::new()),
+            turns: Turns::default(),
+        }))
     }
 
     fn bucket_token(&self, bucket: &str) -> String {
@@ -788,6 +830,7 @@ impl Gateway {
     /// Writes an object's record, then deletes the files of the record it replaced.
     async fn write_object(&self, bucket: &str, key: &str, rec: &ObjectRecord) -> S3Result<()> {
         let name = self.object_key(bucket, key);
+        let _turn = self.turns.take(&name).await;
         let old: Option<ObjectRecord> = self.get_record(&name).await.unwrap_or(None);
         self.put_record(&name, rec, false).await.map_err(client_err)?;
         if let Some(old) = old {
@@ -799,6 +842,7 @@ impl Gateway {
 
     async fn remove_object(&self, bucket: &str, key: &str) -> S3Result<()> {
         let name = self.object_key(bucket, key);
+        let _turn = self.turns.take(&name).await;
         if let Some(old) = self.get_record::<ObjectRecord>(&name).await? {
             self.client.name_delete(&[name]).await.map_err(client_err)?;
             self.delete_files(old.parts).await;
@@ -882,6 +926,7 @@ impl S3 for Gateway {
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let input = req.input;
+        check_key(&input.key)?;
         self.require_bucket(&input.bucket).await?;
         let size = input.content_length.ok_or_else(|| s3_error!(MissingContentLength))?;
         let size = u64::try_from(size).map_err(|_| s3_error!(InvalidArgument, "negative Content-Length"))?;
@@ -1042,6 +1087,7 @@ impl S3 for Gateway {
 
     async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
         let input = req.input;
+        check_key(&input.key)?;
         let CopySource::Bucket { bucket: sb, key: sk, .. } = &input.copy_source else {
             return Err(s3_error!(NotImplemented, "only bucket/key copy sources are supported"));
         };
@@ -1168,6 +1214,7 @@ impl S3 for Gateway {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
+        check_key(&input.key)?;
         self.require_bucket(&input.bucket).await?;
         let upload_id = random_hex(16);
         let rec = UploadRecord {
@@ -1205,6 +1252,12 @@ impl S3 for Gateway {
         let checks = BodyChecks::new(size, input.content_md5, &given, alg, &req.headers, req.trailing_headers)?;
         let (file, md5) = self.store(input.body, checks).await?;
         let rec = PartRecord { file, size, md5: hex::encode(md5), modified: now() };
+        let _turn = self.turns.take(&input.upload_id).await;
+        // Completed or aborted while the body came: the part is of no use.
+        if let Err(e) = self.get_upload(&input.bucket, &input.key, &input.upload_id).await {
+            self.delete_files(rec.file.into_iter().collect()).await;
+            return Err(e);
+        }
         let name = Self::part_key(&input.upload_id, input.part_number);
         let old: Option<PartRecord> = self.get_record(&name).await.unwrap_or(None);
         self.put_record(&name, &rec, false).await.map_err(client_err)?;
@@ -1238,6 +1291,7 @@ impl S3 for Gateway {
         if numbers.windows(2).any(|w| w[1] <= w[0]) {
             return Err(s3_error!(InvalidPartOrder, "parts must be listed in ascending order"));
         }
+        let turn = self.turns.take(&input.upload_id).await;
         let up = self.get_upload(&input.bucket, &input.key, &input.upload_id).await?;
         let have = self.upload_parts(&input.upload_id).await?;
         let mut etag_md5 = Md5::new();
@@ -1271,6 +1325,7 @@ impl S3 for Gateway {
         let this = self.clone();
         let (bucket, key, upload_id) = (input.bucket, input.key, input.upload_id);
         let fut = async move {
+            let _turn = turn;
             this.write_object(&bucket, &key, &rec).await?;
             let mut names = vec![format!("{}{upload_id}", this.uploads_prefix(&bucket))];
             names.extend(have.keys().map(|n| Self::part_key(&upload_id, *n)));
@@ -1293,6 +1348,7 @@ impl S3 for Gateway {
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let input = req.input;
+        let _turn = self.turns.take(&input.upload_id).await;
         self.get_upload(&input.bucket, &input.key, &input.upload_id).await?;
         let have = self.upload_parts(&input.upload_id).await?;
         let mut names = vec![format!("{}{}", self.uploads_prefix(&input.bucket), input.upload_id)];
@@ -1353,7 +1409,22 @@ impl S3 for Gateway {
             .filter(|(_, u)| u.key.starts_with(&prefix))
             .map(|(k, u)| (k[uprefix.len()..].to_owned(), u))
             .collect();
-        ups.sort_by(|a, b| (&a.1.key, a.1.initiated).cmp(&(&b.1.key, b.1.initiated)));
+        ups.sort_by(|a, b| (&a.1.key, a.1.initiated, &a.0).cmp(&(&b.1.key, b.1.initiated, &b.0)));
+        // Pages as S3 gives them: after the key marker (and, on that key, after the upload
+        // id marker), at most `max-uploads`.
+        if let Some(km) = input.key_marker.clone() {
+            let marker =
+                input.upload_id_marker.as_ref().and_then(|im| ups.iter().find(|(i, u)| i == im && u.key == km));
+            let after = marker.map(|(i, u)| (u.key.clone(), u.initiated, i.clone()));
+            ups.retain(|(id, u)| match &after {
+                Some((k, at, i)) => (&u.key, u.initiated, id) > (k, *at, i),
+                None => u.key > km,
+            });
+        }
+        let max = input.max_uploads.unwrap_or(1000).clamp(1, 1000) as usize;
+        let truncated = ups.len() > max;
+        ups.truncate(max);
+        let next = truncated.then(|| ups.last().map(|(id, u)| (u.key.clone(), id.clone()))).flatten();
         let uploads = ups
             .into_iter()
             .map(|(id, u)| MultipartUpload {
@@ -1367,8 +1438,12 @@ impl S3 for Gateway {
         Ok(S3Response::new(ListMultipartUploadsOutput {
             bucket: Some(input.bucket),
             prefix: input.prefix,
-            max_uploads: Some(input.max_uploads.unwrap_or(1000)),
-            is_truncated: Some(false),
+            max_uploads: Some(max as i32),
+            is_truncated: Some(truncated),
+            key_marker: input.key_marker,
+            upload_id_marker: input.upload_id_marker,
+            next_key_marker: next.as_ref().map(|n| n.0.clone()),
+            next_upload_id_marker: next.map(|n| n.1),
             uploads: Some(uploads),
             ..Default::default()
         }))

@@ -762,8 +762,10 @@ pub struct BrowserCommit {
     pub owner_hash: String,
 }
 
-/// The longest key of an account's namespace (`/v2/names/*`), in bytes.
-pub const MAX_NAME_KEY: usize = 4096;
+/// The longest key of an account's namespace (`/v2/names/*`), in bytes: room for any S3 key
+/// (1,024 bytes, every `/`-separated component encrypted on its own: about 40 bytes for
+/// each, so 4,096 refused keys of 120 components).
+pub const MAX_NAME_KEY: usize = 48 << 10;
 /// The longest value of an account's namespace, in bytes (before base64).
 pub const MAX_NAME_VALUE: usize = 4 << 20;
 /// The most entries one namespace listing answers with.

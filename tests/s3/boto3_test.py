@@ -255,6 +255,42 @@ for page in s3.get_paginator("list_objects_v2").paginate(Bucket=B, Prefix="many/
     seen += [o["Key"] for o in page.get("Contents", [])]
 check("1,500 keys: one directory", seen == sorted(k for k in many if k.startswith("many/d3/")), len(seen))
 
+# --- deep and long keys: any key S3 takes, at most 1,024 bytes
+deep = "deep/" + "d/" * 300 + "x"
+s3.put_object(Bucket=B, Key=deep, Body=b"deep")
+check("a key of 300 components", s3.get_object(Bucket=B, Key=deep)["Body"].read() == b"deep")
+check("a key of 300 components listed", [o["Key"] for o in s3.list_objects_v2(Bucket=B, Prefix="deep/").get("Contents", [])] == [deep])
+s3.delete_object(Bucket=B, Key=deep)
+check("a key over 1,024 bytes -> KeyTooLongError", err(s3.put_object, Bucket=B, Key="k" * 1025, Body=b"")[0] == "KeyTooLongError")
+# --- races: requests on one key, or one multipart upload, take turns
+import concurrent.futures as cf
+with cf.ThreadPoolExecutor(8) as ex:
+    list(ex.map(lambda i: s3.put_object(Bucket=B, Key="race/k", Body=b"body %d" % i), range(8)))
+check("concurrent puts of one key: one object", s3.get_object(Bucket=B, Key="race/k")["Body"].read().startswith(b"body "))
+broken = []
+for r in range(4):
+    k = f"race/mp{r}"
+    u = s3.create_multipart_upload(Bucket=B, Key=k)["UploadId"]
+    e = s3.upload_part(Bucket=B, Key=k, UploadId=u, PartNumber=1, Body=b"x" * 1000)["ETag"]
+    with cf.ThreadPoolExecutor(2) as ex:
+        done = ex.submit(err, s3.complete_multipart_upload, Bucket=B, Key=k, UploadId=u,
+                         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e}]})
+        ex.submit(err, s3.abort_multipart_upload, Bucket=B, Key=k, UploadId=u)
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket=B, Prefix=k).get("Contents", [])] == [k]
+    if listed and err(s3.get_object, Bucket=B, Key=k)[0] is not None:
+        broken.append(k)
+check("complete racing abort: the object is whole or absent", not broken, broken)
+# --- multipart upload listings page
+ids = [s3.create_multipart_upload(Bucket=B, Key=f"mpl/{i}")["UploadId"] for i in range(3)]
+r = s3.list_multipart_uploads(Bucket=B, Prefix="mpl/", MaxUploads=2)
+check("list_multipart_uploads max-uploads", len(r["Uploads"]) == 2 and r["IsTruncated"], r.get("Uploads"))
+seen = []
+for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=B, Prefix="mpl/", PaginationConfig={"PageSize": 1}):
+    seen += [u["UploadId"] for u in page.get("Uploads", [])]
+check("list_multipart_uploads paging", seen == ids, (seen, ids))
+for i, u in enumerate(ids):
+    s3.abort_multipart_upload(Bucket=B, Key=f"mpl/{i}", UploadId=u)
+
 # --- delete bucket
 check("delete non-empty bucket -> BucketNotEmpty", err(s3.delete_bucket, Bucket=B)[0] == "BucketNotEmpty")
 for page in s3.get_paginator("list_objects_v2").paginate(Bucket=B):
