@@ -162,8 +162,20 @@ pub async fn spawn(
         Box::pin(notices::run(state.clone(), stop.clone())) as _,
         Box::pin(recovery::run(state.clone(), recovery_rx, stop.clone())) as _,
     ];
+    // Blocking steps of aborted tasks (a flush, a scan) may still hold the state, and with it
+    // the database's lock, when the tasks have ended: a restart in the same process waits.
+    let held = Arc::downgrade(&state);
+    let released = async move {
+        for _ in 0..1000 {
+            if held.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tracing::warn!("shutdown: the database is still in use after 10 s");
+    };
     let handler = move |req| routes::route(state.clone(), req);
-    Ok(server::serve(listener, (metrics, routes::label), handler, signal, workers))
+    Ok(server::serve(listener, (metrics, routes::label), handler, signal, workers).then(released))
 }
 
 /// The coordinator's page cache: its hot rows (peers, pending uploads, the files being read

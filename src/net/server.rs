@@ -340,6 +340,18 @@ impl ServerHandle {
         self.trigger.fire();
         let _ = self.task.await;
     }
+
+    /// The same server, whose shutdown also waits for `done` (once every task has ended).
+    pub fn then(self, done: impl Future<Output = ()> + Send + 'static) -> ServerHandle {
+        let task = self.task;
+        ServerHandle {
+            task: tokio::spawn(async move {
+                let _ = task.await;
+                done.await;
+            }),
+            ..self
+        }
+    }
 }
 
 /// Where a server listens: a bound socket, TLS when it serves HTTPS, and how many
