@@ -316,7 +316,7 @@ pub(super) async fn upload(
         ..UploadOptions::new(params)
     };
     let source = if stdin {
-        Source::Stream { reader: Box::new(std::io::stdin()), name: "stdin".into() }
+        Source::Stream { reader: Box::new(std::io::stdin()), name: "stdin".into(), size: None }
     } else {
         Source::File(file)
     };

@@ -32,8 +32,9 @@ const BATCH_EVERY: Duration = Duration::from_secs(5);
 pub enum Source {
     /// A file: its size is known, and an interrupted upload of it can resume.
     File(PathBuf),
-    /// A stream read to its end (standard input), stored under `name`.
-    Stream { reader: Box<dyn Read + Send>, name: String },
+    /// A stream read to its end, stored under `name`; `size` when it is known (an S3 body):
+    /// planned as a file of that size, not charged a stream's window of quota.
+    Stream { reader: Box<dyn Read + Send>, name: String, size: Option<u64> },
 }
 
 /// How to upload.
@@ -97,7 +98,8 @@ impl Client {
             p.set_length(size);
         }
         let opts = UploadOptions { progress, ..UploadOptions::new(params) };
-        self.upload_from(Source::Stream { reader: Box::new(reader), name: meta.name }, secret, opts).await
+        self.upload_from(Source::Stream { reader: Box::new(reader), name: meta.name, size: Some(size) }, secret, opts)
+            .await
     }
 
     /// Uploads a file or a stream; returns its id.
@@ -124,7 +126,7 @@ impl Client {
                 };
                 (Input::File(file, path), Some(size), name, state)
             }
-            Source::Stream { reader, name } => (Input::Stream(reader), None, name, None),
+            Source::Stream { reader, name, size } => (Input::Stream(reader), size, name, None),
         };
         let name = opts.name.clone().unwrap_or(name);
         if let Some(p) = &opts.progress {

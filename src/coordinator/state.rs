@@ -331,9 +331,9 @@ pub(super) struct State {
     /// `placed_bytes` as last walked; the second lock is held by the one walk at a time.
     pub placed_cache: Mutex<Option<PlacedKept>>,
     pub placed_walk: Mutex<()>,
-    /// The network's segment-health histogram (`/v2/stats`, `/metrics`), see
-    /// `stats::health`.
-    pub health_cache: Mutex<Option<super::stats::Kept<super::stats::Histogram>>>,
+    /// The network's segment-health histogram, files and bytes (`/v2/stats`, `/metrics`),
+    /// see `stats::walk`.
+    pub health_cache: Mutex<Option<super::stats::Kept<super::stats::Walked>>>,
     /// Health totals of the files asked for lately (`files::file_totals`), at most
     /// `files::TOTALS_KEPT`.
     pub totals_cache: Mutex<HashMap<String, super::stats::Kept<crate::proto::HealthTotals>>>,

@@ -12,6 +12,14 @@ use crate::proto::*;
 /// Segments by healthy shards: (healthy shards, segments).
 pub(crate) type Histogram = Vec<(u32, u64)>;
 
+/// What a walk over every file finds: segments by healthy shards, files, bytes stored.
+#[derive(Clone, Default)]
+pub(crate) struct Walked {
+    health: Histogram,
+    files: u64,
+    stored_bytes: u64,
+}
+
 /// A figure computed by walking segment rows (seconds for terabytes), kept with what it was
 /// computed from: it serves again until a file or a placement changes, or peers changed and
 /// it is older than [`KEPT_WHILE_PEERS_CHANGE`] (heartbeats change peers all the time).
@@ -41,30 +49,29 @@ impl<T: Clone> Kept<T> {
     }
 }
 
-/// Segments by healthy shards, over every readable file. `/v2/stats` and `/metrics` answer
-/// anyone, so the walk is [`Kept`], and never made twice at once (a second caller waits for
-/// the first's answer).
-fn health(
-    s: &State,
-    files: &[(String, super::state::FileRecord)],
-    peers: &HashMap<String, PeerRecord>,
-    rules: &Rules,
-) -> Vec<(u32, u64)> {
+/// Segments by healthy shards, files and bytes, over every readable file. `/v2/stats` and
+/// `/metrics` answer anyone, so the walk (and the manifests it parses) is [`Kept`], and never
+/// made twice at once (a second caller waits for the first's answer).
+fn walk(s: &State, peers: &HashMap<String, PeerRecord>, rules: &Rules) -> Walked {
     let mut cache = s.health_cache.lock().expect("not poisoned");
-    if let Some(h) = cache.as_ref().and_then(|c| c.get(s)) {
-        return h;
+    if let Some(w) = cache.as_ref().and_then(|c| c.get(s)) {
+        return w;
     }
     let stamp = Kept::stamp(s);
     let mut health: BTreeMap<u32, u64> = BTreeMap::new();
-    for (_, f) in files {
+    let mut walked = Walked::default();
+    for (_, f) in &s.files.readable() {
+        let Some(m) = f.parsed() else { continue };
+        walked.files += 1;
+        walked.stored_bytes = walked.stored_bytes.saturating_add(m.plaintext_size);
         let _ = s.visit_rows(f, |_, row| {
             let healthy = (row.placements.len() - rules.unhealthy(peers, &row).len()) as u32;
             *health.entry(healthy).or_default() += 1;
         });
     }
-    let health: Vec<(u32, u64)> = health.into_iter().collect();
-    *cache = Some(stamp(health.clone()));
-    health
+    walked.health = health.into_iter().collect();
+    *cache = Some(stamp(walked.clone()));
+    walked
 }
 
 pub(super) fn compute(s: &State) -> NetworkStats {
@@ -84,13 +91,8 @@ pub(super) fn compute(s: &State) -> NetworkStats {
             st.used = st.used.saturating_add(p.used);
         }
     }
-    let files = s.files.readable();
-    for (_, f) in &files {
-        let Some(m) = f.parsed() else { continue };
-        st.files += 1;
-        st.stored_bytes = st.stored_bytes.saturating_add(m.plaintext_size);
-    }
-    st.health = health(s, &files, &peers, &rules);
+    let walked = walk(s, &peers, &rules);
+    (st.health, st.files, st.stored_bytes) = (walked.health, walked.files, walked.stored_bytes);
     let since = s.now().saturating_sub(60);
     let recent: Vec<AuditOutcome> =
         s.recent_audits.lock().expect("not poisoned").iter().filter(|(t, _)| *t >= since).map(|(_, o)| *o).collect();

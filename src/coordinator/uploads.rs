@@ -121,6 +121,7 @@ fn lay_out(
     }
     let total = if up.stream { MAX_UPLOAD_SEGMENTS } else { segment_count(up.size, up.segment_size).max(1) };
     let mut count = (count.min(LAYOUT_SEGMENTS) as u64).min(total.saturating_sub(first as u64));
+    let laid_before = up.window_end;
     if up.stream {
         // Segments past those already charged take room in the quota, as a file's size does.
         let charged = up.window_end.max(up.committed) as u64;
@@ -130,7 +131,6 @@ fn lay_out(
         if count == 0 {
             accounts::check_quota(s, caller, per)?;
         }
-        up.window_end = up.window_end.max((first as u64 + count) as u32);
     }
     // The largest segment of a file of known size may be smaller than a whole one.
     let largest =
@@ -147,15 +147,24 @@ fn lay_out(
     // A peer's orders allow bytes for the segments laid out on it, not the whole upload's
     // (without a bound, one plan of a 1-byte file let an account fill nodes with made-up
     // shards; with the upload's, one plan gave every peer of a network room for all of it).
-    let used: HashSet<&String> = layout.iter().flatten().collect();
-    for id in layout.iter().flatten() {
-        *up.laid_out.entry(id.clone()).or_default() += 1;
+    // Segments laid out again (a resume, a retry) add nothing: repeated layouts of one window
+    // raised every peer's allowance without bound.
+    let mut here: HashMap<&String, u64> = HashMap::new();
+    for (i, seg) in layout.iter().enumerate() {
+        let new = first + i as u32 >= laid_before;
+        for id in seg {
+            *here.entry(id).or_default() += 1;
+            if new {
+                *up.laid_out.entry(id.clone()).or_default() += 1;
+            }
+        }
     }
+    up.window_end = up.window_end.max((first as u64 + count) as u32);
     let mut orders = BTreeMap::new();
     let mut addresses = BTreeMap::new();
     for (id, p) in &peers {
-        if used.contains(id) {
-            let segments = up.laid_out.get(id).copied().unwrap_or(1) as u64;
+        if let Some(&on_it) = here.get(id) {
+            let segments = (up.laid_out.get(id).copied().unwrap_or(0) as u64).max(on_it);
             let order = PutOrder {
                 upload_id: upload_id.to_owned(),
                 peer_id: id.clone(),

@@ -761,7 +761,8 @@ async fn an_endless_inventory_does_not_exhaust_the_coordinator() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damage_reports_count_only_from_peers_and_for_their_own_shards() {
     let mut config = Config::default();
-    config.audit.interval = 3600; // no audit proves the reported shard meanwhile
+    config.audit.interval = 3600; // no audit proves the reported shard meanwhile,
+    config.repair.check_interval = 3600; // nor does repair move it
     let c = Cluster::start_with(6, config).await;
     let id = c.client.upload(&c.write("f", &data(3 * PER_SEGMENT, 9)), b"pw", params(3, 6), None).await.unwrap();
     let peer = c.client.info(&id).await.unwrap().placements[0][0].clone();
@@ -986,6 +987,17 @@ async fn a_stream_is_charged_for_the_segments_it_lays_out() {
     let again = c.client.layout(&plan.upload_id, 0).await.unwrap();
     assert_eq!(again.segments.len(), fits);
     assert_eq!(c.client.account().await.unwrap().pending, fits as u64 * per);
+    // A reader of known size (an S3 body) is planned as a file of that size: concurrent small
+    // ones from another account do not each hold a stream's window of its quota.
+    let other = c.other_client();
+    let sends = (0..4).map(|i| {
+        let meta = p2pstore::core::manifest::FileMeta { name: format!("r{i}"), content_type: String::new() };
+        let r = std::io::Cursor::new(data(20_000, i));
+        other.upload_reader(r, 20_000, meta, p2pstore::core::crypto::Secret::random_key(), params(1, 2), None)
+    });
+    for r in futures::future::join_all(sends).await {
+        r.unwrap();
+    }
     c.net.shutdown().await;
 }
 
@@ -1003,6 +1015,19 @@ async fn put_orders_allow_bytes_for_the_segments_laid_out_on_their_peer() {
         let on_it = plan.segments.iter().filter(|s| s.contains(peer)).count() as u64;
         assert_eq!(order.max_bytes, PutOrder::budget(on_it, order.max_shard_len), "{peer}");
         assert!(on_it < segments, "spread over the peers");
+    }
+    // Laid out again (as a resume does), the window adds nothing: repeated layouts raised
+    // every peer's allowance without bound (found by an attacker helper).
+    let on = |p: &p2pstore::proto::Plan, peer: &str| {
+        p.segments.iter().filter(|s| s.iter().any(|x| x == peer)).count() as u64
+    };
+    for _ in 0..3 {
+        let again = c.client.layout(&plan.upload_id, 0).await.unwrap();
+        for (peer, order) in &again.orders {
+            let order = order.open().unwrap();
+            let allowed = on(&plan, peer).max(on(&again, peer));
+            assert_eq!(order.max_bytes, PutOrder::budget(allowed, order.max_shard_len), "{peer}");
+        }
     }
     c.net.shutdown().await;
 }
