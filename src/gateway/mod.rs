@@ -113,6 +113,62 @@ impl S3Auth for Auth {
     }
 }
 
+/// The request with its body polled once already, so that hyper answers `Expect:
+/// 100-continue` at once: botocore waits a second for it and then sends the body anyway, and
+/// a `100 Continue` coming after that was parsed as the final answer's head, whose headers
+/// were lost (aws-cli: `KeyError: 'ETag'` on a part uploaded under load).
+async fn primed(req: hyper::Request<hyper::body::Incoming>) -> hyper::Request<s3s::Body> {
+    use http_body_util::BodyExt;
+    if !req.headers().contains_key(hyper::header::EXPECT) {
+        return req.map(s3s::Body::from);
+    }
+    let (parts, mut rest) = req.into_parts();
+    let first = match futures::poll!(rest.frame()) {
+        std::task::Poll::Ready(frame) => frame,
+        std::task::Poll::Pending => None,
+    };
+    hyper::Request::from_parts(parts, s3s::Body::http_body(Primed { first, rest }))
+}
+
+/// A body whose first frame was taken early.
+struct Primed {
+    first: Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>,
+    rest: hyper::body::Incoming,
+}
+
+impl hyper::body::Body for Primed {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        if let Some(f) = self.first.take() {
+            return std::task::Poll::Ready(Some(f));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let taken = match &self.first {
+            Some(Ok(f)) => f.data_ref().map_or(0, |d| d.len() as u64),
+            _ => 0,
+        };
+        let rest = self.rest.size_hint();
+        let mut hint = hyper::body::SizeHint::new();
+        hint.set_lower(rest.lower() + taken);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + taken);
+        }
+        hint
+    }
+}
+
 /// A bound gateway, ready to serve.
 pub struct Bound {
     listener: tokio::net::TcpListener,
@@ -144,7 +200,7 @@ impl Bound {
                     let has_body = req.headers().contains_key(hyper::header::TRANSFER_ENCODING)
                         || req.headers().contains_key(hyper::header::EXPECT)
                         || hyper::body::Body::size_hint(req.body()).lower() > 0;
-                    let mut resp = s3.call(req.map(s3s::Body::from)).await;
+                    let mut resp = s3.call(primed(req).await).await;
                     // A refusal may come before the body was read, or instead of a `100
                     // Continue`: botocore then sent its next request on a connection in a state
                     // of its own (a bare 400 for a good PUT), so the connection ends with it.
