@@ -175,17 +175,29 @@ pub(super) async fn sealed_segment(s: &State, caller: &Caller, id: &str, index: 
     let entry =
         s.row(&rec, index).map_err(ApiError::internal)?.ok_or_else(|| ApiError::internal(files::BadManifest))?.entry;
     // The segment stays in memory until the browser has read it: all such segments share a
-    // budget (100 idle readers of a 9 MB file took 1.2 GB before).
-    let mib = m.segment_size.div_ceil(1 << 20).clamp(1, SEGMENT_BUDGET_MIB);
-    let turn = tokio::time::timeout(TURN_WAIT, s.segment_budget.clone().acquire_many_owned(mib))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many segments are being read through the coordinator at once; try again shortly",
-            )
-        })?
-        .map_err(ApiError::internal)?;
+    // budget (100 idle readers of a 9 MB file took 1.2 GB before), of which one account holds
+    // a quarter at most (one account's idle readers held it all: everyone else got 503).
+    let mib = m.segment_size.div_ceil(1 << 20).clamp(1, ACCOUNT_SHARE_MIB);
+    let mine = {
+        let mut shares = s.segment_shares.lock().expect("not poisoned");
+        if shares.len() >= 1024 {
+            shares.retain(|_, sem| Arc::strong_count(sem) > 1);
+        }
+        let share = shares.entry(caller.id.clone());
+        share.or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(ACCOUNT_SHARE_MIB as usize))).clone()
+    };
+    let busy = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many segments are being read through the coordinator at once; try again shortly",
+        )
+    };
+    let turns = async {
+        let own = mine.acquire_many_owned(mib).await?;
+        let all = s.segment_budget.clone().acquire_many_owned(mib).await?;
+        Ok::<_, tokio::sync::AcquireError>((own, all))
+    };
+    let turn = tokio::time::timeout(TURN_WAIT, turns).await.map_err(|_| busy())?.map_err(ApiError::internal)?;
     let problems = Arc::new(Mutex::new(transfer::Problems::default()));
     let shards = transfer::fetch_segment(s.http.clone(), m.clone(), view, entry, problems.clone(), index).await;
     // Peers that served bytes not matching their shards' ids are audited at once, on those.
@@ -203,13 +215,16 @@ pub(super) async fn sealed_segment(s: &State, caller: &Caller, id: &str, index: 
 /// MiB of sealed segments the coordinator holds for browsers at once.
 pub(super) const SEGMENT_BUDGET_MIB: u32 = 256;
 
+/// MiB of that one account holds at most.
+const ACCOUNT_SHARE_MIB: u32 = SEGMENT_BUDGET_MIB / 4;
+
 /// How long a segment read waits for room in the budget before 503.
 const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A sealed segment on its way out, holding its share of the budget until it is dropped.
 struct Held {
     sealed: crate::sys::pool::Buf,
-    _turn: tokio::sync::OwnedSemaphorePermit,
+    _turn: (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit),
 }
 
 impl AsRef<[u8]> for Held {

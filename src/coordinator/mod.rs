@@ -141,6 +141,7 @@ pub async fn spawn(
         limits: limits::Limits::new(&config_limits),
         browser_turns: tokio::sync::Semaphore::new(2),
         segment_budget: Arc::new(tokio::sync::Semaphore::new(browser::SEGMENT_BUDGET_MIB as usize)),
+        segment_shares: Mutex::new(HashMap::new()),
     });
     audit::load_log(&state);
     files::move_placements_to_rows(&state).map_err(|e| ServerError::Db { dir: data_dir.clone(), source: e.into() })?;

@@ -344,6 +344,8 @@ pub(super) struct State {
     pub browser_turns: tokio::sync::Semaphore,
     /// MiB of sealed segments held for browsers until they read them (`browser::sealed_segment`).
     pub segment_budget: Arc<tokio::sync::Semaphore>,
+    /// Each account's share of it.
+    pub segment_shares: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// What the workers count, for /metrics and /v2/stats.

@@ -960,6 +960,18 @@ async fn idle_segment_readers_do_not_exhaust_the_coordinator() {
     .await;
     eprintln!("coordinator: {} MB resident before, {} MB at most with idle readers", before / MB, peak / MB);
     assert!(peak < before + 450 * MB, "the coordinator grew from {} MB to {} MB", before / MB, peak / MB);
+    // One account's idle readers hold its share of the budget, not all of it: another
+    // account still reads (it got 503 while they held every MiB).
+    let other = Identity::generate();
+    let time = p2pstore::sys::clock::Clock::system().now();
+    let nonce = hex::encode(p2pstore::core::crypto::Salt::random().0);
+    let auth = RequestAuth::sign(&other, &info.coordinator_id, "GET", &path, (time, nonce), b"");
+    let url = format!("{}{path}", coordinator.url);
+    let r = http::Client::new(Duration::from_secs(30))
+        .send(request("GET", &url, &[(AUTH_HEADER, &auth.header())], Bytes::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.error_message());
     drop(idle);
 }
 
