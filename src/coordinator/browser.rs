@@ -202,10 +202,7 @@ pub(super) async fn sealed_segment(s: &State, caller: &Caller, id: &str, index: 
     let shards = transfer::fetch_segment(s.http.clone(), m.clone(), view, entry, problems.clone(), index).await;
     // Peers that served bytes not matching their shards' ids are audited at once, on those.
     for (peer, id, _) in std::mem::take(&mut problems.lock().expect("not poisoned").mismatched) {
-        let mut urgent = s.urgent_audits.lock().expect("not poisoned");
-        if urgent.len() < super::audit::URGENT_QUEUE {
-            urgent.push_back((peer, vec![id], std::time::Instant::now()));
-        }
+        s.audit_soon(peer, vec![id]);
     }
     let shards = shards.map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
     let sealed = m.sealed_segment(index, &shards).map_err(ApiError::internal)?;

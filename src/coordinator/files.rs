@@ -235,9 +235,6 @@ pub(super) fn damage(s: &State, id: &str, claim: DamageClaim) -> ApiResult {
              read its placements, at most seconds ago)",
         ));
     }
-    let mut urgent = s.urgent_audits.lock().expect("not poisoned");
-    if urgent.len() < super::audit::URGENT_QUEUE {
-        urgent.push_back((claim.peer_id, placed, std::time::Instant::now()));
-    }
+    s.audit_soon(claim.peer_id, placed);
     ok(&Removed { removed: 0 })
 }

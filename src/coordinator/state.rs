@@ -510,6 +510,15 @@ impl State {
         held
     }
 
+    /// Queues an audit of `peer` on `shards` at once (the queue is bounded: past
+    /// `audit::URGENT_QUEUE` a claim waits for the peer's next regular audit).
+    pub fn audit_soon(&self, peer: String, shards: Vec<ShardId>) {
+        let mut urgent = self.urgent_audits.lock().expect("not poisoned");
+        if urgent.len() < super::audit::URGENT_QUEUE {
+            urgent.push_back((peer, shards, std::time::Instant::now()));
+        }
+    }
+
     /// Who holds what as the audit worker last read it; read here once if it has not yet
     /// (just after start).
     pub fn held(&self) -> Arc<HeldIndex> {
