@@ -45,6 +45,14 @@ fn stored(s: &State, account: &str) -> Result<(u64, u64), RecordError> {
     Ok((stored, files))
 }
 
+/// What a file of `size` bytes in `k`-of-n segments takes of its owner's quota: its size, but
+/// at least what its smallest shards take on nodes' disks (a block each), counted in the
+/// quota's plaintext bytes as k blocks: a 1-byte file makes n shard files (round 4 of the
+/// attacks: millions of them for a few MB of quota).
+pub(super) fn charge(size: u64, k: u8) -> u64 {
+    size.max(k as u64 * PutOrder::cost(0))
+}
+
 /// Records that `account` owns `file` of `size` bytes, and keeps its usage in step.
 pub(super) fn own(s: &State, account: &str, file: &str, size: u64) -> Result<(), RecordError> {
     let key = format!("{account}/{file}");

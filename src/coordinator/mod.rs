@@ -114,6 +114,7 @@ pub async fn spawn(
         meta: Table::open(&db, "meta").map_err(db_err)?,
         outbox: Table::open(&db, "outbox").map_err(db_err)?,
         names: db.open_tree("names").map_err(|e| db_err(e.into()))?,
+        receipts: Arc::default(),
         outbox_ready: tokio::sync::Notify::new(),
         delivering: Mutex::new(HashMap::new()),
         recovering: std::sync::atomic::AtomicBool::new(fresh),

@@ -195,7 +195,7 @@ fn recover_file(s: &State, copy: &Signed<ManifestCopy>) -> Result<bool, RecordEr
     }
     s.files.insert(&c.file_id, &rec)?;
     if !c.owner.is_empty() {
-        super::accounts::own(s, &c.owner, &c.file_id, m.plaintext_size)?;
+        super::accounts::own(s, &c.owner, &c.file_id, super::accounts::charge(m.plaintext_size, m.shape.k))?;
     }
     Ok(true)
 }

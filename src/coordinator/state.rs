@@ -194,13 +194,13 @@ pub(super) struct UploadRecord {
 }
 
 impl UploadRecord {
-    /// Bytes the upload holds of its account's quota while pending: a file's size, or a
+    /// Bytes the upload holds of its account's quota while pending: a file's charge, or a
     /// stream's segments laid out or recorded.
     pub fn pending_bytes(&self) -> u64 {
         if self.stream {
             self.window_end.max(self.committed) as u64 * crate::core::manifest::plain_per_segment(self.segment_size)
         } else {
-            self.size
+            super::accounts::charge(self.size, self.k)
         }
     }
 }
@@ -289,6 +289,8 @@ pub(super) struct State {
     /// Accounts' private namespaces (`<account id>/<key>` → opaque value): raw bytes, not
     /// records, since the coordinator cannot read them.
     pub names: sled::Tree,
+    /// Receipts found validly signed (`uploads::VerifiedReceipts`).
+    pub receipts: Arc<super::uploads::VerifiedReceipts>,
     /// Woken when a notice is queued.
     pub outbox_ready: tokio::sync::Notify,
     /// One delivery at a time per peer, so its notices arrive in order.

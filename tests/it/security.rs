@@ -293,6 +293,11 @@ async fn quotas_and_invitations() {
     upload(&c, &c.client, "big", 60_000).await;
     let me = c.client.account().await.unwrap();
     assert_eq!((me.stored, me.files), (60_000, 1));
+    // A tiny file is charged what its shards take on disk at least: k blocks of 4 KiB (its n
+    // shards are n files on nodes), so 1-byte files cannot be made by the million.
+    upload(&c, &c.client, "tiny", 1).await;
+    let me = c.client.account().await.unwrap();
+    assert_eq!((me.stored, me.files), (60_000 + 2 * 4096, 2));
     c.net.shutdown().await;
 
     // Invitations only: a stranger is refused with its id, until the operator adds it.
