@@ -8,7 +8,7 @@
 //! part (stored as it arrives). Bodies stream through the encoder and the range reader a few
 //! segments at a time, never whole.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Read;
 use std::ops::Range;
 use std::pin::Pin;
@@ -151,6 +151,58 @@ pub struct Inner {
     /// read the record they replace (one's files were never deleted), and a Complete racing
     /// an Abort listed an object whose parts were gone.
     turns: Turns,
+    listings: Listings,
+}
+
+/// Directories as a listing's first page read them, for the pages after it. Encrypted names
+/// do not sort as their plaintext, so every page needs the whole directory: read again for
+/// each page, 100,000 keys listed 1,000 at a time cost 100 readings of all of them (round 3
+/// of the attacks). A page without a continuation token reads afresh; later pages take the
+/// directory as read for the first (at most [`LISTING_KEPT`] old) with this gateway's own
+/// writes since applied, as S3 pages are taken as a listing proceeds.
+#[derive(Default)]
+struct Listings(std::sync::Mutex<VecDeque<Listed>>);
+
+struct Listed {
+    /// The encrypted directory, as listed on the coordinator.
+    dir: String,
+    read: std::time::Instant,
+    objects: Arc<BTreeMap<String, ObjectRecord>>,
+}
+
+/// How long a directory read for one page serves the pages after it.
+const LISTING_KEPT: Duration = Duration::from_secs(60);
+/// Objects kept in all directories together at most (about 300 bytes each), and directories.
+const LISTED_OBJECTS: usize = 1 << 20;
+const LISTED_DIRS: usize = 16;
+
+impl Listings {
+    fn get(&self, dir: &str) -> Option<Arc<BTreeMap<String, ObjectRecord>>> {
+        let kept = self.0.lock().expect("not poisoned");
+        kept.iter().find(|l| l.dir == dir && l.read.elapsed() < LISTING_KEPT).map(|l| l.objects.clone())
+    }
+
+    fn keep(&self, dir: String, objects: Arc<BTreeMap<String, ObjectRecord>>) {
+        let mut kept = self.0.lock().expect("not poisoned");
+        kept.retain(|l| l.dir != dir && l.read.elapsed() < LISTING_KEPT);
+        kept.push_back(Listed { dir, read: std::time::Instant::now(), objects });
+        while kept.len() > LISTED_DIRS || kept.iter().map(|l| l.objects.len()).sum::<usize>() > LISTED_OBJECTS {
+            kept.pop_front();
+        }
+    }
+
+    /// Applies a write of this gateway (`rec` None: a deletion) of `key` to the kept
+    /// directories that hold it (`dirs`: the encrypted directories above it).
+    fn apply(&self, dirs: &[String], key: &str, rec: Option<&ObjectRecord>) {
+        let mut kept = self.0.lock().expect("not poisoned");
+        for l in kept.iter_mut().filter(|l| dirs.contains(&l.dir)) {
+            let objects = Arc::make_mut(&mut l.objects);
+            match rec {
+                Some(r) => objects.insert(key.to_owned(), r.clone()),
+                None => objects.remove(key),
+            };
+        }
+    }
 }
 
 /// Async locks by name, forgotten when nobody holds or waits for them.
@@ -560,6 +612,7 @@ impl Gateway {
             shape,
             readers: std::sync::Mutex::new(HashMap::new()),
             turns: Turns::default(),
+            listings: Listings::default(),
         }))
     }
 
@@ -628,23 +681,48 @@ impl Gateway {
         }
     }
 
-    /// The objects of `bucket` whose keys start with `prefix`, by key. The coordinator
-    /// lists the encrypted directory the prefix ends in; the rest is filtered here.
-    async fn list_objects_under(&self, bucket: &str, prefix: &str) -> S3Result<BTreeMap<String, ObjectRecord>> {
+    /// The encrypted directory `path` (a key's part up to its last `/`, or "" for the
+    /// bucket's top) of `bucket`.
+    fn sealed_dir(&self, bucket: &str, path: &str) -> String {
+        let root = self.objects_prefix(bucket);
+        match path.rfind('/') {
+            Some(i) => format!("{}/", self.keys.seal_path(&root, &path[..i])),
+            None => root,
+        }
+    }
+
+    /// The objects of `bucket` in the directory `prefix` ends in (with keys outside `prefix`:
+    /// [`list_page`] skips them), by key, as the coordinator lists them; for a later page of
+    /// a listing (`continued`), as the first page read them ([`Listings`]).
+    async fn list_objects_under(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        continued: bool,
+    ) -> S3Result<Arc<BTreeMap<String, ObjectRecord>>> {
+        let dir = self.sealed_dir(bucket, prefix);
+        if continued && let Some(objects) = self.listings.get(&dir) {
+            return Ok(objects);
+        }
         self.require_bucket(bucket).await?;
         let root = self.objects_prefix(bucket);
-        let sealed = match prefix.rfind('/') {
-            Some(i) => format!("{}/", self.keys.seal_path(&root, &prefix[..i])),
-            None => root.clone(),
-        };
         let mut out = BTreeMap::new();
-        for (k, rec) in self.list_all::<ObjectRecord>(&sealed).await? {
-            let path = self.keys.open_path(&root, &k).map_err(s3_err)?;
-            if path.starts_with(prefix) {
-                out.insert(path, rec);
-            }
+        for (k, rec) in self.list_all::<ObjectRecord>(&dir).await? {
+            out.insert(self.keys.open_path(&root, &k).map_err(s3_err)?, rec);
         }
+        let out = Arc::new(out);
+        self.listings.keep(dir, out.clone());
         Ok(out)
+    }
+
+    /// Tells the kept listings of a write of this gateway (`rec` None: a deletion).
+    fn listed_change(&self, bucket: &str, key: &str, rec: Option<&ObjectRecord>) {
+        let dirs: Vec<String> = key
+            .match_indices('/')
+            .map(|(i, _)| self.sealed_dir(bucket, &key[..=i]))
+            .chain([self.sealed_dir(bucket, "")])
+            .collect();
+        self.listings.apply(&dirs, key, rec);
     }
 
     /// Streams `body` into a new p2pstore file (none for an empty body), checking its
@@ -833,6 +911,7 @@ impl Gateway {
         let _turn = self.turns.take(&name).await;
         let old: Option<ObjectRecord> = self.get_record(&name).await.unwrap_or(None);
         self.put_record(&name, rec, false).await.map_err(client_err)?;
+        self.listed_change(bucket, key, Some(rec));
         if let Some(old) = old {
             let keep: std::collections::HashSet<&str> = rec.parts.iter().map(|p| p.file.as_str()).collect();
             self.delete_files(old.parts.into_iter().filter(|p| !keep.contains(p.file.as_str())).collect()).await;
@@ -845,6 +924,7 @@ impl Gateway {
         let _turn = self.turns.take(&name).await;
         if let Some(old) = self.get_record::<ObjectRecord>(&name).await? {
             self.client.name_delete(&[name]).await.map_err(client_err)?;
+            self.listed_change(bucket, key, None);
             self.delete_files(old.parts).await;
         }
         Ok(())
@@ -1144,8 +1224,9 @@ impl S3 for Gateway {
         let max_keys = input.max_keys.unwrap_or(1000).clamp(0, 1000);
         let prefix = input.prefix.clone().unwrap_or_default();
         let token = input.continuation_token.as_deref().map(un_b64url).transpose()?;
+        let continued = token.is_some();
         let after = token.or_else(|| input.start_after.clone());
-        let objects = self.list_objects_under(&input.bucket, &prefix).await?;
+        let objects = self.list_objects_under(&input.bucket, &prefix, continued).await?;
         let listing = list_page(&objects, &prefix, input.delimiter.as_deref(), after.as_deref(), max_keys as usize);
         let key_count = listing.entries.len() as i32;
         let (mut contents, mut cps) = (Vec::new(), Vec::new());
@@ -1181,7 +1262,8 @@ impl S3 for Gateway {
         let url = input.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
         let max_keys = input.max_keys.unwrap_or(1000).clamp(0, 1000);
         let prefix = input.prefix.clone().unwrap_or_default();
-        let objects = self.list_objects_under(&input.bucket, &prefix).await?;
+        let continued = input.marker.as_ref().is_some_and(|m| !m.is_empty());
+        let objects = self.list_objects_under(&input.bucket, &prefix, continued).await?;
         let listing =
             list_page(&objects, &prefix, input.delimiter.as_deref(), input.marker.as_deref(), max_keys as usize);
         let (mut contents, mut cps) = (Vec::new(), Vec::new());

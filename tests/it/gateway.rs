@@ -153,7 +153,7 @@ async fn s3_tools_store_their_data_in_p2pstore() {
     let hp = one.url.trim_start_matches("http://").to_owned();
 
     let mut py = Command::new("python3");
-    py.arg(script("boto3_test.py")).arg(&one.url);
+    py.arg(script("boto3_test.py")).arg(&one.url).arg(&url);
     run_script("boto3", py, creds, &[&one]);
     // The suite deleted everything it stored: so did the network.
     let left = client.account().await.unwrap();
