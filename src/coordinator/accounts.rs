@@ -8,7 +8,7 @@ use super::auth::{Caller, fresh_nonce};
 use super::state::{AccountRecord, AllowedNode, OwnedRecord, State, UploadRecord, Usage};
 use crate::net::server::{ApiError, ApiResult, ok};
 use crate::proto::*;
-use crate::store::{RecordError, Table};
+use crate::store::{DbError, RecordError, Table};
 
 pub(super) fn info(s: &State) -> CoordinatorInfo {
     CoordinatorInfo {
@@ -124,14 +124,10 @@ fn usage_in(
     Ok((stored, mine.records.len() as u64, pending))
 }
 
-fn account_view(
-    owned: &Table<OwnedRecord>,
-    uploads: Option<&Table<UploadRecord>>,
-    id: &str,
-    a: &AccountRecord,
-) -> Result<AccountView, RecordError> {
-    let (stored, files, pending) = usage_in(owned, uploads, id)?;
-    Ok(AccountView { account_id: id.to_owned(), quota: a.quota, stored, pending, files, created: a.created, names: 0 })
+fn account_view(t: &AdminTables, id: &str, a: &AccountRecord) -> Result<AccountView, RecordError> {
+    let (stored, files, pending) = usage_in(t.owned, t.uploads, id)?;
+    let names = t.db.open_tree("names").and_then(|tree| super::names::bytes_in(&tree, id)).map_err(DbError::from)?;
+    Ok(AccountView { account_id: id.to_owned(), quota: a.quota, stored, pending, files, created: a.created, names })
 }
 
 pub(super) fn view(s: &State, caller: &Caller) -> Result<AccountView, ApiError> {
@@ -289,7 +285,7 @@ pub(super) fn apply(
         AdminAction::Backup => reply.backup = super::backup::dump(t.db).map_err(|e| AdminError::Record(e.into()))?,
     }
     for (id, a) in accounts {
-        reply.accounts.push(account_view(t.owned, t.uploads, &id, &a)?);
+        reply.accounts.push(account_view(t, &id, &a)?);
     }
     Ok(reply)
 }

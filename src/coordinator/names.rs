@@ -40,12 +40,18 @@ pub(super) fn bytes_of(
     if let Some(&b) = kept.get(account) {
         return Ok(b);
     }
+    let total = bytes_in(&s.names, account).map_err(db_error)?;
+    kept.insert(account.to_owned(), total);
+    Ok(total)
+}
+
+/// Bytes (keys and values) of `account`'s namespace in `names`, summed.
+pub(super) fn bytes_in(names: &sled::Tree, account: &str) -> Result<u64, sled::Error> {
     let mut total = 0;
-    for kv in s.names.scan_prefix(format!("{account}/").as_bytes()) {
-        let (k, v) = kv.map_err(db_error)?;
+    for kv in names.scan_prefix(format!("{account}/").as_bytes()) {
+        let (k, v) = kv?;
         total += (k.len() + v.len()) as u64;
     }
-    kept.insert(account.to_owned(), total);
     Ok(total)
 }
 

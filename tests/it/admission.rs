@@ -865,6 +865,19 @@ async fn namespace_values_count_against_the_quota() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("namespace"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    // And the operator's account list.
+    let mut c = c;
+    c.net.stop_coordinator().await;
+    let dir = c.net.dir.join("coordinator");
+    let listed = p2pstore::coordinator::admin_offline(
+        &dir,
+        p2pstore::proto::AdminAction::ListAccounts,
+        &c.net.config,
+        &c.net.clock,
+    )
+    .unwrap();
+    let mine = listed.accounts.iter().find(|a| a.account_id == c.client.account_id()).unwrap();
+    assert_eq!(mine.names, names);
     c.net.shutdown().await;
 }
 
