@@ -194,8 +194,14 @@ async fn simulated_route(
         (Method::POST, ["v2", "notices"]) => server::ok(&Removed { removed: 0 }),
         (Method::POST, ["v2", "inventory"]) => {
             sim.inventories.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let empty =
-                Inventory { shards: Vec::new(), manifests: Vec::new(), generation: None, last_notice: 0, more: false };
+            let empty = Inventory {
+                shards: Vec::new(),
+                manifests: Vec::new(),
+                generation: None,
+                last_notice: 0,
+                more: false,
+                deletions: Vec::new(),
+            };
             server::ok(&empty)
         }
         (Method::POST, ["v2", "identify"]) => {

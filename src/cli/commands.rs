@@ -155,11 +155,13 @@ pub(super) async fn operator(config: Config, action: AdminAction, json: bool) ->
     }
     if let Some(r) = &reply.recovery {
         outln!(
-            "asked {} peers holding {} shards: {} files recovered, {} placements filled in",
+            "asked {} peers holding {} shards: {} files recovered, {} placements filled in, {} files found deleted \
+             since this database's backup",
             r.peers,
             r.shards,
             r.files_recovered,
-            r.placements_filled
+            r.placements_filled,
+            r.files_deleted
         );
     }
     for node in &reply.nodes {

@@ -177,6 +177,17 @@ pub(super) fn move_placements_to_rows(s: &State) -> Result<(), crate::store::Rec
 #[error("the stored manifest does not parse")]
 pub(super) struct BadManifest;
 
+/// Forgets a file and queues the notices that tell its nodes; returns their outbox keys. Its
+/// segment rows are the caller's to drop once this is durable.
+pub(super) fn forget(s: &State, id: &str, rec: &FileRecord) -> Result<Vec<String>, crate::store::RecordError> {
+    // The notices go in the outbox with the deletion; nodes holding a shard another file
+    // also needs (identical padding shards) keep it: they count files per shard.
+    let keys = notices::deleted(s, id, rec)?;
+    s.files.remove(id)?;
+    super::accounts::disown(s, &rec.owner, id)?;
+    Ok(keys)
+}
+
 /// Deletes a file for its owner: the owning account's signature and the password's owner
 /// token, both required.
 pub(super) async fn delete(s: &State, caller: &Caller, id: &str, req: DeleteRequest) -> ApiResult {
@@ -188,11 +199,7 @@ pub(super) async fn delete(s: &State, caller: &Caller, id: &str, req: DeleteRequ
     if hex::encode(digest(&SHA256, &token)) != rec.owner_hash {
         return Err(ApiError::forbidden("wrong password for this file: not deleted"));
     }
-    // The notices go in the outbox with the deletion; nodes holding a shard another file
-    // also needs (identical padding shards) keep it: they count files per shard.
-    let keys = notices::deleted(s, id, &rec).map_err(ApiError::internal)?;
-    s.files.remove(id).map_err(ApiError::internal)?;
-    super::accounts::disown(s, &rec.owner, id).map_err(ApiError::internal)?;
+    let keys = forget(s, id, &rec).map_err(ApiError::internal)?;
     s.sync().await.map_err(ApiError::internal)?;
     s.drop_rows(rec.rows_prefix()).map_err(ApiError::internal)?;
     // Online peers are told now; the others when they are back.

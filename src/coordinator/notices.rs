@@ -76,6 +76,31 @@ pub(super) fn catch_up(s: &State, peer: &str, taken: u64) -> Result<(), RecordEr
     Ok(())
 }
 
+/// The last number handed out to `peer`'s notices (0: none yet).
+pub(super) fn last_seq(s: &State, peer: &str) -> Result<u64, RecordError> {
+    Ok(match s.meta.get(&format!("seq/{peer}"))? {
+        Some(MetaRecord::Seq(n)) => n,
+        _ => 0,
+    })
+}
+
+/// The file a deletion notice from `peer`'s inventory proves deleted without this database
+/// knowing: one this database signed, under its generation, for that peer, that it did not
+/// hand out as it is now: numbered past `handed_out` (the last number it gave the peer), or
+/// under a number its outbox holds another notice for (given out again after it was restored
+/// from an older backup, and refused). A notice it handed out itself took its file away
+/// with it.
+pub(super) fn proven_deletion(s: &State, peer: &str, handed_out: u64, notice: &Signed<Notice>) -> Option<String> {
+    let n = notice.open_by(&s.identity.public_key_hex())?;
+    let NoticeEvent::Released { file_id, deleted: true, .. } = n.event else { return None };
+    if n.peer_id != peer || generation(s).ok()? != n.generation {
+        return None;
+    }
+    let unknown = n.seq > handed_out
+        || s.outbox.get(&format!("{peer}/{:020}", n.seq)).ok()?.is_some_and(|mine| mine.notice.body != notice.body);
+    unknown.then_some(file_id)
+}
+
 fn next_seq(s: &State, peer: &str) -> Result<u64, RecordError> {
     let rec = s.meta.update(&format!("seq/{peer}"), |old| match old {
         Some(MetaRecord::Seq(n)) => Some(MetaRecord::Seq(n + 1)),
@@ -233,7 +258,7 @@ async fn deliver_to(s: &State, peer: &str) -> Result<(), RecordError> {
             break 'pages;
         }
         for (key, rec) in waiting {
-            match s.http.post_json(&format!("{}/v2/notices", p.address), &rec.notice).await {
+            match send(s, peer, &p.address, &rec.notice).await {
                 Ok(r) if r.status.is_success() => {
                     s.outbox.remove(&key)?;
                     // Nodes recognise the last RECENT_NOTICES they took when they come again
@@ -259,6 +284,28 @@ async fn deliver_to(s: &State, peer: &str) -> Result<(), RecordError> {
         s.sync().await?;
     }
     Ok(())
+}
+
+/// How long a notice's ticket is good for: its delivery.
+const TICKET_LIFE: u64 = 120;
+
+/// Posts a notice to `peer` at `address`, with a ticket vouching for its body.
+async fn send(
+    s: &State,
+    peer: &str,
+    address: &str,
+    notice: &Signed<Notice>,
+) -> Result<crate::net::client::Reply, crate::net::client::HttpError> {
+    let body = bytes::Bytes::from(serde_json::to_vec(notice).expect("wire types serialize"));
+    let ticket = s.identity.sign(&NoticeTicket {
+        peer_id: peer.to_owned(),
+        len: body.len() as u64,
+        digest: blake3::hash(&body).to_hex().to_string(),
+        expires: s.now() + TICKET_LIFE,
+    });
+    let ticket = serde_json::to_string(&ticket).expect("wire types serialize");
+    let headers = [("content-type", "application/json"), (NOTICE_HEADER, ticket.as_str())];
+    s.http.send(crate::net::client::request("POST", &format!("{address}/v2/notices"), &headers, body)?).await
 }
 
 /// Waiting notices read from the outbox at a time.

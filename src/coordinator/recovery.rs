@@ -78,6 +78,7 @@ pub(super) async fn recover_all(s: &State) -> Result<RecoveryReport, RecordError
                 total.shards += r.shards;
                 total.files_recovered += r.files_recovered;
                 total.placements_filled += r.placements_filled;
+                total.files_deleted += r.files_deleted;
             }
             Err(e) => tracing::warn!(peer = %peer, error = %e, "taking a peer's inventory failed"),
         }
@@ -107,8 +108,14 @@ async fn take_inventory(s: &State, peer: &str) -> Result<RecoveryReport, Recover
     let most = p.shards.max(placed).saturating_add(SHARDS_BEYOND_DECLARED);
     let mut after = None;
     let mut taken = 0u64;
+    let handed_out = notices::last_seq(s, peer)?;
     loop {
-        let req = InventoryRequest { peer_id: peer.to_owned(), after, expires: s.now() + 600 };
+        let req = InventoryRequest {
+            peer_id: peer.to_owned(),
+            after,
+            expires: s.now() + 600,
+            deletions_after: after.is_none().then_some(handed_out),
+        };
         let body = bytes::Bytes::from(serde_json::to_vec(&s.identity.sign(&req)).expect("wire types serialize"));
         let url = format!("{}/v2/inventory", p.address);
         let http_req = request("POST", &url, &[("content-type", "application/json")], body)?;
@@ -116,6 +123,9 @@ async fn take_inventory(s: &State, peer: &str) -> Result<RecoveryReport, Recover
         let page: Inventory = s.http.send_limited(http_req, limit).await?.json()?;
         if after.is_none() {
             adopt_generation(s, page.generation.as_deref())?;
+            for d in &page.deletions {
+                report.files_deleted += forget_deleted(s, peer, handed_out, d)? as usize;
+            }
             notices::catch_up(s, peer, page.last_notice)?;
             for copy in &page.manifests {
                 report.files_recovered += recover_file(s, copy)? as usize;
@@ -145,6 +155,18 @@ async fn take_inventory(s: &State, peer: &str) -> Result<RecoveryReport, Recover
     }
     s.sync().await.map_err(RecordError::from)?;
     Ok(report)
+}
+
+/// Forgets the file a deletion notice in a peer's inventory proves deleted after this
+/// database's backup (the owner deleted it; the restored database still listed it, and its
+/// audits failed the honest nodes that had let its shards go). Whether it was known.
+fn forget_deleted(s: &State, peer: &str, handed_out: u64, notice: &Signed<Notice>) -> Result<bool, RecordError> {
+    let Some(id) = notices::proven_deletion(s, peer, handed_out, notice) else { return Ok(false) };
+    let Some(rec) = s.files.get(&id)? else { return Ok(false) };
+    super::files::forget(s, &id, &rec)?;
+    s.drop_rows(rec.rows_prefix())?;
+    tracing::info!(file = %id, peer = %peer, "a file deleted after this database's backup is forgotten");
+    Ok(true)
 }
 
 /// A fresh database takes the generation its nodes remember.

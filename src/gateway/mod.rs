@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey, SimpleAuth};
 use s3s::service::S3ServiceBuilder;
 use s3s::{S3Result, s3_error};
@@ -111,6 +112,61 @@ impl S3Auth for Auth {
             s3_error!(InvalidAccessKeyId, "The AWS Access Key Id you provided does not exist in our records.")
         })
     }
+}
+
+/// Refuses what s3s takes from presigned URLs and S3 does not: an `X-Amz-Expires` over a
+/// week, and an `X-Amz-Date` in the future (its URL would live until that date and a week
+/// past it); and, as s3s does by default, any request not signed.
+struct Access;
+
+#[async_trait::async_trait]
+impl S3Access for Access {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        if cx.credentials().is_none() {
+            return Err(s3_error!(AccessDenied, "Signature is required"));
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        presigned_window(cx.uri().query().unwrap_or_default(), now)
+    }
+}
+
+/// The longest life S3 gives a presigned URL, and how far ahead of the gateway's clock its
+/// date may be.
+const PRESIGNED_MAX: u64 = 7 * 86_400;
+const CLOCK_AHEAD: u64 = 15 * 60;
+
+/// Checks a presigned URL's `X-Amz-Expires` and `X-Amz-Date` (query `query`) against S3's
+/// bounds at unix time `now`. Pure.
+fn presigned_window(query: &str, now: u64) -> S3Result<()> {
+    let param =
+        |name: &str| query.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v));
+    if let Some(expires) = param("X-Amz-Expires")
+        && expires.parse::<u64>().is_ok_and(|e| e > PRESIGNED_MAX)
+    {
+        return Err(s3_error!(
+            AuthorizationQueryParametersError,
+            "X-Amz-Expires must be less than a week (in seconds) that is 604800"
+        ));
+    }
+    if let Some(date) = param("X-Amz-Date").and_then(amz_date)
+        && date > now + CLOCK_AHEAD
+    {
+        return Err(s3_error!(AccessDenied, "Request is not valid yet"));
+    }
+    Ok(())
+}
+
+/// Unix seconds of an ISO 8601 basic date-time, `YYYYMMDD'T'HHMMSS'Z'`.
+fn amz_date(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<u16>().ok();
+    let month = time::Month::try_from(n(4..6)? as u8).ok()?;
+    let date = time::Date::from_calendar_date(n(0..4)? as i32, month, n(6..8)? as u8).ok()?;
+    let t = date.with_hms(n(9..11)? as u8, n(11..13)? as u8, n(13..15)? as u8).ok()?;
+    u64::try_from(t.assume_utc().unix_timestamp()).ok()
 }
 
 /// The request with its body polled once already, so that hyper answers `Expect:
@@ -250,10 +306,31 @@ pub async fn bind(client: Client, password: &[u8], opts: GatewayOptions) -> Resu
         opts.credentials.access_key.clone(),
         opts.credentials.secret_key.as_str(),
     )));
+    b.set_access(Access);
     let service = b.build();
     let addr = format!("{}:{}", opts.host, opts.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|source| GatewayError::Bind { addr: addr.clone(), source })?;
     Ok(Bound { listener, service })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presigned_urls_live_a_week_at_most_and_not_from_the_future() {
+        let now = amz_date("20261126T120000Z").unwrap();
+        assert_eq!(now, 1_795_694_400);
+        let q = |date: &str, expires: u64| {
+            format!("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date={date}&X-Amz-Expires={expires}")
+        };
+        assert!(presigned_window(&q("20261126T120000Z", 604_800), now).is_ok());
+        assert!(presigned_window(&q("20261126T120000Z", 604_801), now).is_err());
+        assert!(presigned_window(&q("20261126T121400Z", 60), now).is_ok(), "a clock a little ahead");
+        assert!(presigned_window(&q("20261129T120000Z", 60), now).is_err(), "three days ahead");
+        assert!(presigned_window("list-type=2&prefix=a", now).is_ok(), "not presigned");
+        assert_eq!(amz_date("2026-11-26T12:00:00Z"), None);
+    }
 }

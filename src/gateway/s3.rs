@@ -1168,9 +1168,13 @@ impl S3 for Gateway {
     async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
         let input = req.input;
         check_key(&input.key)?;
-        let CopySource::Bucket { bucket: sb, key: sk, .. } = &input.copy_source else {
+        let CopySource::Bucket { bucket: sb, key: sk, version_id } = &input.copy_source else {
             return Err(s3_error!(NotImplemented, "only bucket/key copy sources are supported"));
         };
+        // Objects have no versions here: copying "a version" of one would copy another thing.
+        if version_id.is_some() {
+            return Err(s3_error!(InvalidArgument, "Invalid version id specified (this gateway keeps no versions)"));
+        }
         let (sb, sk) = (sb.to_string(), sk.to_string());
         let src = self.get_object_record(&sb, &sk).await?;
         check_conditions(

@@ -99,6 +99,8 @@ struct State {
     notices: tokio::sync::Mutex<()>,
     /// Bytes of notice bodies being read at once (see `routes::NOTICE_BUDGET`).
     notice_bytes: tokio::sync::Semaphore,
+    /// Bytes of notice bodies nobody vouched for being read at once (see `routes::UNVOUCHED_BUDGET`).
+    unvouched_notice_bytes: tokio::sync::Semaphore,
     /// The last heartbeat's `seq`: each one is strictly greater.
     seq: std::sync::atomic::AtomicU64,
     bytes_in: IntCounter,
@@ -180,6 +182,7 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         seq: std::sync::atomic::AtomicU64::new(0),
         notices: tokio::sync::Mutex::new(()),
         notice_bytes: tokio::sync::Semaphore::new(routes::NOTICE_BUDGET),
+        unvouched_notice_bytes: tokio::sync::Semaphore::new(routes::UNVOUCHED_BUDGET),
         pow_bits: OnceCell::new(),
         coordinator_id: OnceCell::new(),
         bytes_in: metrics.add(IntCounter::new("shard_bytes_in_total", "Shard bytes stored").expect("valid")),
@@ -344,12 +347,18 @@ async fn report_damage(s: &State) {
     }
 }
 
-/// Empties the trash of what was put there longer ago than the retention, every hour.
+/// How long a node keeps the deletion notices it took: a coordinator restored from a backup
+/// at most this old learns from them what was deleted since (`coordinator recover`).
+const DELETIONS_KEPT: u64 = 90 * 86_400;
+
+/// Empties the trash of what was put there longer ago than the retention, and forgets
+/// deletion notices older than [`DELETIONS_KEPT`], every hour.
 async fn empty_trash(s: Arc<State>, retention: u64, mut shutdown: Shutdown) {
     while !shutdown.sleep(Duration::from_secs(3600).min(Duration::from_secs(retention.max(1)))).await {
         let s2 = s.clone();
-        let cutoff = s.clock.now().saturating_sub(retention);
-        match tokio::task::spawn_blocking(move || s2.store.empty_trash(cutoff)).await {
+        let (cutoff, forget) = (s.clock.now().saturating_sub(retention), s.clock.now().saturating_sub(DELETIONS_KEPT));
+        let emptied = move || s2.store.forget_deletions(forget).and_then(|_| s2.store.empty_trash(cutoff));
+        match tokio::task::spawn_blocking(emptied).await {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => tracing::info!(removed = n, "trash emptied"),
             Ok(Err(e)) => tracing::warn!(error = %e, "emptying the trash failed"),

@@ -256,6 +256,10 @@ fn remembered<T: Message + ForPeer + Clone>(
     Ok(m)
 }
 
+/// Bytes of deletion notices an inventory carries at most (the coordinator reads its first
+/// page up to 256 MiB).
+const DELETIONS_PAGE: usize = 64 << 20;
+
 /// Orders or grants remembered at once: far more than uploads running at the same time.
 const MAX_KNOWN: usize = 1024;
 
@@ -282,7 +286,7 @@ async fn audit(s: &Arc<State>, signed: Signed<Challenge>) -> ApiResult {
     let proofs = blocking(move || {
         Ok(items
             .iter()
-            .map(|item| s2.store.get(&item.shard_id).ok().flatten().and_then(|b| merkle::prove(&b, item.chunk)))
+            .map(|item| s2.store.get_held(&item.shard_id).ok().flatten().and_then(|b| merkle::prove(&b, item.chunk)))
             .collect())
     })
     .await?;
@@ -314,6 +318,9 @@ async fn notice(s: &Arc<State>, signed: Signed<Notice>) -> ApiResult {
         Ok(Take::New) => {}
     }
     let (s2, now) = (s.clone(), s.clock.now());
+    // Kept signed: a coordinator restored from a backup older than the deletion learns of it.
+    let deletion = matches!(n.event, NoticeEvent::Released { deleted: true, .. })
+        .then(|| serde_json::to_vec(&signed).expect("serializes"));
     let removed = blocking(move || {
         let st = &s2.store;
         let r = (|| {
@@ -332,8 +339,9 @@ async fn notice(s: &Arc<State>, signed: Signed<Notice>) -> ApiResult {
                     r => r?,
                 },
                 NoticeEvent::Released { file_id, shard_ids, deleted } => {
-                    if deleted {
+                    if let Some(signed) = deletion.filter(|_| deleted) {
                         st.drop_manifest(&file_id)?;
+                        st.keep_deletion(n.seq, &file_id, now, &signed)?;
                     }
                     st.release(&file_id, &shard_ids, now)?
                 }
@@ -357,9 +365,13 @@ async fn notice(s: &Arc<State>, signed: Signed<Notice>) -> ApiResult {
 /// MB of hex).
 const NOTICE_BODY: usize = 16 << 20;
 
-/// Bytes of notice bodies read at once, from everyone together: the coordinator sends a node
-/// one notice at a time, so this is room for it and one more.
+/// Bytes of notice bodies its coordinator vouched for (a `NoticeTicket`) read at once: it
+/// sends a node one notice at a time, so this is room for it and one more.
 pub(super) const NOTICE_BUDGET: usize = 2 * NOTICE_BODY;
+
+/// Bytes of notice bodies nobody vouched for read at once (coordinators before tickets): a
+/// lane of their own, which strangers may fill.
+pub(super) const UNVOUCHED_BUDGET: usize = NOTICE_BODY;
 
 /// How long a notice waits for room in [`NOTICE_BUDGET`] before it is answered 503 (the
 /// coordinator delivers it again later).
@@ -367,9 +379,13 @@ const NOTICE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A notice's body, read only after what is cheap was checked: the body declares its length
 /// (a coordinator always does; a chunked body is refused unread, 411), the length is at most
-/// [`NOTICE_BODY`] (413), this node has a coordinator (503), and that many bytes fit in
-/// [`NOTICE_BUDGET`] with the notices being read (503 after [`NOTICE_WAIT`]). The signature is
-/// inside the body, so this is what bounds what strangers can make a node hold: 32 MiB.
+/// [`NOTICE_BODY`] (413), this node has a coordinator (503), a ticket in the header, if any,
+/// is its coordinator's for this body (403), and that many bytes fit in the lane's budget
+/// with the notices being read (503 after [`NOTICE_WAIT`]): [`NOTICE_BUDGET`] for vouched
+/// bodies, [`UNVOUCHED_BUDGET`] for the rest. The notice's signature is inside the body, so
+/// this is what bounds what strangers can make a node hold (16 MiB), and strangers who hold
+/// their lane (round 5 of the attacks: two connections sending a byte every 20 s blocked a
+/// node's notices for as long as they liked) hold nobody's notices but their own.
 async fn notice_body(s: &State, req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
     let declared = server::declared_len(req.headers()).ok_or_else(|| {
         ApiError::new(StatusCode::LENGTH_REQUIRED, "a notice must declare its length (Content-Length)")
@@ -379,13 +395,30 @@ async fn notice_body(s: &State, req: Request<Incoming>) -> Result<bytes::Bytes, 
         return server::read_body(req, NOTICE_BODY).await;
     }
     coordinator_key(s)?;
+    let ticket = match req.headers().get(NOTICE_HEADER) {
+        Some(h) => {
+            let signed: Signed<NoticeTicket> = serde_json::from_slice(h.as_bytes())
+                .map_err(|e| ApiError::bad_request(format!("malformed notice ticket: {e}")))?;
+            let t = addressed_to_me(s, &signed, "notice ticket")?;
+            if t.len != declared {
+                return Err(ApiError::bad_request("the notice's length is not its ticket's"));
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    let lane = if ticket.is_some() { &s.notice_bytes } else { &s.unvouched_notice_bytes };
     let busy = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many notices are being read; try again later");
     let want = u32::try_from(declared).expect("at most NOTICE_BODY");
-    let _room = tokio::time::timeout(NOTICE_WAIT, s.notice_bytes.acquire_many(want))
+    let _room = tokio::time::timeout(NOTICE_WAIT, lane.acquire_many(want))
         .await
         .map_err(|_| busy())?
         .map_err(ApiError::internal)?;
-    server::read_body(req, declared as usize).await
+    let body = server::read_body(req, declared as usize).await?;
+    if ticket.is_some_and(|t| t.digest != blake3::hash(&body).to_hex().as_str()) {
+        return Err(ApiError::bad_request("the notice's body is not its ticket's"));
+    }
+    Ok(body)
 }
 
 /// Shards in one inventory page.
@@ -413,8 +446,17 @@ async fn inventory(s: &Arc<State>, signed: Signed<InventoryRequest>) -> ApiResul
                 .collect(),
             Some(_) => Vec::new(),
         };
+        let deletions = match (req.after, req.deletions_after) {
+            (None, Some(after)) => st
+                .deletions_after(after, DELETIONS_PAGE)
+                .map_err(ApiError::internal)?
+                .iter()
+                .filter_map(|d| serde_json::from_slice(d).ok())
+                .collect(),
+            _ => Vec::new(),
+        };
         let mark = st.mark().map_err(ApiError::internal)?;
-        Ok(Inventory { shards, manifests, generation: mark.generation, last_notice: mark.last_notice, more })
+        Ok(Inventory { shards, manifests, generation: mark.generation, last_notice: mark.last_notice, more, deletions })
     })
     .await?;
     ok(&page)

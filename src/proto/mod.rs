@@ -20,6 +20,8 @@ pub const VERSION: u32 = 2;
 pub const ORDER_HEADER: &str = "x-p2pstore-order";
 /// Header carrying a `Signed<ReadGrant>` (JSON) on a shard GET.
 pub const GRANT_HEADER: &str = "x-p2pstore-grant";
+/// Header carrying a `Signed<NoticeTicket>` (JSON) on a notice's POST.
+pub const NOTICE_HEADER: &str = "x-p2pstore-notice";
 /// A signed request's time may differ from the receiver's clock by this many seconds.
 pub const CLOCK_SKEW: u64 = 300;
 /// Largest JSON body any route accepts (a commit of a ~100 GiB file fits).
@@ -529,13 +531,16 @@ pub struct BackupRecord {
 }
 
 /// What a recovery from the network found: peers asked, shards they hold, files rebuilt from
-/// manifest copies, and placements filled in.
+/// manifest copies, placements filled in, and files found deleted after the database's
+/// backup (by deletion notices of its own that nodes kept).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RecoveryReport {
     pub peers: usize,
     pub shards: usize,
     pub files_recovered: usize,
     pub placements_filled: usize,
+    #[serde(default)]
+    pub files_deleted: usize,
 }
 
 /// Node → coordinator under `[security] node_admission = "allowlist"`: who may register.
@@ -632,6 +637,9 @@ pub struct InventoryRequest {
     /// Shards after this id (None: from the start).
     pub after: Option<ShardId>,
     pub expires: u64,
+    /// Also send the deletion notices kept that are numbered after this (first page only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletions_after: Option<u64>,
 }
 
 /// Node → coordinator: a page of its shards and the files that need them, the manifest
@@ -645,6 +653,10 @@ pub struct Inventory {
     pub last_notice: u64,
     /// Whether more pages follow.
     pub more: bool,
+    /// Deletion notices this node took numbered after the request's `deletions_after`: a
+    /// coordinator restored from an older backup learns from them what was deleted since.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletions: Vec<Signed<Notice>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -672,6 +684,7 @@ message! {
     PutOrder => "put-order",
     Receipt => "receipt",
     Notice => "notice",
+    NoticeTicket => "notice-ticket",
     ManifestCopy => "manifest-copy",
     InventoryRequest => "inventory",
     Challenge => "audit-challenge",
@@ -705,6 +718,20 @@ for_peer!(PutOrder, expires);
 for_peer!(Challenge, deadline);
 for_peer!(InventoryRequest, expires);
 for_peer!(ReadGrant, expires);
+
+/// Coordinator → node, signed, in the header of a notice's POST: the body that follows, by
+/// length and BLAKE3 hash (hex). A node reads bodies so vouched for with room of their own,
+/// so strangers who declare large notice bodies and send them slowly do not hold notices up
+/// (the notice's own signature is inside its body).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NoticeTicket {
+    pub peer_id: String,
+    pub len: u64,
+    pub digest: String,
+    pub expires: u64,
+}
+
+for_peer!(NoticeTicket, expires);
 
 impl ForPeer for Notice {
     fn peer_id(&self) -> &str {

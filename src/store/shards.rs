@@ -36,6 +36,15 @@ fn trash_file(data_dir: &Path, id: &ShardId) -> PathBuf {
     data_dir.join("trash").join(id.to_hex())
 }
 
+/// A file's bytes, or None when it is not there.
+fn read_if_there(path: &Path) -> io::Result<Option<Bytes>> {
+    match read_whole(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("node is full: {used} of {capacity} bytes used, {wanted} more requested")]
@@ -83,6 +92,14 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Whether nothing is known of who needs the shard: an entry adopted from a file found
+    /// without one (the index lost or restored older than the shards). Such a shard is read
+    /// under any grant and never taken for garbage until a notice names its file again (a
+    /// lost index made every read of a healthy node fail while its audits passed).
+    fn references_unknown(&self) -> bool {
+        self.uploads.is_empty() && self.files.is_empty() && !self.more
+    }
+
     fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("entries serialize")
     }
@@ -228,6 +245,9 @@ pub struct ShardStore {
     refs: sled::Tree,
     /// The mark's recent notices: sequence number (big-endian) → digest.
     recent: sled::Tree,
+    /// Deletion notices taken: `seq (20 digits)/file id` → when (8 bytes, big-endian) and the
+    /// signed notice, for a coordinator restored from a backup older than the deletion.
+    deletions: sled::Tree,
     /// The mark as last read or written: taking a notice reads it, and it changes only here.
     mark: Mutex<Option<CoordinatorMark>>,
     used: AtomicU64,
@@ -298,6 +318,7 @@ impl ShardStore {
             unreported: db.open_tree("unreported_damage")?,
             recent: db.open_tree("recent_notices")?,
             refs: db.open_tree("refs")?,
+            deletions: db.open_tree("deletions")?,
             mark: Mutex::new(None),
             db,
             group: crate::store::GroupCommit::new(),
@@ -419,10 +440,9 @@ impl ShardStore {
 
     /// Whether a read grant for `upload` covers shard `id` (`ANY`: every shard).
     pub fn readable_by(&self, id: &ShardId, upload: &str) -> bool {
-        self.entry(id)
-            .ok()
-            .flatten()
-            .is_some_and(|e| upload == ANY || self.has_ref(&e, id, UPLOAD_REF, upload).unwrap_or(false))
+        self.entry(id).ok().flatten().is_some_and(|e| {
+            upload == ANY || e.references_unknown() || self.has_ref(&e, id, UPLOAD_REF, upload).unwrap_or(false)
+        })
     }
 
     fn list(e: &mut Entry, kind: u8) -> &mut Vec<String> {
@@ -479,10 +499,19 @@ impl ShardStore {
         if !self.contains(id) {
             return Ok(None);
         }
-        match read_whole(&self.path(id)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+        read_if_there(&self.path(id))
+    }
+
+    /// A shard held, in the index or in the trash: what an audit may ask of this node (a
+    /// coordinator restored from a backup older than a deletion still places the deleted
+    /// file's shards here, and the node that holds them is honest).
+    pub fn get_held(&self, id: &ShardId) -> io::Result<Option<Bytes>> {
+        match self.get(id)? {
+            Some(b) => Ok(Some(b)),
+            None if self.trash.contains_key(key(id)).map_err(io::Error::other)? => {
+                read_if_there(&trash_file(&self.dir, id))
+            }
+            None => Ok(None),
         }
     }
 
@@ -545,7 +574,10 @@ impl ShardStore {
         for id in shards {
             let _guard = self.lock(id);
             let Some(e) = self.entry(id)? else { continue };
-            if !e.files.is_empty() || self.more_refs(&e, id, FILE_REF).next().transpose()?.is_some() {
+            if e.references_unknown()
+                || !e.files.is_empty()
+                || self.more_refs(&e, id, FILE_REF).next().transpose()?.is_some()
+            {
                 continue;
             }
             let mut ended = true;
@@ -668,6 +700,42 @@ impl ShardStore {
     pub fn drop_manifest(&self, file: &str) -> Result<(), StoreError> {
         self.manifests.remove(file)?;
         Ok(())
+    }
+
+    /// Keeps the signed deletion notice number `seq` of `file` (its JSON), taken at `at`.
+    pub fn keep_deletion(&self, seq: u64, file: &str, at: u64, notice: &[u8]) -> Result<(), StoreError> {
+        let mut v = at.to_be_bytes().to_vec();
+        v.extend_from_slice(notice);
+        self.deletions.insert(format!("{seq:020}/{file}"), v)?;
+        Ok(())
+    }
+
+    /// The deletion notices kept that are numbered after `after`, in order, up to about
+    /// `max_bytes` of them.
+    pub fn deletions_after(&self, after: u64, max_bytes: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let (mut out, mut bytes) = (Vec::new(), 0);
+        for kv in self.deletions.range(format!("{:020}", after.saturating_add(1)).as_bytes()..) {
+            let v = kv?.1;
+            if bytes + v.len() > max_bytes {
+                break;
+            }
+            bytes += v.len();
+            out.push(v.get(8..).unwrap_or_default().to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Forgets the deletion notices taken before `older_than`; returns how many.
+    pub fn forget_deletions(&self, older_than: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.deletions.iter() {
+            let (k, v) = kv?;
+            if v.get(..8).is_some_and(|at| u64::from_be_bytes(at.try_into().expect("8 bytes")) < older_than) {
+                self.deletions.remove(k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Every manifest copy kept.
@@ -887,6 +955,43 @@ mod tests {
         assert_eq!((s.used(), s.count()), (70, 2));
         assert_eq!(crate::sys::fs::TEMP_MARK, TEMP_MARK);
         assert_eq!(fs::read_dir(dir.path().join("shards").join(&hex[..2])).unwrap().count(), 1);
+        // Who needs an adopted shard is not known: any grant reads it, and a file's release
+        // does not make it garbage; a notice naming its file makes it an ordinary entry.
+        assert!(s.readable_by(&b, "u9"));
+        assert_eq!(s.release("f1", &[b], 9).unwrap(), 0);
+        assert!(s.contains(&b));
+        s.commit("u9", "f9", &[b], false, 9).unwrap();
+        assert!(s.readable_by(&b, "u9") && !s.readable_by(&b, "u8"));
+    }
+
+    #[test]
+    fn deletion_notices_are_kept_in_order_and_forgotten_when_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ShardStore::open(dir.path(), 100).unwrap();
+        for (seq, file, at) in [(3, "f3", 30), (12, "f12", 120), (7, "f7", 70)] {
+            s.keep_deletion(seq, file, at, file.as_bytes()).unwrap();
+        }
+        assert_eq!(s.deletions_after(0, 1 << 20).unwrap(), [b"f3".to_vec(), b"f7".to_vec(), b"f12".to_vec()]);
+        assert_eq!(s.deletions_after(7, 1 << 20).unwrap(), [b"f12".to_vec()]);
+        assert_eq!(s.deletions_after(0, 20).unwrap().len(), 2, "bounded in bytes");
+        assert_eq!(s.forget_deletions(100).unwrap(), 2);
+        assert_eq!(s.deletions_after(0, 1 << 20).unwrap(), [b"f12".to_vec()]);
+    }
+
+    #[test]
+    fn a_lost_index_keeps_every_shard_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ShardId([1; 32]);
+        {
+            let s = ShardStore::open(dir.path(), 100).unwrap();
+            s.put(&a, &[7; 60], "u1", 1).unwrap();
+            s.commit("u1", "f1", &[a], true, 2).unwrap();
+        }
+        fs::remove_dir_all(dir.path().join("index")).unwrap();
+        let s = ShardStore::open(dir.path(), 100).unwrap();
+        assert!(s.readable_by(&a, "u1"), "the upload a reader's grant names");
+        assert_eq!(s.release("f2", &[a], 3).unwrap(), 0, "another file's release");
+        assert_eq!(s.get(&a).unwrap().unwrap().len(), 60);
     }
 
     #[test]

@@ -889,7 +889,7 @@ async fn inventory(
     let mut out = HashMap::new();
     let mut after = None;
     loop {
-        let req = InventoryRequest { peer_id: peer.to_owned(), after, expires: now() + 600 };
+        let req = InventoryRequest { peer_id: peer.to_owned(), after, expires: now() + 600, deletions_after: None };
         let r = h.post_json(&format!("{url}/v2/inventory"), &key.sign(&req)).await;
         let inv: Inventory = r.and_then(|r| r.json()).map_err(|e| e.to_string())?;
         after = inv.shards.last().map(|s| s.shard_id);

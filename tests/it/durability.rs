@@ -103,6 +103,77 @@ async fn a_database_restored_from_an_older_backup_deletes_nothing_until_it_caugh
     c.net.shutdown().await;
 }
 
+/// The owner deleted a file after the backup the operator restores. The restored database
+/// still listed it and audited the nodes for its shards, which they had let go (to their
+/// trash) on its own notice: every honest node failed, and all were disqualified within
+/// seconds of the restore (found by an attacker helper). Nodes now prove what their trash
+/// holds, and keep the deletion notices they took: recovery learns the deletion from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_deleted_after_the_backup_costs_the_nodes_nothing_and_stays_deleted() {
+    let mut c = Cluster::start_with(5, fast_config()).await;
+    let x = data(PER_SEGMENT + 3, 7);
+    let z = data(2 * PER_SEGMENT, 8);
+    let ix = c.client.upload(&c.write("x", &x), b"pw", params(2, 5), None).await.unwrap();
+    let iz = c.client.upload(&c.write("z", &z), b"pw", params(2, 5), None).await.unwrap();
+    c.net.stop_coordinator().await;
+    let db = c.net.dir.join("coordinator").join("db");
+    let backup = c.path("backup-db");
+    copy_dir(&db, &backup);
+    c.net.start_coordinator().await.unwrap();
+    let before = holdings(&c).iter().sum::<usize>();
+    c.client.remove(&iz, b"pw").await.unwrap();
+    until("z's shards trashed", 30, || async { holdings(&c).iter().sum::<usize>() < before }).await;
+
+    c.net.stop_coordinator().await;
+    std::fs::remove_dir_all(&db).unwrap();
+    copy_dir(&backup, &db);
+    c.net.start_coordinator().await.unwrap();
+    // Audits of z's shards are answered from the trash: nobody loses reputation.
+    let passed = |peers: Vec<PeerView>| peers.iter().map(|p| p.audits_passed as u64).sum::<u64>();
+    let start = passed(c.client.peers().await.unwrap());
+    until("audits of every peer", 60, || async { passed(c.client.peers().await.unwrap()) >= start + 15 }).await;
+    for p in c.client.peers().await.unwrap() {
+        assert!(p.reputation > 0.999 && p.status != PeerStatus::Disqualified, "{p:?}");
+    }
+    // Recovery learns the deletion from the nodes' signed notices: z is gone, x is whole.
+    let h = http::Client::default();
+    let signed =
+        p2pstore::coordinator::admin_request(&c.net.dir.join("coordinator"), AdminAction::Recover, &c.net.clock)
+            .unwrap();
+    let r = h.post_json(&format!("{}/v2/admin", c.net.url()), &signed).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.error_message());
+    let report: AdminReply = r.json().unwrap();
+    assert_eq!(report.recovery.unwrap().files_deleted, 1);
+    let listed: Vec<String> = c.client.list().await.unwrap().into_iter().map(|f| f.file_id).collect();
+    assert_eq!(listed, vec![ix.to_string()]);
+    assert_eq!(c.client.account().await.unwrap().files, 1);
+    let out = c.path("x.out");
+    c.client.download(&ix, b"pw", Some(&out), true, None).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == x);
+    c.net.shutdown().await;
+}
+
+/// An operator deleted the index of three of four nodes (sled reported corruption, or only
+/// the shard files were restored): each node adopts its shard files without knowing who
+/// needs them. Every read was refused ("no shard here for upload"), while audits, which read
+/// under the coordinator's grant, passed: the file was lost to readers and nothing repaired it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_lost_their_index_still_serve_their_shards() {
+    let mut c = Cluster::start_with(4, fast_config()).await;
+    let x = data(2 * PER_SEGMENT + 5, 6);
+    let ix = c.client.upload(&c.write("x", &x), b"pw", params(2, 4), None).await.unwrap();
+    for i in 0..3 {
+        c.net.stop_node(i).await;
+        std::fs::remove_dir_all(c.net.node_dir(i).join("index")).unwrap();
+        c.net.start_node(i).await.unwrap();
+    }
+    c.net.stop_node(3).await;
+    let out = c.path("x.out");
+    c.client.download(&ix, b"pw", Some(&out), true, None).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == x);
+    c.net.shutdown().await;
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

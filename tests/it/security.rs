@@ -126,7 +126,8 @@ async fn captured_messages_are_refused_on_every_other_route_and_when_replayed() 
     let file_id = id.to_string();
     let release = NoticeEvent::Released { file_id, shard_ids: held.clone(), deleted: true };
     let notice = Notice { peer_id: node.peer_id.clone(), generation: "g".into(), seq: 1, event: release };
-    let inventory = InventoryRequest { peer_id: node.peer_id.clone(), after: None, expires: later };
+    let inventory =
+        InventoryRequest { peer_id: node.peer_id.clone(), after: None, expires: later, deletions_after: None };
     let challenge = Challenge { peer_id: node.peer_id.clone(), nonce: "n".into(), items: Vec::new(), deadline: later };
     let coord_msgs: Vec<(&str, String)> = vec![
         ("notice", serde_json::to_string(&coordinator.sign(&notice)).unwrap()),

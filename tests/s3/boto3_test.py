@@ -96,6 +96,8 @@ s3.copy_object(Bucket=B, Key="copy2", CopySource=f"{B}/a/b c+d.bin", MetadataDir
                Metadata={"n": "1"}, ContentType="text/plain")
 h = s3.head_object(Bucket=B, Key="copy2")
 check("copy REPLACE metadata", h["Metadata"] == {"n": "1"} and h["ContentType"] == "text/plain", h)
+c, st = err(s3.copy_object, Bucket=B, Key="copy3", CopySource={"Bucket": B, "Key": "a/b c+d.bin", "VersionId": "v1"})
+check("copy of a version -> 400 (no versions kept)", (c, st) == ("InvalidArgument", 400), (c, st))
 
 # --- listing with paging / prefix / delimiter
 keys = [f"list/d{i % 3}/k{i:03d}" for i in range(25)] + [f"list/top{i}" for i in range(4)] + ["list/sp ace/x", "list/pl+us"]
@@ -190,6 +192,13 @@ try:
     check("tampered presigned -> 403", False)
 except urllib.error.HTTPError as e:
     check("tampered presigned -> 403", e.code == 403, e.code)
+# S3's bound on a presigned URL's life: a week.
+url = s3.generate_presigned_url("get_object", Params={"Bucket": B, "Key": "a/b c+d.bin"}, ExpiresIn=604801)
+try:
+    urllib.request.urlopen(url)
+    check("presigned for more than a week -> 400", False)
+except urllib.error.HTTPError as e:
+    check("presigned for more than a week -> 400", e.code == 400 and b"AuthorizationQueryParametersError" in e.read(), e.code)
 
 # --- auth failures
 c, st = err(client(sk="wrong-secret").list_buckets)
