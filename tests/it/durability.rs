@@ -58,40 +58,54 @@ async fn a_lost_database_deletes_nothing_and_is_rebuilt_from_the_network() {
     c.net.shutdown().await;
 }
 
+/// A backup of the coordinator's database, taken while it is stopped (a copy of its directory).
+async fn backup(c: &mut Cluster) -> std::path::PathBuf {
+    c.net.stop_coordinator().await;
+    let backup = c.path("backup-db");
+    copy_dir(&c.net.dir.join("coordinator").join("db"), &backup);
+    c.net.start_coordinator().await.unwrap();
+    backup
+}
+
+/// The operator restores `backup` in place of the coordinator's database.
+async fn restore(c: &mut Cluster, backup: &std::path::Path) {
+    c.net.stop_coordinator().await;
+    let db = c.net.dir.join("coordinator").join("db");
+    std::fs::remove_dir_all(&db).unwrap();
+    copy_dir(backup, &db);
+    c.net.start_coordinator().await.unwrap();
+}
+
+/// The operator's `coordinator recover`, against the running coordinator.
+async fn recover(c: &Cluster) -> RecoveryReport {
+    let signed =
+        p2pstore::coordinator::admin_request(&c.net.dir.join("coordinator"), AdminAction::Recover, &c.net.clock)
+            .unwrap();
+    let r = http::Client::default().post_json(&format!("{}/v2/admin", c.net.url()), &signed).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.error_message());
+    r.json::<AdminReply>().unwrap().recovery.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restored_from_an_older_backup_deletes_nothing_until_it_caught_up() {
     let mut c = Cluster::start_with(5, fast_config()).await;
     let x = data(2 * PER_SEGMENT, 3);
     let ix = c.client.upload(&c.write("x", &x), b"pw", params(2, 5), None).await.unwrap();
-    // A backup, taken while stopped (a copy of the database directory).
-    c.net.stop_coordinator().await;
-    let db = c.net.dir.join("coordinator").join("db");
-    let backup = c.path("backup-db");
-    copy_dir(&db, &backup);
-    c.net.start_coordinator().await.unwrap();
+    let backup = backup(&mut c).await;
     // Work after the backup: a file committed, which the backup does not know.
     let y = data(PER_SEGMENT + 7, 4);
     let iy = c.client.upload(&c.write("y", &y), b"pw", params(2, 5), None).await.unwrap();
     rounds(&c, "repair", 2.0).await; // heartbeats have carried the counter to the nodes
     let before = holdings(&c);
 
-    // The operator restores the older backup.
-    c.net.stop_coordinator().await;
-    std::fs::remove_dir_all(&db).unwrap();
-    copy_dir(&backup, &db);
-    c.net.start_coordinator().await.unwrap();
+    restore(&mut c, &backup).await;
     // Its deletions are refused: the owner's delete of x is recorded, the shards stay.
     c.client.remove(&ix, b"pw").await.unwrap();
     rounds(&c, "gc", 3.0).await;
     assert_eq!(holdings(&c), before, "nothing deleted by a database that went back in time");
     // Recovery brings y back, and moves the counter past what the nodes saw: the deletion
     // of x, still queued, is taken then.
-    let h = http::Client::default();
-    let signed =
-        p2pstore::coordinator::admin_request(&c.net.dir.join("coordinator"), AdminAction::Recover, &c.net.clock)
-            .unwrap();
-    let r = h.post_json(&format!("{}/v2/admin", c.net.url()), &signed).await.unwrap();
-    assert_eq!(r.status, 200, "{}", r.error_message());
+    recover(&c).await;
     let out = c.path("y.out");
     until("y recovered", 30, || async { c.client.info(&iy).await.is_ok() }).await;
     c.client.download(&iy, b"pw", Some(&out), false, None).await.unwrap();
@@ -115,19 +129,12 @@ async fn a_file_deleted_after_the_backup_costs_the_nodes_nothing_and_stays_delet
     let z = data(2 * PER_SEGMENT, 8);
     let ix = c.client.upload(&c.write("x", &x), b"pw", params(2, 5), None).await.unwrap();
     let iz = c.client.upload(&c.write("z", &z), b"pw", params(2, 5), None).await.unwrap();
-    c.net.stop_coordinator().await;
-    let db = c.net.dir.join("coordinator").join("db");
-    let backup = c.path("backup-db");
-    copy_dir(&db, &backup);
-    c.net.start_coordinator().await.unwrap();
+    let backup = backup(&mut c).await;
     let before = holdings(&c).iter().sum::<usize>();
     c.client.remove(&iz, b"pw").await.unwrap();
     until("z's shards trashed", 30, || async { holdings(&c).iter().sum::<usize>() < before }).await;
 
-    c.net.stop_coordinator().await;
-    std::fs::remove_dir_all(&db).unwrap();
-    copy_dir(&backup, &db);
-    c.net.start_coordinator().await.unwrap();
+    restore(&mut c, &backup).await;
     // Audits of z's shards are answered from the trash: nobody loses reputation.
     let passed = |peers: Vec<PeerView>| peers.iter().map(|p| p.audits_passed as u64).sum::<u64>();
     let start = passed(c.client.peers().await.unwrap());
@@ -136,14 +143,7 @@ async fn a_file_deleted_after_the_backup_costs_the_nodes_nothing_and_stays_delet
         assert!(p.reputation > 0.999 && p.status != PeerStatus::Disqualified, "{p:?}");
     }
     // Recovery learns the deletion from the nodes' signed notices: z is gone, x is whole.
-    let h = http::Client::default();
-    let signed =
-        p2pstore::coordinator::admin_request(&c.net.dir.join("coordinator"), AdminAction::Recover, &c.net.clock)
-            .unwrap();
-    let r = h.post_json(&format!("{}/v2/admin", c.net.url()), &signed).await.unwrap();
-    assert_eq!(r.status, 200, "{}", r.error_message());
-    let report: AdminReply = r.json().unwrap();
-    assert_eq!(report.recovery.unwrap().files_deleted, 1);
+    assert_eq!(recover(&c).await.files_deleted, 1);
     let listed: Vec<String> = c.client.list().await.unwrap().into_iter().map(|f| f.file_id).collect();
     assert_eq!(listed, vec![ix.to_string()]);
     assert_eq!(c.client.account().await.unwrap().files, 1);
