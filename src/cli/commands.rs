@@ -124,14 +124,19 @@ pub(super) async fn account_show(config: Config, json: bool) -> anyhow::Result<(
 }
 
 /// An operator's command for the running coordinator whose data directory (and key) is
-/// `[coordinator] data_dir`, signed with that key.
+/// `[coordinator] data_dir`, signed with that key, sent to the port that coordinator said it
+/// listens on (else the configured one).
 async fn ask_running(config: &Config, action: AdminAction) -> anyhow::Result<AdminReply> {
     let dir = &config.coordinator.data_dir;
     let signed = coordinator::admin_request(dir, action, &Clock::system())?;
     let c = &config.coordinator;
+    let port = std::fs::read_to_string(dir.join(coordinator::LISTENING))
+        .ok()
+        .and_then(|p| p.trim().parse::<u16>().ok())
+        .unwrap_or(c.port);
     let host = if c.host == "0.0.0.0" || c.host == "::" { "127.0.0.1" } else { &c.host };
     let scheme = if config.tls.cert.is_some() { "https" } else { "http" };
-    let url = format!("{scheme}://{host}:{}/v2/admin", c.port);
+    let url = format!("{scheme}://{host}:{port}/v2/admin");
     let reply = crate::net::client::Client::default().post_json(&url, &signed).await;
     reply
         .and_then(|r| r.json())

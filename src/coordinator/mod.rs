@@ -78,6 +78,9 @@ pub fn admin_request(
     Ok(key.sign(&crate::proto::AdminRequest { action, time: clock.now(), nonce }))
 }
 
+/// The file in a running coordinator's data directory that holds the port it listens on.
+pub const LISTENING: &str = "listening";
+
 /// Starts a coordinator on `bind` with its state in `data_dir`, reading time from `clock`.
 pub async fn spawn(
     config: Config,
@@ -155,6 +158,10 @@ pub async fn spawn(
     let listener = server::Listener { tcp, tls, limits };
     let addr = listener.tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%addr, scheme = listener.scheme(), "coordinator listening");
+    // Where the operator's commands for this data directory find it (whatever port it got).
+    if let Ok(a) = listener.tcp.local_addr() {
+        std::fs::write(data_dir.join(LISTENING), a.port().to_string()).map_err(|e| dir_err(e.into()))?;
+    }
     let signal = server::shutdown_signal();
     let stop = &signal.1;
     let workers = vec![

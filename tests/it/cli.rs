@@ -131,6 +131,12 @@ fn devnet_upload_download_through_the_binary() {
     let none = p2pstore(d, &["download", &id, "-o", "x.bin"], &[env[0]]);
     assert!(!none.status.success() && stderr(&none).contains("no password"), "{}", stderr(&none));
 
+    // The operator's commands find the running coordinator of a data directory on the port
+    // it got, not on the configured one (8000 here).
+    let backup = p2pstore(d, &["coordinator", "--data-dir", "net/coordinator", "backup", "bk"], &[]);
+    assert!(backup.status.success(), "{}", stderr(&backup));
+    assert!(std::fs::metadata(d.join("bk")).unwrap().len() > 0);
+
     net.kill().unwrap();
     net.wait().unwrap();
 }
