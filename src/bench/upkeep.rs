@@ -172,7 +172,7 @@ async fn simulated_route(
             let shards = sim.shards.lock().expect("not poisoned");
             let proofs =
                 c.items.iter().map(|it| shards.get(&it.shard_id).and_then(|b| merkle::prove(b, it.chunk))).collect();
-            server::ok(&me.sign(&AuditAnswer { nonce: c.nonce, proofs }))
+            server::ok(&me.sign(&AuditAnswer { nonce: c.nonce, proofs, released: Vec::new() }))
         }
         (Method::PUT, ["v2", "shards", id]) => {
             let id = ShardId::from_hex(id).ok_or_else(|| ApiError::bad_request("bad id"))?;

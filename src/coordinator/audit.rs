@@ -173,18 +173,21 @@ fn new_challenge(peer: &str, shards: &[HeldShard], suspect: &[ShardId], deadline
 }
 
 /// Checks an answer: signed by the peer, for this nonce, one valid proof per item.
-/// Returns the shards that failed, or why the whole answer is void.
+/// Returns the shards that failed and those of them the peer let go on a notice (see
+/// `AuditAnswer::released`), or why the whole answer is void.
 fn check(
     p: &PeerRecord,
     c: &Challenge,
     lens: &HashMap<ShardId, usize>,
     a: &Signed<AuditAnswer>,
-) -> Result<Vec<ShardId>, String> {
+) -> Result<(Vec<ShardId>, Vec<ShardId>), String> {
     let answer = a.open_by(&p.public_key).ok_or("the answer is not signed by the peer")?;
     if answer.nonce != c.nonce || answer.proofs.len() != c.items.len() {
         return Err("the answer is for another challenge".into());
     }
-    Ok(c.items
+    let released = answer.released.iter().filter_map(|&i| c.items.get(i as usize)).map(|i| i.shard_id).collect();
+    let failed = c
+        .items
         .iter()
         .zip(&answer.proofs)
         .filter(|(item, proof)| {
@@ -194,7 +197,8 @@ fn check(
                 .is_some_and(|pr| Some(pr.leaf_count) == expected && merkle::verify(&item.shard_id, item.chunk, pr))
         })
         .map(|(item, _)| item.shard_id)
-        .collect())
+        .collect();
+    Ok((failed, released))
 }
 
 /// Applies one outcome to a peer's record (pure bookkeeping, unit-tested).
@@ -305,21 +309,31 @@ async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<HeldSh
         {
             // The index the challenge came from may be seconds old: shards deleted or moved
             // since are no longer the peer's to prove (it may have dropped them already).
-            Ok(failed) => match still_owed(&s, &id, &shards, failed) {
-                failed if failed.is_empty() => (AuditOutcome::Success, failed, String::new()),
-                failed => {
-                    // Shards already known lost (failed before, or reported damaged by the
-                    // peer itself) wait for repair: no new failure (see `apply`).
-                    let known = s.peers.get(&id).ok().flatten().map(|p| p.failed_shards).unwrap_or_default();
-                    let outcome = if failed.iter().all(|f| known.contains(f)) {
-                        AuditOutcome::Success
-                    } else {
-                        AuditOutcome::Failure
-                    };
-                    let detail = format!("{} of {} chunks missing or wrong", failed.len(), challenge.items.len());
-                    (outcome, failed, detail)
+            // Shards it let go on a notice this database does not remember (restored from an
+            // older backup) are lost here, as if it reported them damaged: repair moves them.
+            Ok((failed, released)) => {
+                if let Err(e) = (!released.is_empty())
+                    .then(|| super::peers::mark_damaged(&s, &id, &s.held(), &released))
+                    .transpose()
+                {
+                    tracing::warn!(peer = %id, error = %e, "could not mark shards let go on a notice as lost");
                 }
-            },
+                match still_owed(&s, &id, &shards, failed) {
+                    failed if failed.is_empty() => (AuditOutcome::Success, failed, String::new()),
+                    failed => {
+                        // Shards already known lost (failed before, or reported damaged by the
+                        // peer itself) wait for repair: no new failure (see `apply`).
+                        let known = s.peers.get(&id).ok().flatten().map(|p| p.failed_shards).unwrap_or_default();
+                        let outcome = if failed.iter().all(|f| known.contains(f)) {
+                            AuditOutcome::Success
+                        } else {
+                            AuditOutcome::Failure
+                        };
+                        let detail = format!("{} of {} chunks missing or wrong", failed.len(), challenge.items.len());
+                        (outcome, failed, detail)
+                    }
+                }
+            }
             Err(e) => (AuditOutcome::Failure, challenge.items.iter().map(|i| i.shard_id).collect(), e),
         },
     };

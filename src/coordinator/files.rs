@@ -183,6 +183,7 @@ pub(super) fn forget(s: &State, id: &str, rec: &FileRecord) -> Result<Vec<String
     // The notices go in the outbox with the deletion; nodes holding a shard another file
     // also needs (identical padding shards) keep it: they count files per shard.
     let keys = notices::deleted(s, id, rec)?;
+    s.deleted.insert(id, &s.now().to_be_bytes()).map_err(crate::store::DbError::from)?;
     s.files.remove(id)?;
     super::accounts::disown(s, &rec.owner, id)?;
     Ok(keys)

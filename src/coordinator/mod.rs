@@ -121,6 +121,8 @@ pub async fn spawn(
         outbox_ready: tokio::sync::Notify::new(),
         delivering: Mutex::new(HashMap::new()),
         recovering: std::sync::atomic::AtomicBool::new(fresh),
+        started_empty: fresh,
+        deleted: db.open_tree("deleted").map_err(|e| db_err(e.into()))?,
         recovery_queue,
         db: db.clone(),
         durable: crate::store::GroupCommit::new(),

@@ -84,6 +84,18 @@ pub(super) fn last_seq(s: &State, peer: &str) -> Result<u64, RecordError> {
     })
 }
 
+/// The number before the first of `peer`'s notices still waiting in the outbox, if any: a
+/// database restored from an older backup hands out again numbers its peers took from the
+/// lost one, and they refuse those notices, which wait there.
+pub(super) fn before_waiting(s: &State, peer: &str) -> Result<Option<u64>, RecordError> {
+    let prefix = format!("{peer}/");
+    Ok(s.outbox
+        .range(&prefix, &prefix, 1)?
+        .first()
+        .and_then(|(k, _)| k.strip_prefix(&prefix)?.parse::<u64>().ok())
+        .map(|first| first.saturating_sub(1)))
+}
+
 /// The file a deletion notice from `peer`'s inventory proves deleted without this database
 /// knowing: one this database signed, under its generation, for that peer, that it did not
 /// hand out as it is now: numbered past `handed_out` (the last number it gave the peer), or

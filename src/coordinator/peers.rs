@@ -101,8 +101,11 @@ pub(super) async fn heartbeat(s: &State, signed: Signed<Heartbeat>, remote: Opti
     if replayed {
         return Err(ApiError::forbidden("replayed heartbeat"));
     }
-    if new {
-        // What it holds may be files this database does not know (recovery).
+    if new && s.started_empty {
+        // What it holds may be files this database lost (recovery). A database that did not
+        // lose them takes files from commits only (and from `recover`, which an operator
+        // runs): a node that kept deleted files' manifest copies brought them back by
+        // registering with a new key (round 6 of the attacks).
         let _ = s.recovery_queue.send(id.clone());
     }
     let generation = notices::generation(s).map_err(ApiError::internal)?;

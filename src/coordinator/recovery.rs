@@ -109,12 +109,16 @@ async fn take_inventory(s: &State, peer: &str) -> Result<RecoveryReport, Recover
     let mut after = None;
     let mut taken = 0u64;
     let handed_out = notices::last_seq(s, peer)?;
+    // Deletions taken from a lost timeline are numbered after what the backup had handed out:
+    // before the notices that wait (refused) if there are any (round 6 of the attacks: notices
+    // queued before `recover` had moved the counter past every deletion).
+    let deletions_after = notices::before_waiting(s, peer)?.map_or(handed_out, |b| b.min(handed_out));
     loop {
         let req = InventoryRequest {
             peer_id: peer.to_owned(),
             after,
             expires: s.now() + 600,
-            deletions_after: after.is_none().then_some(handed_out),
+            deletions_after: after.is_none().then_some(deletions_after),
         };
         let body = bytes::Bytes::from(serde_json::to_vec(&s.identity.sign(&req)).expect("wire types serialize"));
         let url = format!("{}/v2/inventory", p.address);
@@ -162,7 +166,12 @@ async fn take_inventory(s: &State, peer: &str) -> Result<RecoveryReport, Recover
 /// audits failed the honest nodes that had let its shards go). Whether it was known.
 fn forget_deleted(s: &State, peer: &str, handed_out: u64, notice: &Signed<Notice>) -> Result<bool, RecordError> {
     let Some(id) = notices::proven_deletion(s, peer, handed_out, notice) else { return Ok(false) };
-    let Some(rec) = s.files.get(&id)? else { return Ok(false) };
+    let Some(rec) = s.files.get(&id)? else {
+        // Not known (yet): a copy of its manifest that another peer still keeps brings
+        // nothing back.
+        s.deleted.insert(id.as_bytes(), &s.now().to_be_bytes()).map_err(crate::store::DbError::from)?;
+        return Ok(false);
+    };
     super::files::forget(s, &id, &rec)?;
     s.drop_rows(rec.rows_prefix())?;
     tracing::info!(file = %id, peer = %peer, "a file deleted after this database's backup is forgotten");
@@ -189,7 +198,7 @@ fn recover_file(s: &State, copy: &Signed<ManifestCopy>) -> Result<bool, RecordEr
         return Ok(false); // altered: the file id is the manifest's hash
     }
     let Ok(m) = Manifest::from_bytes(&bytes) else { return Ok(false) };
-    if s.files.get(&c.file_id)?.is_some() {
+    if s.files.get(&c.file_id)?.is_some() || s.deleted.contains_key(&c.file_id).map_err(crate::store::DbError::from)? {
         return Ok(false);
     }
     // The segment table: inside a version 2 manifest, in the copy's pages for version 3.

@@ -297,6 +297,12 @@ pub(super) struct State {
     pub delivering: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Whether this database started empty (then it adopts its nodes' generation).
     pub recovering: std::sync::atomic::AtomicBool,
+    /// Whether this database was empty when this process started: then every peer that
+    /// registers is asked what it holds (files may come back from its manifest copies).
+    pub started_empty: bool,
+    /// Files deleted (file id → unix seconds, big-endian): never recovered from a manifest
+    /// copy again (a node that kept a deleted file's copy brought it back by registering anew).
+    pub deleted: sled::Tree,
     /// Peers whose inventory the recovery worker is to take.
     pub recovery_queue: tokio::sync::mpsc::UnboundedSender<String>,
     /// The database the tables live in (backups read all of it).

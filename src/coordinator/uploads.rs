@@ -696,6 +696,8 @@ fn record_file(s: &State, file_id: &str, rec: FileRecord, size: u64) -> Result<O
         )),
         Some(false) => Ok(first_upload),
         None => {
+            // Committed again after a deletion (the same manifest): no longer deleted.
+            s.deleted.remove(file_id).map_err(|e| ApiError::internal(crate::store::DbError::from(e)))?;
             accounts::own(s, &owner, file_id, size).map_err(ApiError::internal)?;
             notices::committed(s, file_id, &rec).map_err(ApiError::internal)?;
             Ok(None)

@@ -701,10 +701,10 @@ impl Gateway {
         continued: bool,
     ) -> S3Result<Arc<BTreeMap<String, ObjectRecord>>> {
         let dir = self.sealed_dir(bucket, prefix);
+        self.require_bucket(bucket).await?;
         if continued && let Some(objects) = self.listings.get(&dir) {
             return Ok(objects);
         }
-        self.require_bucket(bucket).await?;
         let root = self.objects_prefix(bucket);
         let mut out = BTreeMap::new();
         for (k, rec) in self.list_all::<ObjectRecord>(&dir).await? {

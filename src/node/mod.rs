@@ -101,6 +101,8 @@ struct State {
     notice_bytes: tokio::sync::Semaphore,
     /// Bytes of notice bodies nobody vouched for being read at once (see `routes::UNVOUCHED_BUDGET`).
     unvouched_notice_bytes: tokio::sync::Semaphore,
+    /// Notice tickets taken (their signatures) until they expire: each is good once.
+    tickets: Mutex<HashMap<String, u64>>,
     /// The last heartbeat's `seq`: each one is strictly greater.
     seq: std::sync::atomic::AtomicU64,
     bytes_in: IntCounter,
@@ -183,6 +185,7 @@ pub async fn spawn(opts: NodeOptions) -> Result<ServerHandle, ServerError> {
         notices: tokio::sync::Mutex::new(()),
         notice_bytes: tokio::sync::Semaphore::new(routes::NOTICE_BUDGET),
         unvouched_notice_bytes: tokio::sync::Semaphore::new(routes::UNVOUCHED_BUDGET),
+        tickets: Mutex::new(HashMap::new()),
         pow_bits: OnceCell::new(),
         coordinator_id: OnceCell::new(),
         bytes_in: metrics.add(IntCounter::new("shard_bytes_in_total", "Shard bytes stored").expect("valid")),

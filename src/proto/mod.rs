@@ -377,6 +377,11 @@ pub struct ChallengeItem {
 pub struct AuditAnswer {
     pub nonce: String,
     pub proofs: Vec<Option<Proof>>,
+    /// Items (indices) the node let go on the coordinator's own notice (they are in its
+    /// trash): a database restored from an older backup still places them here. They count
+    /// as lost here (repair rebuilds them elsewhere), not as failures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -502,17 +502,9 @@ impl ShardStore {
         read_if_there(&self.path(id))
     }
 
-    /// A shard held, in the index or in the trash: what an audit may ask of this node (a
-    /// coordinator restored from a backup older than a deletion still places the deleted
-    /// file's shards here, and the node that holds them is honest).
-    pub fn get_held(&self, id: &ShardId) -> io::Result<Option<Bytes>> {
-        match self.get(id)? {
-            Some(b) => Ok(Some(b)),
-            None if self.trash.contains_key(key(id)).map_err(io::Error::other)? => {
-                read_if_there(&trash_file(&self.dir, id))
-            }
-            None => Ok(None),
-        }
+    /// Whether the shard is in the trash.
+    pub fn trashed_here(&self, id: &ShardId) -> bool {
+        self.trash.contains_key(key(id)).unwrap_or(false)
     }
 
     /// `upload` was committed as `file`, which needs `shards` from this node. A shard it

@@ -1101,3 +1101,43 @@ async fn strangers_dripping_notice_bodies_do_not_hold_up_notices() {
     }
     c.net.shutdown().await;
 }
+
+/// 5n. Then a copied ticket (anyone who reads plain coordinator-to-node traffic) held the
+/// vouched room instead: a hundred slow bodies under copies of three tickets kept a node from
+/// its notices for minutes (round 6). A ticket is good once, and its body must arrive before
+/// it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_ticket_is_good_once_and_until_it_expires() {
+    let c = Cluster::start_with(1, fast_config()).await;
+    let p = c.client.peers().await.unwrap().remove(0);
+    let addr: SocketAddr = p.address.trim_start_matches("http://").parse().unwrap();
+    let key = c.coordinator_key();
+    let ticket = |expires: u64| {
+        let t = NoticeTicket { peer_id: p.peer_id.clone(), len: 1000, digest: "00".repeat(32), expires };
+        serde_json::to_string(&key.sign(&t)).unwrap()
+    };
+    // Sends the head and one byte of a 1,000-byte notice under `ticket`; the answer's status,
+    // if one comes within `wait`.
+    let slow = |ticket: String, wait: u64| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v2/notices HTTP/1.1\r\nhost: x\r\n{NOTICE_HEADER}: {ticket}\r\ncontent-length: 1000\r\n\r\n{{"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut reply = vec![0u8; 512];
+        match tokio::time::timeout(Duration::from_secs(wait), s.read(&mut reply)).await {
+            Ok(Ok(n)) => status_of(&reply[..n]),
+            _ => None,
+        }
+    };
+    let now = c.net.clock.now();
+    let once = ticket(now + 60);
+    let first = tokio::spawn(slow(once.clone(), 3));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(slow(once, 3).await, Some(409), "a copy of a ticket being read");
+    assert_eq!(first.await.unwrap(), None, "the first is still being read");
+    let started = Instant::now();
+    assert_eq!(slow(ticket(c.net.clock.now() + 2), 10).await, Some(408), "a body slower than its ticket's life");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    c.net.shutdown().await;
+}

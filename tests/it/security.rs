@@ -183,7 +183,7 @@ async fn captured_messages_are_refused_on_every_other_route_and_when_replayed() 
 
     // Anything else either side signs, sent to the coordinator's signed-body routes.
     let receipt = Receipt { upload_id: "u".into(), shard_id: held[0], len: 1, peer_id: node.peer_id.clone() };
-    let answer = AuditAnswer { nonce: "n".into(), proofs: Vec::new() };
+    let answer = AuditAnswer { nonce: "n".into(), proofs: Vec::new(), released: Vec::new() };
     let order = PutOrder {
         upload_id: "u".into(),
         peer_id: node.peer_id.clone(),
