@@ -291,7 +291,7 @@ async fn audit(s: &Arc<State>, signed: Signed<Challenge>) -> ApiResult {
         // Let go on a notice (a coordinator restored from an older backup still places it
         // here): said so, since this node holds it no longer for readers.
         let released = (0..items.len() as u32)
-            .filter(|&i| proofs[i as usize].is_none() && s2.store.trashed_here(&items[i as usize].shard_id))
+            .filter(|&i| proofs[i as usize].is_none() && s2.store.let_go(&items[i as usize].shard_id))
             .collect();
         Ok((proofs, released))
     })

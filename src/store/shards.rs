@@ -248,6 +248,9 @@ pub struct ShardStore {
     /// Deletion notices taken: `seq (20 digits)/file id` → when (8 bytes, big-endian) and the
     /// signed notice, for a coordinator restored from a backup older than the deletion.
     deletions: sled::Tree,
+    /// Shards emptied from the trash → when they were trashed (8 bytes, big-endian): let go
+    /// on a notice, as [`ShardStore::let_go`] says; forgotten with old deletion notices.
+    emptied: sled::Tree,
     /// The mark as last read or written: taking a notice reads it, and it changes only here.
     mark: Mutex<Option<CoordinatorMark>>,
     used: AtomicU64,
@@ -319,6 +322,7 @@ impl ShardStore {
             recent: db.open_tree("recent_notices")?,
             refs: db.open_tree("refs")?,
             deletions: db.open_tree("deletions")?,
+            emptied: db.open_tree("emptied")?,
             mark: Mutex::new(None),
             db,
             group: crate::store::GroupCommit::new(),
@@ -502,9 +506,11 @@ impl ShardStore {
         read_if_there(&self.path(id))
     }
 
-    /// Whether the shard is in the trash.
-    pub fn trashed_here(&self, id: &ShardId) -> bool {
-        self.trash.contains_key(key(id)).unwrap_or(false)
+    /// Whether this node let the shard go on a notice: in the trash, or emptied from it within
+    /// the time deletion notices are kept (a database restored from an older backup may audit
+    /// it long after; round 7 of the attacks: a failure a trash retention later).
+    pub fn let_go(&self, id: &ShardId) -> bool {
+        self.trash.contains_key(key(id)).unwrap_or(false) || self.emptied.contains_key(key(id)).unwrap_or(false)
     }
 
     /// `upload` was committed as `file`, which needs `shards` from this node. A shard it
@@ -627,7 +633,9 @@ impl ShardStore {
         for id in &doomed {
             let _guard = self.lock(id);
             let Some(v) = self.trash.remove(key(id))? else { continue };
-            let entry = serde_json::from_slice::<Trashed>(&v).map(|t| t.entry).unwrap_or_default();
+            let trashed = serde_json::from_slice::<Trashed>(&v).ok();
+            self.emptied.insert(key(id), &trashed.as_ref().map_or(0, |t| t.at).to_be_bytes())?;
+            let entry = trashed.map(|t| t.entry).unwrap_or_default();
             self.drop_more_refs(&entry, id)?;
             let len = entry.len;
             match fs::remove_file(trash_file(&self.dir, id)) {
@@ -717,12 +725,21 @@ impl ShardStore {
         Ok(out)
     }
 
-    /// Forgets the deletion notices taken before `older_than`; returns how many.
+    /// Forgets the deletion notices taken, and the shards emptied from the trash that were
+    /// trashed, before `older_than`; returns how many deletion notices.
     pub fn forget_deletions(&self, older_than: u64) -> Result<usize, StoreError> {
+        let old =
+            |v: &[u8]| v.get(..8).is_some_and(|at| u64::from_be_bytes(at.try_into().expect("8 bytes")) < older_than);
+        for kv in self.emptied.iter() {
+            let (k, v) = kv?;
+            if old(&v) {
+                self.emptied.remove(k)?;
+            }
+        }
         let mut n = 0;
         for kv in self.deletions.iter() {
             let (k, v) = kv?;
-            if v.get(..8).is_some_and(|at| u64::from_be_bytes(at.try_into().expect("8 bytes")) < older_than) {
+            if old(&v) {
                 self.deletions.remove(k)?;
                 n += 1;
             }
@@ -968,6 +985,22 @@ mod tests {
         assert_eq!(s.deletions_after(0, 20).unwrap().len(), 2, "bounded in bytes");
         assert_eq!(s.forget_deletions(100).unwrap(), 2);
         assert_eq!(s.deletions_after(0, 1 << 20).unwrap(), [b"f12".to_vec()]);
+    }
+
+    #[test]
+    fn a_shard_let_go_is_known_as_such_after_the_trash_is_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ShardStore::open(dir.path(), 1000).unwrap();
+        let a = ShardId([4; 32]);
+        s.put(&a, &[4; 10], "u1", 1).unwrap();
+        s.commit("u1", "f1", &[a], true, 2).unwrap();
+        assert!(!s.let_go(&a));
+        assert_eq!(s.release("f1", &[a], 5).unwrap(), 1);
+        assert!(s.let_go(&a), "in the trash");
+        assert_eq!(s.empty_trash(6).unwrap(), 1);
+        assert!(s.let_go(&a), "emptied from the trash");
+        s.forget_deletions(6).unwrap();
+        assert!(!s.let_go(&a), "forgotten with old deletion notices");
     }
 
     #[test]
