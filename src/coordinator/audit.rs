@@ -312,9 +312,8 @@ async fn audit_peer(s: Arc<State>, id: String, p: PeerRecord, shards: Vec<HeldSh
             // Shards it let go on a notice this database does not remember (restored from an
             // older backup) are lost here, as if it reported them damaged: repair moves them.
             Ok((failed, released)) => {
-                if let Err(e) = (!released.is_empty())
-                    .then(|| super::peers::mark_damaged(&s, &id, &s.held(), &released))
-                    .transpose()
+                if !released.is_empty()
+                    && let Err(e) = super::peers::mark_damaged(&s, &id, &s.held(), &released)
                 {
                     tracing::warn!(peer = %id, error = %e, "could not mark shards let go on a notice as lost");
                 }

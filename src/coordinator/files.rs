@@ -177,13 +177,19 @@ pub(super) fn move_placements_to_rows(s: &State) -> Result<(), crate::store::Rec
 #[error("the stored manifest does not parse")]
 pub(super) struct BadManifest;
 
+/// Records that file `id` was deleted: no manifest copy brings it back (`recovery`).
+pub(super) fn tombstone(s: &State, id: &str) -> Result<(), crate::store::RecordError> {
+    s.deleted.insert(id, &s.now().to_be_bytes()).map_err(crate::store::DbError::from)?;
+    Ok(())
+}
+
 /// Forgets a file and queues the notices that tell its nodes; returns their outbox keys. Its
 /// segment rows are the caller's to drop once this is durable.
 pub(super) fn forget(s: &State, id: &str, rec: &FileRecord) -> Result<Vec<String>, crate::store::RecordError> {
     // The notices go in the outbox with the deletion; nodes holding a shard another file
     // also needs (identical padding shards) keep it: they count files per shard.
     let keys = notices::deleted(s, id, rec)?;
-    s.deleted.insert(id, &s.now().to_be_bytes()).map_err(crate::store::DbError::from)?;
+    tombstone(s, id)?;
     s.files.remove(id)?;
     super::accounts::disown(s, &rec.owner, id)?;
     Ok(keys)

@@ -169,7 +169,7 @@ fn forget_deleted(s: &State, peer: &str, handed_out: u64, notice: &Signed<Notice
     let Some(rec) = s.files.get(&id)? else {
         // Not known (yet): a copy of its manifest that another peer still keeps brings
         // nothing back.
-        s.deleted.insert(id.as_bytes(), &s.now().to_be_bytes()).map_err(crate::store::DbError::from)?;
+        super::files::tombstone(s, &id)?;
         return Ok(false);
     };
     super::files::forget(s, &id, &rec)?;
